@@ -1,0 +1,57 @@
+"""payout_ledger: release marketplace payments through Stripe Connect, exactly once."""
+
+from payout_ledger.errors import (
+    ConfigurationError,
+    GatewayError,
+    InvalidMoneyError,
+    InvalidRequestError,
+    LedgerBusyError,
+    PayoutLedgerError,
+    PayoutNotFoundError,
+    ProviderNotFoundError,
+    ReleaseConflictError,
+    TransferDeclined,
+    TransferNotExecuted,
+    TransferOutcomeUnknown,
+)
+from payout_ledger.ledger import PayoutLedger
+from payout_ledger.money import Money
+from payout_ledger.payout import PayoutAggregate, PayoutStatus, idempotency_key
+from payout_ledger.ports import (
+    ProviderDirectory,
+    ServiceProvider,
+    TransferGateway,
+    TransferRequest,
+    TransferResult,
+)
+from payout_ledger.release import ReleaseOutcome, ReleaseRequest, ReleaseResult
+from payout_ledger.settings import LedgerSettings
+
+__all__ = [
+    "ConfigurationError",
+    "GatewayError",
+    "InvalidMoneyError",
+    "InvalidRequestError",
+    "LedgerBusyError",
+    "LedgerSettings",
+    "Money",
+    "PayoutAggregate",
+    "PayoutLedger",
+    "PayoutLedgerError",
+    "PayoutNotFoundError",
+    "PayoutStatus",
+    "ProviderDirectory",
+    "ProviderNotFoundError",
+    "ReleaseConflictError",
+    "ReleaseOutcome",
+    "ReleaseRequest",
+    "ReleaseResult",
+    "ServiceProvider",
+    "TransferDeclined",
+    "TransferGateway",
+    "TransferNotExecuted",
+    "TransferOutcomeUnknown",
+    "TransferRequest",
+    "TransferResult",
+    "idempotency_key",
+]

@@ -1,0 +1,146 @@
+"""The exceptions payout_ledger raises, all under one root.
+
+```text
+PayoutLedgerError
+├── InvalidRequestError          bad input; nothing was recorded      (also ValueError)
+│   └── InvalidMoneyError        float, bool, zero/negative amount, unknown currency
+├── ConfigurationError           settings that cannot work (e.g. Stripe off in production)
+├── ProviderNotFoundError        the ProviderDirectory has no such provider
+├── PayoutNotFoundError          no payout has been recorded for that event service
+├── ReleaseConflictError         re-release with another amount, currency or provider
+├── LedgerBusyError              the claim kept losing optimistic-concurrency races
+└── GatewayError                 raised by TransferGateway implementations
+    ├── TransferDeclined         definite refusal: nothing moved, a new attempt needs a new key
+    ├── TransferNotExecuted      not executed (rate limited): retry later with the same key
+    └── TransferOutcomeUnknown   timeout, dropped connection, 5xx: money may have moved
+```
+
+Business outcomes of a release (already released, in progress, onboarding
+required, declined, unknown outcome) are *results*, not exceptions: see
+[`ReleaseResult`][payout_ledger.ReleaseResult]. Exceptions are for callers' bugs
+and for conditions the caller must handle differently.
+
+No message ever contains an API key, webhook secret or database password.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "GatewayError",
+    "InvalidMoneyError",
+    "InvalidRequestError",
+    "LedgerBusyError",
+    "PayoutLedgerError",
+    "PayoutNotFoundError",
+    "ProviderNotFoundError",
+    "ReleaseConflictError",
+    "TransferDeclined",
+    "TransferNotExecuted",
+    "TransferOutcomeUnknown",
+]
+
+
+class PayoutLedgerError(Exception):
+    """Root of every exception this library raises on purpose."""
+
+
+class InvalidRequestError(PayoutLedgerError, ValueError):
+    """Input was rejected before anything was recorded or sent to Stripe."""
+
+
+class InvalidMoneyError(InvalidRequestError):
+    """An amount or currency is not acceptable money."""
+
+
+class ConfigurationError(PayoutLedgerError):
+    """The ledger's settings cannot work as given."""
+
+
+class ProviderNotFoundError(PayoutLedgerError):
+    """The host's provider directory has no provider with this id."""
+
+    def __init__(self, provider_id: str) -> None:
+        super().__init__(f"no service provider with id {provider_id!r}")
+        self.provider_id = provider_id
+
+
+class PayoutNotFoundError(PayoutLedgerError):
+    """No payout has been recorded for this event service."""
+
+    def __init__(self, event_service_id: str) -> None:
+        super().__init__(f"no payout recorded for event service {event_service_id!r}")
+        self.event_service_id = event_service_id
+
+
+class ReleaseConflictError(PayoutLedgerError):
+    """A release disagrees with what the ledger already recorded for the service.
+
+    One event service is paid once, to one provider, for one amount. A request
+    that differs is refused rather than silently paid or silently ignored.
+    """
+
+    def __init__(
+        self, event_service_id: str, field: str, recorded: object, requested: object
+    ) -> None:
+        super().__init__(
+            f"event service {event_service_id!r} was recorded with "
+            f"{field}={recorded!r}, not {requested!r}"
+        )
+        self.event_service_id = event_service_id
+        self.field = field
+        self.recorded = recorded
+        self.requested = requested
+
+
+class LedgerBusyError(PayoutLedgerError):
+    """Every claim on the payout lost a concurrent write; try again later."""
+
+    def __init__(self, event_service_id: str, attempts: int) -> None:
+        super().__init__(
+            f"payout for event service {event_service_id!r} kept changing "
+            f"under {attempts} attempts to claim it"
+        )
+        self.event_service_id = event_service_id
+
+
+class GatewayError(PayoutLedgerError):
+    """A transfer gateway could not report a created transfer.
+
+    ``code`` is the provider's error code (Stripe's ``code`` or error type),
+    ``request_id`` the provider's request id when there was a response.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        request_id: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.request_id = request_id
+        self.http_status = http_status
+
+
+class TransferDeclined(GatewayError):  # noqa: N818 - it names an outcome
+    """Stripe definitely refused the transfer; nothing moved.
+
+    Stripe caches the refusal under its idempotency key, so the next attempt
+    must use a new key.
+    """
+
+
+class TransferNotExecuted(GatewayError):  # noqa: N818
+    """The request was not executed (rate limited); retry later with the same key."""
+
+
+class TransferOutcomeUnknown(GatewayError):  # noqa: N818
+    """The transfer may or may not exist (timeout, dropped connection, 5xx).
+
+    The payout stays in flight until it is settled by retrying with the same
+    key inside Stripe's idempotency window, or by looking the transfer up.
+    """

@@ -1,0 +1,106 @@
+"""The ports: what the ledger needs from the host and from Stripe.
+
+The host implements [`ProviderDirectory`][payout_ledger.ProviderDirectory]
+over its own provider rows. [`TransferGateway`][payout_ledger.TransferGateway]
+is implemented by the Stripe gateway in production and by
+[`InMemoryTransferGateway`][payout_ledger.testing.InMemoryTransferGateway] in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints
+
+__all__ = [
+    "Identifier",
+    "ProviderDirectory",
+    "ServiceProvider",
+    "StripeAccountId",
+    "TransferGateway",
+    "TransferRequest",
+    "TransferResult",
+]
+
+
+def _coerce_identifier(value: Any) -> Any:
+    # Hosts key rows by int or UUID as often as by str; all become the same text.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) or type(value).__name__ == "UUID":
+        return str(value)
+    return value
+
+
+Identifier = Annotated[
+    str,
+    BeforeValidator(_coerce_identifier),
+    StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$"),
+]
+"""A host id: 1-200 printable ASCII characters without spaces (ints and UUIDs are
+accepted and turned into text)."""
+
+StripeAccountId = Annotated[
+    str, StringConstraints(pattern=r"^acct_[A-Za-z0-9]{1,250}$", strict=True)
+]
+"""A Stripe connected account id, ``acct_...``."""
+
+
+class ServiceProvider(BaseModel):
+    """The host's record of a service provider, as the ledger needs it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: Identifier
+    """The provider's id in the host (``EventService.service_provider_id``)."""
+    user_id: Identifier
+    """The provider's user id: recorded as the payout's payee."""
+    stripe_account_id: StripeAccountId | None = None
+    """The connected account that receives transfers; ``None`` until onboarded."""
+
+
+@runtime_checkable
+class ProviderDirectory(Protocol):
+    """Looks up service providers in the host's own store."""
+
+    def get_provider(self, provider_id: str) -> ServiceProvider | None:
+        """The provider with this id, or ``None`` if there is none."""
+        ...
+
+
+class TransferRequest(BaseModel):
+    """One transfer to a connected account, as the ledger asks for it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    amount: int
+    currency: str
+    destination: str
+    idempotency_key: str
+    transfer_group: str
+    metadata: dict[str, str]
+
+
+class TransferResult(BaseModel):
+    """A transfer that exists at Stripe."""
+
+    model_config = ConfigDict(frozen=True)
+
+    transfer_id: str
+    request_id: str | None = None
+
+
+@runtime_checkable
+class TransferGateway(Protocol):
+    """Creates transfers, idempotently by ``request.idempotency_key``.
+
+    Implementations raise [`TransferDeclined`][payout_ledger.TransferDeclined]
+    for a definite refusal, [`TransferNotExecuted`][payout_ledger.TransferNotExecuted]
+    when the request was not executed, and
+    [`TransferOutcomeUnknown`][payout_ledger.TransferOutcomeUnknown] when the
+    transfer may exist but no answer came back.
+    """
+
+    def create_transfer(self, request: TransferRequest) -> TransferResult:
+        """Create the transfer, or return the one already made under the key."""
+        ...

@@ -1,0 +1,117 @@
+"""What a host asks for, and what it gets back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from payout_ledger.errors import InvalidMoneyError, InvalidRequestError
+from payout_ledger.money import Money
+from payout_ledger.ports import Identifier
+
+__all__ = ["ReleaseOutcome", "ReleaseRequest", "ReleaseResult"]
+
+
+class ReleaseRequest(BaseModel):
+    """Release one event service's payment to its provider."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_service_id: Identifier
+    """The host's event service id; one payout per event service, ever."""
+    provider_id: Identifier
+    """``EventService.service_provider_id``; looked up in the ProviderDirectory."""
+    amount: Money
+    """What the provider receives."""
+
+    @classmethod
+    def parse(cls, value: ReleaseRequest | Mapping[str, Any]) -> ReleaseRequest:
+        """Validate a request, raising
+        [`InvalidRequestError`][payout_ledger.InvalidRequestError] (or its
+        subclass [`InvalidMoneyError`][payout_ledger.InvalidMoneyError])."""
+        if isinstance(value, ReleaseRequest):
+            return value
+        if not isinstance(value, Mapping):
+            raise InvalidRequestError(
+                f"a release request is a ReleaseRequest or a mapping, not {type(value).__name__}"
+            )
+        try:
+            return cls.model_validate(dict(value))
+        except InvalidMoneyError:
+            raise
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            message = str(err["msg"]).removeprefix("Value error, ")
+            error_class = (
+                InvalidMoneyError if err["loc"][:1] == ("amount",) else InvalidRequestError
+            )
+            raise error_class(f"{where}: {message}") from None
+
+
+class ReleaseOutcome(StrEnum):
+    """How a release ended."""
+
+    RELEASED = "released"
+    """This call made (or found) the transfer and released the payment."""
+    ALREADY_RELEASED = "already_released"
+    """Released earlier; nothing was sent to Stripe."""
+    IN_PROGRESS = "in_progress"
+    """Another release of this service is in flight; nothing was sent to Stripe."""
+    ONBOARDING_REQUIRED = "onboarding_required"
+    """The provider has no connected account yet; nothing was recorded."""
+    FAILED = "failed"
+    """Stripe refused the transfer; the service can be released again."""
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    """No answer from Stripe; the payout stays in flight until it is settled."""
+    NOT_EXECUTED = "not_executed"
+    """Stripe did not execute the request (rate limited); the payout stays in
+    flight and is retried with the same key when it is settled."""
+
+
+class ReleaseResult(BaseModel):
+    """The answer to a release. ``success`` is true only when the provider is paid."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_service_id: str
+    payout_id: UUID
+    outcome: ReleaseOutcome
+    transfer_id: str | None = None
+    attempt: int | None = None
+    idempotency_key: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    stripe_request_id: str | None = None
+
+    @property
+    def success(self) -> bool:
+        """The payment is released (by this call or an earlier one)."""
+        return self.outcome in (
+            ReleaseOutcome.RELEASED,
+            ReleaseOutcome.ALREADY_RELEASED,
+        )
+
+    @property
+    def already_released(self) -> bool:
+        return self.outcome is ReleaseOutcome.ALREADY_RELEASED
+
+    @property
+    def in_progress(self) -> bool:
+        return self.outcome is ReleaseOutcome.IN_PROGRESS
+
+    @property
+    def onboarding_required(self) -> bool:
+        return self.outcome is ReleaseOutcome.ONBOARDING_REQUIRED
+
+    @property
+    def in_flight(self) -> bool:
+        """The payout is left in flight with an unknown or deferred outcome."""
+        return self.outcome in (
+            ReleaseOutcome.OUTCOME_UNKNOWN,
+            ReleaseOutcome.NOT_EXECUTED,
+        )

@@ -1,0 +1,157 @@
+"""Settings and stores.
+
+The ledger never reads the environment by itself. A host builds
+[`LedgerSettings`][payout_ledger.LedgerSettings] explicitly, from arguments or,
+by calling ``LedgerSettings()``, from ``PAYOUT_LEDGER_*`` environment variables,
+and passes it in.
+
+Stores are chosen by URL:
+
+| URL | store |
+|---|---|
+| ``memory://`` | in memory (tests) |
+| ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` | an SQLite file (the default) |
+| ``postgresql://user:password@host:5432/dbname`` | PostgreSQL through psycopg 3 |
+
+A PostgreSQL URL may name a schema with ``?schema=payouts`` and a Unix socket
+directory with ``?host=/run/postgresql``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from payout_ledger.errors import ConfigurationError
+
+__all__ = ["LedgerSettings", "redact_url", "store_environment"]
+
+Environment = Literal["development", "test", "staging", "production"]
+
+
+class LedgerSettings(BaseSettings):
+    """Everything the ledger can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="PAYOUT_LEDGER_", frozen=True, extra="forbid")
+
+    store_url: str = "sqlite:///payout_ledger.db"
+    """Where events are stored: ``memory://``, ``sqlite:///...`` or ``postgresql://...``."""
+
+    environment: Environment = "development"
+    """``production`` turns every unsafe development convenience into an error."""
+
+    stripe_enabled: bool = True
+    """``False`` is for local development only: no money moves. Releases do not
+    call the transfer gateway; each transfer is *simulated* (recorded with
+    ``simulated=True`` and a ``sim_`` transfer id) and providers need no
+    connected account. Refused when ``environment`` is ``production``."""
+
+    stripe_api_key: SecretStr | None = None
+    """Used by the Stripe gateway; never logged."""
+
+    sqlite_lock_timeout: int = Field(default=10, ge=1)
+    """Seconds an SQLite writer waits for the database lock."""
+
+    postgres_lock_timeout: int = Field(default=5, ge=1)
+    """Seconds a PostgreSQL writer waits for the events table lock."""
+
+    postgres_pool_size: int = Field(default=5, ge=1)
+    postgres_max_overflow: int = Field(default=10, ge=0)
+    postgres_connect_timeout: int = Field(default=10, ge=1)
+
+    claim_attempts: int = Field(default=5, ge=1)
+    """How many times a release reloads and decides again after losing a race."""
+
+    @field_validator("store_url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        scheme = urlsplit(url).scheme
+        if scheme not in {"memory", "sqlite", "postgresql", "postgres"}:
+            raise ValueError(
+                f"store_url scheme must be memory, sqlite or postgresql, not {scheme!r}"
+            )
+        return url
+
+    def check(self) -> None:
+        """Raise [`ConfigurationError`][payout_ledger.ConfigurationError] for
+        combinations that cannot be used."""
+        if self.environment == "production" and not self.stripe_enabled:
+            raise ConfigurationError(
+                "stripe_enabled=False simulates transfers and is refused in production"
+            )
+
+
+def store_environment(settings: LedgerSettings) -> dict[str, str]:
+    """The eventsourcing environment for the settings' store URL."""
+    parts = urlsplit(settings.store_url)
+    if parts.scheme == "memory":
+        return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    if parts.scheme == "sqlite":
+        path = _sqlite_path(settings.store_url)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": path,
+            "SQLITE_LOCK_TIMEOUT": str(settings.sqlite_lock_timeout),
+        }
+    return _postgres_environment(settings)
+
+
+def _sqlite_path(url: str) -> str:
+    # sqlite:///rel.db -> "rel.db"; sqlite:////abs.db -> "/abs.db" (SQLAlchemy's rule)
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or rest == "/":
+        raise ConfigurationError(
+            "an SQLite store URL looks like sqlite:///relative.db or sqlite:////abs.db"
+        )
+    path = rest[1:]
+    if path in {":memory:", ""}:
+        raise ConfigurationError("use memory:// for an in-memory store")
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise ConfigurationError(f"the SQLite file's folder does not exist: {parent}")
+    return path
+
+
+def _postgres_environment(settings: LedgerSettings) -> dict[str, str]:
+    parts = urlsplit(settings.store_url)
+    query = dict(parse_qsl(parts.query))
+    host = query.pop("host", None) or parts.hostname
+    schema = query.pop("schema", None)
+    dbname = parts.path.lstrip("/")
+    if not host or not dbname:
+        raise ConfigurationError(
+            "a PostgreSQL store URL needs a host (or ?host=/socket/dir) and a "
+            f"database: {redact_url(settings.store_url)}"
+        )
+    if query:
+        raise ConfigurationError(f"unsupported PostgreSQL URL parameters: {sorted(query)}")
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": dbname,
+        "POSTGRES_HOST": host,
+        "POSTGRES_PORT": str(parts.port or 5432),
+        "POSTGRES_USER": parts.username or "postgres",
+        "POSTGRES_PASSWORD": parts.password or "",
+        "POSTGRES_LOCK_TIMEOUT": str(settings.postgres_lock_timeout),
+        "POSTGRES_POOL_SIZE": str(settings.postgres_pool_size),
+        "POSTGRES_MAX_OVERFLOW": str(settings.postgres_max_overflow),
+        "POSTGRES_CONNECT_TIMEOUT": str(settings.postgres_connect_timeout),
+    }
+    if schema:
+        env["POSTGRES_SCHEMA"] = schema
+    return env
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    redacted = f"{user}:***@{netloc[-1]}"
+    return urlunsplit(parts._replace(netloc=redacted, query=urlencode(parse_qsl(parts.query))))

@@ -1,0 +1,133 @@
+"""In-memory adapters for tests: a provider directory and a transfer gateway."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from payout_ledger.errors import GatewayError, TransferDeclined
+from payout_ledger.ports import ServiceProvider, TransferRequest, TransferResult
+
+__all__ = ["InMemoryProviderDirectory", "InMemoryTransferGateway", "RecordedTransfer"]
+
+
+class InMemoryProviderDirectory:
+    """A [`ProviderDirectory`][payout_ledger.ProviderDirectory] over a dict."""
+
+    def __init__(self, providers: Iterable[ServiceProvider] = ()) -> None:
+        self._providers = {p.id: p for p in providers}
+        self._lock = threading.Lock()
+
+    def add(self, provider: ServiceProvider) -> None:
+        """Add or replace a provider (e.g. after onboarding)."""
+        with self._lock:
+            self._providers[provider.id] = provider
+
+    def get_provider(self, provider_id: str) -> ServiceProvider | None:
+        with self._lock:
+            return self._providers.get(provider_id)
+
+
+@dataclass(frozen=True)
+class RecordedTransfer:
+    """A transfer the in-memory gateway made."""
+
+    transfer_id: str
+    amount: int
+    currency: str
+    destination: str
+    idempotency_key: str
+    transfer_group: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Fault:
+    error: GatewayError
+    after_commit: bool
+
+
+class InMemoryTransferGateway:
+    """A [`TransferGateway`][payout_ledger.TransferGateway] that keeps transfers in memory.
+
+    Idempotent by key like Stripe: the same key with the same parameters returns
+    the transfer made first; with other parameters it is declined with
+    ``idempotency_error``. Failures are programmed with
+    [`fail_next`][payout_ledger.testing.InMemoryTransferGateway.fail_next];
+    ``latency`` (seconds) is slept inside every call, outside the lock, so
+    concurrent callers really overlap.
+    """
+
+    def __init__(self, *, latency: float = 0.0) -> None:
+        self.latency = latency
+        self.calls = 0
+        self._transfers: list[RecordedTransfer] = []
+        self._by_key: dict[str, RecordedTransfer] = {}
+        self._faults: deque[_Fault] = deque()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    @property
+    def transfers(self) -> list[RecordedTransfer]:
+        """Every transfer made, oldest first."""
+        with self._lock:
+            return list(self._transfers)
+
+    def transfers_for(self, event_service_id: str) -> list[RecordedTransfer]:
+        """The transfers made for one event service."""
+        return [t for t in self.transfers if t.metadata.get("event_service_id") == event_service_id]
+
+    def fail_next(self, error: GatewayError, *, times: int = 1, after_commit: bool = False) -> None:
+        """Make the next ``times`` calls raise ``error``.
+
+        With ``after_commit=True`` the transfer is made first and the error is
+        raised afterwards: the response was lost after Stripe committed.
+        """
+        with self._lock:
+            self._faults.extend(_Fault(error, after_commit) for _ in range(times))
+
+    def decline_next(
+        self, code: str = "balance_insufficient", message: str = "Insufficient funds"
+    ) -> None:
+        """Make the next call a definite refusal."""
+        self.fail_next(TransferDeclined(message, code=code, http_status=400))
+
+    def create_transfer(self, request: TransferRequest) -> TransferResult:
+        if self.latency:
+            time.sleep(self.latency)
+        with self._lock:
+            self.calls += 1
+            fault = self._faults.popleft() if self._faults else None
+            if fault is not None and not fault.after_commit:
+                raise fault.error
+            transfer = self._by_key.get(request.idempotency_key)
+            if transfer is None:
+                transfer = RecordedTransfer(
+                    transfer_id=f"tr_mem_{next(self._ids):06d}",
+                    amount=request.amount,
+                    currency=request.currency,
+                    destination=request.destination,
+                    idempotency_key=request.idempotency_key,
+                    transfer_group=request.transfer_group,
+                    metadata=dict(request.metadata),
+                )
+                self._by_key[request.idempotency_key] = transfer
+                self._transfers.append(transfer)
+            elif _params(transfer) != _params(request):
+                raise TransferDeclined(
+                    "Keys for idempotent requests can only be used with the same "
+                    "parameters they were first used with.",
+                    code="idempotency_error",
+                    http_status=400,
+                )
+            if fault is not None:
+                raise fault.error
+            return TransferResult(transfer_id=transfer.transfer_id)
+
+
+def _params(t: RecordedTransfer | TransferRequest) -> tuple[object, ...]:
+    return (t.amount, t.currency, t.destination, t.transfer_group, t.metadata)
