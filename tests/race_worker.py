@@ -50,11 +50,15 @@ def release_all(
     latency: float,
 ) -> list[str]:
     """Release every service once, all processes starting together."""
-    ledger = PayoutLedger(
-        settings=LedgerSettings(store_url=store_url),
-        providers=InMemoryProviderDirectory([ALICE]),
-        gateway=FileCallLogGateway(Path(call_log), latency),
-    )
+    try:
+        ledger = PayoutLedger(
+            settings=LedgerSettings(store_url=store_url),
+            providers=InMemoryProviderDirectory([ALICE]),
+            gateway=FileCallLogGateway(Path(call_log), latency),
+        )
+    except BaseException:
+        barrier.abort()  # let the others fail fast; this process reports why
+        raise
     try:
         barrier.wait(timeout=60)
         return [ledger.release_payment(release(s)).outcome.value for s in services]

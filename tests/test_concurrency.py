@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections import Counter
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 
 import pytest
@@ -77,11 +78,6 @@ def test_concurrent_releases_through_separate_ledgers_create_one_transfer(
 ) -> None:
     """16 threads, each with its own ledger (own connections), one gateway call."""
     gateway = InMemoryTransferGateway(latency=0.05)
-    PayoutLedger(  # create the tables once, as a host's migration step would
-        settings=LedgerSettings(store_url=durable_store_url),
-        providers=InMemoryProviderDirectory([ALICE]),
-        gateway=gateway,
-    ).close()
     ledgers = [
         PayoutLedger(
             settings=LedgerSettings(store_url=durable_store_url),
@@ -100,15 +96,27 @@ def test_concurrent_releases_through_separate_ledgers_create_one_transfer(
     assert Counter(outcomes)[ReleaseOutcome.RELEASED] == 1
 
 
+def _gather(async_results: list[AsyncResult[list[str]]]) -> list[list[str]]:
+    """All processes' results; the root cause first if any process failed."""
+    values, errors = [], []
+    for r in async_results:
+        try:
+            values.append(r.get(timeout=120))
+        except Exception as exc:
+            errors.append(exc)
+    errors.sort(key=lambda e: isinstance(e, threading.BrokenBarrierError))
+    if errors:
+        raise errors[0]
+    return values
+
+
 def test_concurrent_processes_create_one_transfer_per_service(
     durable_store_url: str, tmp_path: Path
 ) -> None:
-    """6 OS processes release the same 5 services at once: 5 gateway calls in all."""
-    PayoutLedger(
-        settings=LedgerSettings(store_url=durable_store_url),
-        providers=InMemoryProviderDirectory([ALICE]),
-        gateway=InMemoryTransferGateway(),
-    ).close()
+    """6 OS processes start on a fresh store and release the same 5 services at once.
+
+    They also race to create the events table: start-up must survive that.
+    """
     call_log = tmp_path / "gateway-calls.jsonl"
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Manager().Barrier(PROCESSES)
@@ -120,7 +128,7 @@ def test_concurrent_processes_create_one_transfer_per_service(
             )
             for _ in range(PROCESSES)
         ]
-        per_process = [r.get(timeout=120) for r in async_results]
+        per_process = _gather(async_results)
 
     calls = count_calls(call_log)
     assert sorted(c["event_service_id"] for c in calls) == SERVICES

@@ -11,12 +11,15 @@ while Stripe is being called.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Mapping
 from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import ApplicationRecorder, IntegrityError, InternalError
+from eventsourcing.postgres import BasePostgresFactory, PostgresApplicationRecorder
 from eventsourcing.utils import Environment
 
 from payout_ledger.errors import (
@@ -42,6 +45,8 @@ from payout_ledger.settings import LedgerSettings, store_environment
 __all__ = ["PayoutLedger"]
 
 logger = logging.getLogger("payout_ledger")
+
+_DDL_ATTEMPTS = 6
 
 
 class PayoutLedger(Application):  # type: ignore[type-arg]
@@ -80,6 +85,29 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
     def construct_env(self, name: str, env: Any = None) -> Environment:
         # Only what the host passed in: os.environ must not pick the store.
         return Environment(name, dict(env or {}))
+
+    def construct_recorder(self) -> ApplicationRecorder:
+        # eventsourcing creates tables when the recorder is built. Several processes
+        # starting at once (web workers) race on PostgreSQL's catalog ("tuple
+        # concurrently updated"); every statement is IF NOT EXISTS / OR REPLACE,
+        # so creating again after a short pause is safe.
+        if not isinstance(self.factory, BasePostgresFactory):
+            return super().construct_recorder()
+        self.factory.env[BasePostgresFactory.CREATE_TABLE] = "no"
+        recorder = super().construct_recorder()
+        if not self.settings.create_tables:
+            return recorder
+        assert isinstance(recorder, PostgresApplicationRecorder)
+        for attempt in range(1, _DDL_ATTEMPTS + 1):
+            try:
+                recorder.create_table()
+            except (InternalError, IntegrityError):
+                if attempt == _DDL_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0.05, 0.2) * attempt)
+            else:
+                break
+        return recorder
 
     def __enter__(self) -> PayoutLedger:
         return self

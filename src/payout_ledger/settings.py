@@ -63,6 +63,10 @@ class LedgerSettings(BaseSettings):
     postgres_max_overflow: int = Field(default=10, ge=0)
     postgres_connect_timeout: int = Field(default=10, ge=1)
 
+    create_tables: bool = True
+    """Create the events table on start-up (idempotent). Turn off where the
+    database user may not run DDL and the table was created beforehand."""
+
     claim_attempts: int = Field(default=5, ge=1)
     """How many times a release reloads and decides again after losing a race."""
 

@@ -1,0 +1,208 @@
+"""StripeTransferGateway: Connect transfers through the stripe SDK's StripeClient.
+
+How Stripe's errors become ledger outcomes (the docs' "Stripe" page explains why):
+
+| Stripe error (HTTP) | outcome | the ledger records |
+|---|---|---|
+| Card, InvalidRequest, Permission, Authentication (4xx) | TransferDeclined | TransferFailed |
+| RateLimitError (429) | TransferNotExecuted | nothing; retried with the same key |
+| APIConnectionError (timeout, dropped connection) | TransferOutcomeUnknown | nothing |
+| APIError (5xx, and 409 key in use) | TransferOutcomeUnknown | nothing |
+| IdempotencyError, any other StripeError | TransferOutcomeUnknown | nothing |
+
+The idempotency key goes in the request *options*: inside the params dict the
+SDK would send it as a form field and invent a random key of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+from stripe.params import TransferCreateParams, TransferListParams
+
+from payout_ledger.errors import (
+    ConfigurationError,
+    GatewayError,
+    TransferDeclined,
+    TransferNotExecuted,
+    TransferOutcomeUnknown,
+)
+from payout_ledger.ports import TransferRequest, TransferResult
+
+__all__ = ["StripeTransfer", "StripeTransferGateway", "classify_error"]
+
+_DECLINED = (
+    stripe.CardError,
+    stripe.InvalidRequestError,
+    stripe.PermissionError,
+    stripe.AuthenticationError,
+)
+
+
+@dataclass(frozen=True)
+class StripeTransfer:
+    """A transfer as Stripe reports it, for settling and reconciling."""
+
+    id: str
+    amount: int
+    currency: str
+    destination: str | None
+    transfer_group: str | None
+    metadata: dict[str, str]
+    created: int
+    amount_reversed: int
+    reversed: bool
+
+
+def classify_error(exc: stripe.StripeError) -> GatewayError:
+    """Map a Stripe SDK error to the ledger's outcome (see the module's table)."""
+    code = exc.code or _error_type(exc)
+    message = _safe_message(exc)
+    kwargs: dict[str, Any] = {
+        "code": code,
+        "request_id": exc.request_id,
+        "http_status": exc.http_status,
+    }
+    if isinstance(exc, stripe.IdempotencyError):
+        return TransferOutcomeUnknown(message, **kwargs)
+    if isinstance(exc, _DECLINED):
+        return TransferDeclined(message, **kwargs)
+    if isinstance(exc, stripe.RateLimitError):
+        return TransferNotExecuted(message, **kwargs)
+    return TransferOutcomeUnknown(message, **kwargs)
+
+
+class StripeTransferGateway:
+    """A [`TransferGateway`][payout_ledger.TransferGateway] on Stripe Connect transfers.
+
+    ``api_base`` points the SDK elsewhere (the fake Stripe server in tests).
+    ``timeout`` is seconds per HTTP request; ``max_network_retries`` are the
+    SDK's own retries, which reuse our idempotency key. The API key is kept
+    inside the SDK client and never appears in messages or logs.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_base: str | None = None,
+        timeout: float = 30.0,
+        max_network_retries: int = 2,
+        stripe_account: str | None = None,
+    ) -> None:
+        if not api_key.startswith(("sk_", "rk_")):
+            raise ConfigurationError("a Stripe secret key (sk_... or rk_...) is required")
+        http_client = stripe.RequestsClient(
+            timeout=timeout, async_fallback_client=stripe.HTTPXClient(timeout=timeout)
+        )
+        self.client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base} if api_base else None,
+            max_network_retries=max_network_retries,
+            http_client=http_client,
+            stripe_account=stripe_account,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(<api key hidden>)"
+
+    @staticmethod
+    def _params(request: TransferRequest) -> TransferCreateParams:
+        return {
+            "amount": request.amount,
+            "currency": request.currency,
+            "destination": request.destination,
+            "transfer_group": request.transfer_group,
+            "metadata": dict(request.metadata),
+        }
+
+    def create_transfer(self, request: TransferRequest) -> TransferResult:
+        try:
+            transfer = self.client.v1.transfers.create(
+                self._params(request), options={"idempotency_key": request.idempotency_key}
+            )
+        except stripe.StripeError as exc:
+            raise classify_error(exc) from exc
+        return _result(transfer)
+
+    async def create_transfer_async(self, request: TransferRequest) -> TransferResult:
+        """The same as create_transfer, on the SDK's async transport (httpx)."""
+        try:
+            transfer = await self.client.v1.transfers.create_async(
+                self._params(request), options={"idempotency_key": request.idempotency_key}
+            )
+        except stripe.StripeError as exc:
+            raise classify_error(exc) from exc
+        return _result(transfer)
+
+    def list_transfers(
+        self,
+        *,
+        transfer_group: str | None = None,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+    ) -> Iterator[StripeTransfer]:
+        """Every transfer matching the filters, newest first, across pages.
+
+        Raises [`TransferOutcomeUnknown`][payout_ledger.TransferOutcomeUnknown]
+        when Stripe cannot be asked: an unanswered lookup proves nothing.
+        """
+        params: TransferListParams = {"limit": 100}
+        if transfer_group is not None:
+            params["transfer_group"] = transfer_group
+        created: dict[str, int] = {}
+        if created_gte is not None:
+            created["gte"] = created_gte
+        if created_lt is not None:
+            created["lt"] = created_lt
+        if created:
+            params["created"] = created  # type: ignore[typeddict-item,unused-ignore]
+        try:
+            for transfer in self.client.v1.transfers.list(params).auto_paging_iter():
+                yield _stripe_transfer(transfer)
+        except stripe.StripeError as exc:
+            raise TransferOutcomeUnknown(
+                f"could not list transfers: {_safe_message(exc)}",
+                code=exc.code or _error_type(exc),
+                request_id=exc.request_id,
+                http_status=exc.http_status,
+            ) from exc
+
+
+def _result(transfer: stripe.Transfer) -> TransferResult:
+    response = transfer.last_response
+    return TransferResult(
+        transfer_id=transfer.id, request_id=response.request_id if response else None
+    )
+
+
+def _stripe_transfer(t: stripe.Transfer) -> StripeTransfer:
+    destination = t.destination
+    if destination is not None and not isinstance(destination, str):
+        destination = destination.id
+    return StripeTransfer(
+        id=t.id,
+        amount=t.amount,
+        currency=t.currency,
+        destination=destination,
+        transfer_group=t.transfer_group,
+        metadata={str(k): str(v) for k, v in (t.to_dict().get("metadata") or {}).items()},
+        created=t.created,
+        amount_reversed=t.amount_reversed,
+        reversed=t.reversed,
+    )
+
+
+def _error_type(exc: stripe.StripeError) -> str | None:
+    error = exc.error
+    return getattr(error, "type", None) if error is not None else type(exc).__name__
+
+
+def _safe_message(exc: stripe.StripeError) -> str:
+    # Stripe's messages mask keys already; the SDK's own connection errors can
+    # echo request details, so keep only the first line.
+    text = exc.user_message or type(exc).__name__
+    return text.splitlines()[0][:500]
