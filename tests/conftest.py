@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -20,7 +21,7 @@ import pytest
 
 from payout_ledger import LedgerSettings, PayoutLedger
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
-from support import ALICE, BOB_NOT_ONBOARDED
+from tests.support import ALICE, BOB_NOT_ONBOARDED
 
 POSTGRES_URL_VARIABLE = "PAYOUT_LEDGER_TEST_POSTGRES_URL"
 
@@ -113,16 +114,12 @@ def make_ledger(
     """Build ledgers on the current store; all are closed after the test."""
     made: list[PayoutLedger] = []
 
-    def make(**overrides: object) -> PayoutLedger:
-        settings = LedgerSettings(
-            store_url=store_url,
-            **{k: v for k, v in overrides.items() if k not in {"providers", "gateway"}},
-        )
-        ledger = PayoutLedger(
-            settings=settings,
-            providers=overrides.get("providers", providers),  # type: ignore[arg-type]
-            gateway=overrides.get("gateway", gateway),  # type: ignore[arg-type]
-        )
+    def make(**overrides: Any) -> PayoutLedger:
+        wiring = {"providers": providers, "gateway": gateway}
+        for name in ("providers", "gateway", "clock"):
+            if name in overrides:
+                wiring[name] = overrides.pop(name)
+        ledger = PayoutLedger(settings=LedgerSettings(store_url=store_url, **overrides), **wiring)
         made.append(ledger)
         return ledger
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from payout_ledger import LedgerSettings, PayoutLedger, TransferRequest, TransferResult
 from payout_ledger.testing import InMemoryProviderDirectory
-from support import ALICE, release
+from tests.support import ALICE, release
 
 
 class FileCallLogGateway:

@@ -17,8 +17,8 @@ import pytest
 
 from payout_ledger import LedgerSettings, PayoutLedger, ReleaseOutcome
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
-from race_worker import count_calls, release_all
-from support import ALICE, release
+from tests.race_worker import count_calls, release_all
+from tests.support import ALICE, release
 
 THREADS = 16
 PROCESSES = 6

@@ -17,7 +17,7 @@ from payout_ledger import (
 )
 from payout_ledger.settings import redact_url, store_environment
 from payout_ledger.testing import InMemoryTransferGateway
-from support import release
+from tests.support import release
 
 
 def test_money_is_integer_minor_units_with_a_lower_case_currency() -> None:

@@ -22,7 +22,7 @@ from payout_ledger import (
     TransferOutcomeUnknown,
 )
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
-from support import release
+from tests.support import release
 
 SERVICES = ["es_a", "es_b", "es_c"]
 PROVIDERS = {"es_a": "prov_1", "es_b": "prov_1", "es_c": "prov_2"}

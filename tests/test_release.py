@@ -19,7 +19,7 @@ from payout_ledger import (
     TransferOutcomeUnknown,
 )
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
-from support import ALICE, release
+from tests.support import ALICE, release
 
 # Phase 1: the destination, onboarding and the payee.
 

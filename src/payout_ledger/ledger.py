@@ -10,6 +10,7 @@ while Stripe is being called.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -18,33 +19,49 @@ from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import ApplicationRecorder, IntegrityError, InternalError
 from eventsourcing.postgres import BasePostgresFactory, PostgresApplicationRecorder
 from eventsourcing.utils import Environment
 
 from payout_ledger.errors import (
     ConfigurationError,
+    GatewayError,
+    InvalidRequestError,
     LedgerBusyError,
     PayoutNotFoundError,
     ProviderNotFoundError,
     ReleaseConflictError,
     TransferDeclined,
     TransferNotExecuted,
-    TransferOutcomeUnknown,
 )
 from payout_ledger.payout import PayoutAggregate, PayoutStatus
 from payout_ledger.ports import (
+    Clock,
     ProviderDirectory,
     ServiceProvider,
+    StripeTransfer,
+    SystemClock,
     TransferGateway,
     TransferRequest,
+    TransferResult,
 )
 from payout_ledger.release import ReleaseOutcome, ReleaseRequest, ReleaseResult
 from payout_ledger.settings import LedgerSettings, store_environment
+from payout_ledger.stripe_events import (
+    CapturedPayment,
+    StripeEventOutcome,
+    StripeEventReceipt,
+    StripeEventRecord,
+)
 
 __all__ = ["PayoutLedger"]
 
 logger = logging.getLogger("payout_ledger")
+
+_PAGE = 500
+_SIMULATED_PREFIX = "sim_"
+_TRANSFER_EVENTS = frozenset({"transfer.created", "transfer.updated", "transfer.reversed"})
 
 _DDL_ATTEMPTS = 6
 
@@ -73,6 +90,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         settings: LedgerSettings,
         providers: ProviderDirectory,
         gateway: TransferGateway | None = None,
+        clock: Clock | None = None,
     ) -> None:
         settings.check()
         if settings.stripe_enabled and gateway is None:
@@ -80,6 +98,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         self.settings = settings
         self._providers = providers
         self._gateway = gateway
+        self._clock: Clock = clock or SystemClock()
         super().__init__(env=store_environment(settings))
 
     def construct_env(self, name: str, env: Any = None) -> Environment:
@@ -122,6 +141,15 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         """The id of an event service's payout (uuid5 of the service id)."""
         return PayoutAggregate.create_id(event_service_id)
 
+    @property
+    def gateway(self) -> TransferGateway | None:
+        """The transfer gateway this ledger calls (None when Stripe is disabled)."""
+        return self._gateway
+
+    def find_payout(self, event_service_id: str) -> PayoutAggregate | None:
+        """The payout's current state, or None if it was never started."""
+        return self._load(event_service_id)
+
     def get_payout(self, event_service_id: str) -> PayoutAggregate:
         """The payout's current state, rebuilt from its events."""
         payout = self._load(event_service_id)
@@ -146,32 +174,213 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         [`ReleaseResult`][payout_ledger.ReleaseResult].
         """
         req = ReleaseRequest.parse(request)
+        provider = self._provider(req)
+        for _ in range(self.settings.claim_attempts):
+            decided = self._decide(req, provider)
+            if decided is None:
+                continue  # lost the race: reload and decide again
+            if isinstance(decided, ReleaseResult):
+                return decided
+            return self._conclude(decided, self._call_gateway(decided))
+        raise LedgerBusyError(req.event_service_id, self.settings.claim_attempts)
+
+    async def release_payment_async(
+        self, request: ReleaseRequest | Mapping[str, Any]
+    ) -> ReleaseResult:
+        """[`release_payment`][payout_ledger.PayoutLedger.release_payment] for asyncio hosts.
+
+        Store and directory calls run in worker threads, off the event loop; the
+        Stripe call uses the gateway's ``create_transfer_async`` when it has one.
+        The guarantees are the same: the claim is the same save.
+        """
+        req = ReleaseRequest.parse(request)
+        provider = await asyncio.to_thread(self._provider, req)
+        for _ in range(self.settings.claim_attempts):
+            decided = await asyncio.to_thread(self._decide, req, provider)
+            if decided is None:
+                continue
+            if isinstance(decided, ReleaseResult):
+                return decided
+            outcome = await self._call_gateway_async(decided)
+            return await asyncio.to_thread(self._conclude, decided, outcome)
+        raise LedgerBusyError(req.event_service_id, self.settings.claim_attempts)
+
+    def resume_in_flight(self) -> list[ReleaseResult]:
+        """Settle every payout left in flight (a crash, a timeout, a lost response).
+
+        See [`resume`][payout_ledger.PayoutLedger.resume]. Safe to run at any
+        time, from any number of processes.
+        """
+        return [self.resume(event_service_id) for event_service_id in self.in_flight()]
+
+    def resume(self, event_service_id: str) -> ReleaseResult:
+        """Settle one in-flight payout without ever making a second transfer.
+
+        While the attempt's idempotency key is younger than
+        ``settings.stripe_idempotency_window`` the same request is sent again
+        with the same key: Stripe answers with the transfer it made, or makes
+        it now. Past that window Stripe may have forgotten the key, so the
+        transfer is first looked up by its ``transfer_group`` and metadata; it
+        is recorded if found, and only when Stripe has none is a new attempt
+        started with a new key.
+        """
+        payout = self.get_payout(event_service_id)
+        if payout.status is not PayoutStatus.IN_FLIGHT:
+            return _result(payout, _OUTCOME_OF_STATUS[payout.status], detail="nothing in flight")
+        age = (self._clock.now() - payout.attempt_started_at).total_seconds()
+        if age < self.settings.stripe_idempotency_window:
+            outcome = self._call_gateway(payout)
+            return self._conclude(payout, outcome, detail="retried with the same key")
+        try:
+            found = self._find_transfers(payout)
+        except GatewayError as exc:
+            return _result(payout, ReleaseOutcome.OUTCOME_UNKNOWN, exc, detail="lookup failed")
+        current = [t for t in found if t.metadata.get("attempt") == str(payout.attempt)]
+        if current:
+            payout.record_transfer(transfer_id=current[0].id, request_id=None)
+            return self._save_outcome(payout, ReleaseOutcome.RELEASED, detail="found at Stripe")
+        if found:
+            # A transfer of an attempt recorded as failed: the books disagree with
+            # Stripe. Paying again could only make it worse; reconcile reports it.
+            return _result(
+                payout,
+                ReleaseOutcome.OUTCOME_UNKNOWN,
+                detail=f"Stripe has transfer {found[0].id} of another attempt",
+            )
+        payout.record_failure(
+            code="not_found_after_key_window",
+            message="no transfer at Stripe after the idempotency key window",
+            request_id=None,
+        )
+        payout.start_next_attempt(
+            payee_user_id=payout.payee_user_id,
+            destination_account=payout.destination_account,
+            started_at=self._clock.now(),
+        )
+        try:
+            self.save(payout)
+        except IntegrityError:
+            return _result(self.get_payout(event_service_id), ReleaseOutcome.IN_PROGRESS)
+        return self._conclude(payout, self._call_gateway(payout), detail="new attempt")
+
+    def in_flight(self) -> list[str]:
+        """Event services whose payout has an attempt without an outcome.
+
+        Reads the log once, in pages, keeping only each payout's last outcome.
+        """
+        topics = [
+            PayoutAggregate.PayoutStarted.TOPIC,
+            PayoutAggregate.TransferFailed.TOPIC,
+            PayoutAggregate.TransferSucceeded.TOPIC,
+        ]
+        last: dict[UUID, str] = {}
+        start = 1
+        while True:
+            page = self.recorder.select_notifications(start, _PAGE, topics=topics)
+            if not page:
+                break
+            for notification in page:
+                last[UUID(str(notification.originator_id))] = notification.topic
+            start = page[-1].id + 1
+        started = PayoutAggregate.PayoutStarted.TOPIC
+        return sorted(
+            self.get_payout_by_id(payout_id).event_service_id
+            for payout_id, topic in last.items()
+            if topic == started
+        )
+
+    # Stripe events (webhooks).
+
+    def has_stripe_event(self, event_id: str) -> bool:
+        """Whether this Stripe event id has been recorded."""
+        try:
+            self.repository.get(StripeEventRecord.create_id(event_id))
+        except AggregateNotFoundError:
+            return False
+        return True
+
+    def record_stripe_event(
+        self, *, event: Mapping[str, Any], raw_body: bytes, headers: Mapping[str, str]
+    ) -> StripeEventReceipt:
+        """Record a verified Stripe event once, together with its effect.
+
+        ``transfer.created``/``transfer.updated``/``transfer.reversed`` settle an
+        in-flight payout whose response was lost and record reversals (the
+        cumulative amount, so out-of-order deliveries add up);
+        ``payment_intent.succeeded`` records the payment as captured; every other
+        type is kept for audit only. The record and its effect are saved in one
+        transaction, so a duplicate delivery has no second effect.
+        """
+        event_id, event_type, obj = _parse_stripe_event(event)
+        try:
+            body = raw_body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequestError("a Stripe event body is UTF-8 JSON") from None
+        for _ in range(self.settings.claim_attempts):
+            if self.has_stripe_event(event_id):
+                return StripeEventReceipt(event_id, event_type, StripeEventOutcome.DUPLICATE)
+            changed, outcome, event_service_id, detail = self._effect_of(event_id, event_type, obj)
+            record = StripeEventRecord.receive(
+                stripe_event_id=event_id,
+                event_type=event_type,
+                livemode=bool(event.get("livemode", False)),
+                account=_optional_str(event.get("account")),
+                stripe_created=_optional_int(event.get("created")),
+                raw_body=body,
+                headers={str(k).lower(): str(v) for k, v in headers.items()},
+                outcome=outcome.value,
+                event_service_id=event_service_id,
+            )
+            try:
+                self.save(record, *changed)
+            except IntegrityError:
+                continue  # a duplicate, or the payout moved: decide again
+            return StripeEventReceipt(event_id, event_type, outcome, event_service_id, detail)
+        raise LedgerBusyError(event_id, self.settings.claim_attempts)
+
+    def captured_payment(self, payment_intent_id: str) -> CapturedPayment | None:
+        """The captured payment recorded for a PaymentIntent, if any."""
+        try:
+            payment: object = self.repository.get(CapturedPayment.create_id(payment_intent_id))
+        except AggregateNotFoundError:
+            return None
+        return cast(CapturedPayment, payment)
+
+    # Internals.
+
+    def get_payout_by_id(self, payout_id: UUID) -> PayoutAggregate:
+        """A payout by its own id."""
+        try:
+            return cast(PayoutAggregate, self.repository.get(payout_id))
+        except AggregateNotFoundError:
+            raise PayoutNotFoundError(str(payout_id)) from None
+
+    def _provider(self, req: ReleaseRequest) -> ServiceProvider:
         provider = self._providers.get_provider(req.provider_id)
         if provider is None:
             raise ProviderNotFoundError(req.provider_id)
-        for _ in range(self.settings.claim_attempts):
-            payout = self._load(req.event_service_id)
-            if payout is not None:
-                _check_same_release(payout, req)
-                if payout.status is PayoutStatus.RELEASED:
-                    return _result(payout, ReleaseOutcome.ALREADY_RELEASED)
-                if payout.status is not PayoutStatus.FAILED:
-                    return _result(payout, ReleaseOutcome.IN_PROGRESS)
-            if self.settings.stripe_enabled and provider.stripe_account_id is None:
-                return ReleaseResult(
-                    event_service_id=req.event_service_id,
-                    payout_id=self.payout_id(req.event_service_id),
-                    outcome=ReleaseOutcome.ONBOARDING_REQUIRED,
-                    error_code="onboarding_required",
-                    error_message=f"provider {provider.id!r} has no Stripe account",
-                )
-            payout = self._claim(payout, req, provider)
-            if payout is None:
-                continue  # lost the race: reload and decide again
-            return self._transfer(payout)
-        raise LedgerBusyError(req.event_service_id, self.settings.claim_attempts)
+        return provider
 
-    # Internals.
+    def _decide(
+        self, req: ReleaseRequest, provider: ServiceProvider
+    ) -> ReleaseResult | PayoutAggregate | None:
+        """Load and decide; a claimed payout, a final answer, or None (lost the race)."""
+        payout = self._load(req.event_service_id)
+        if payout is not None:
+            _check_same_release(payout, req)
+            if payout.is_paid:
+                return _result(payout, ReleaseOutcome.ALREADY_RELEASED)
+            if payout.status is not PayoutStatus.FAILED:
+                return _result(payout, ReleaseOutcome.IN_PROGRESS)
+        if self.settings.stripe_enabled and provider.stripe_account_id is None:
+            return ReleaseResult(
+                event_service_id=req.event_service_id,
+                payout_id=self.payout_id(req.event_service_id),
+                outcome=ReleaseOutcome.ONBOARDING_REQUIRED,
+                error_code="onboarding_required",
+                error_message=f"provider {provider.id!r} has no Stripe account",
+            )
+        return self._claim(payout, req, provider)
 
     def _load(self, event_service_id: str) -> PayoutAggregate | None:
         try:
@@ -194,11 +403,13 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
                 destination_account=provider.stripe_account_id,
                 amount=req.amount.amount,
                 currency=req.amount.currency,
+                started_at=self._clock.now(),
             )
         else:
             payout.start_next_attempt(
                 payee_user_id=provider.user_id,
                 destination_account=provider.stripe_account_id,
+                started_at=self._clock.now(),
             )
         try:
             self.save(payout)
@@ -207,17 +418,11 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             return None
         return payout
 
-    def _transfer(self, payout: PayoutAggregate) -> ReleaseResult:
-        if self._gateway is None or not self.settings.stripe_enabled:
-            # Stripe disabled (local development): nothing moves.
-            payout.record_transfer(
-                transfer_id=f"sim_{payout.id.hex}_{payout.attempt}",
-                request_id=None,
-                simulated=True,
-            )
-            return self._save_outcome(payout, ReleaseOutcome.RELEASED)
+    def _transfer_request(self, payout: PayoutAggregate) -> TransferRequest:
+        # Everything here comes from the recorded PayoutStarted, so a retry of
+        # the attempt sends exactly the parameters Stripe stored under the key.
         assert payout.destination_account is not None  # onboarding was checked
-        request = TransferRequest(
+        return TransferRequest(
             amount=payout.amount,
             currency=payout.currency,
             destination=payout.destination_account,
@@ -229,28 +434,135 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
                 "attempt": str(payout.attempt),
             },
         )
+
+    def _call_gateway(self, payout: PayoutAggregate) -> TransferResult | GatewayError:
+        if self._gateway is None or not self.settings.stripe_enabled:
+            return _simulated(payout)
         try:
-            transfer = self._gateway.create_transfer(request)
-        except TransferDeclined as exc:
-            payout.record_failure(code=exc.code, message=exc.message, request_id=exc.request_id)
-            return self._save_outcome(payout, ReleaseOutcome.FAILED, exc)
-        except TransferNotExecuted as exc:
-            return _result(payout, ReleaseOutcome.NOT_EXECUTED, exc)
-        except TransferOutcomeUnknown as exc:
-            logger.warning(
-                "transfer outcome unknown for %s (attempt %d); payout left in flight",
-                payout.event_service_id,
-                payout.attempt,
+            return self._gateway.create_transfer(self._transfer_request(payout))
+        except GatewayError as exc:
+            return exc
+
+    async def _call_gateway_async(self, payout: PayoutAggregate) -> TransferResult | GatewayError:
+        if self._gateway is None or not self.settings.stripe_enabled:
+            return _simulated(payout)
+        request = self._transfer_request(payout)
+        create_async = getattr(self._gateway, "create_transfer_async", None)
+        try:
+            if create_async is not None:
+                return cast(TransferResult, await create_async(request))
+            return await asyncio.to_thread(self._gateway.create_transfer, request)
+        except GatewayError as exc:
+            return exc
+
+    def _find_transfers(self, payout: PayoutAggregate) -> list[StripeTransfer]:
+        if self._gateway is None:
+            return []
+        return [
+            t
+            for t in self._gateway.list_transfers(transfer_group=payout.transfer_group)
+            if t.metadata.get("payout_id") == str(payout.id)
+        ]
+
+    def _conclude(
+        self,
+        payout: PayoutAggregate,
+        outcome: TransferResult | GatewayError,
+        detail: str | None = None,
+    ) -> ReleaseResult:
+        if isinstance(outcome, TransferResult):
+            payout.record_transfer(
+                transfer_id=outcome.transfer_id,
+                request_id=outcome.request_id,
+                simulated=outcome.transfer_id.startswith(_SIMULATED_PREFIX),
             )
-            return _result(payout, ReleaseOutcome.OUTCOME_UNKNOWN, exc)
-        payout.record_transfer(transfer_id=transfer.transfer_id, request_id=transfer.request_id)
-        return self._save_outcome(payout, ReleaseOutcome.RELEASED)
+            return self._save_outcome(payout, ReleaseOutcome.RELEASED, detail=detail)
+        if isinstance(outcome, TransferDeclined):
+            payout.record_failure(
+                code=outcome.code, message=outcome.message, request_id=outcome.request_id
+            )
+            return self._save_outcome(payout, ReleaseOutcome.FAILED, outcome, detail)
+        if isinstance(outcome, TransferNotExecuted):
+            return _result(payout, ReleaseOutcome.NOT_EXECUTED, outcome, detail)
+        logger.warning(
+            "transfer outcome unknown for %s (attempt %d); payout left in flight",
+            payout.event_service_id,
+            payout.attempt,
+        )
+        return _result(payout, ReleaseOutcome.OUTCOME_UNKNOWN, outcome, detail)
+
+    def _effect_of(
+        self, event_id: str, event_type: str, obj: Mapping[str, Any]
+    ) -> tuple[list[Aggregate], StripeEventOutcome, str | None, str | None]:
+        if event_type == "payment_intent.succeeded":
+            return self._capture_payment(event_id, obj)
+        if event_type in _TRANSFER_EVENTS:
+            return self._apply_transfer_report(event_id, obj)
+        return [], StripeEventOutcome.RECORDED, None, None
+
+    def _capture_payment(
+        self, event_id: str, obj: Mapping[str, Any]
+    ) -> tuple[list[Aggregate], StripeEventOutcome, str | None, str | None]:
+        try:
+            payment_intent_id = str(obj["id"])
+            amount, currency = int(obj["amount"]), str(obj["currency"])
+        except (KeyError, TypeError, ValueError):
+            raise InvalidRequestError(
+                "payment_intent.succeeded without id/amount/currency"
+            ) from None
+        if self.captured_payment(payment_intent_id) is not None:
+            return [], StripeEventOutcome.RECORDED, None, "payment already captured"
+        metadata = {str(k): str(v) for k, v in (obj.get("metadata") or {}).items()}
+        payment = CapturedPayment.capture(
+            payment_intent_id=payment_intent_id,
+            amount=amount,
+            currency=currency,
+            metadata=metadata,
+            stripe_event_id=event_id,
+        )
+        return [payment], StripeEventOutcome.APPLIED, metadata.get("event_service_id"), None
+
+    def _apply_transfer_report(
+        self, event_id: str, obj: Mapping[str, Any]
+    ) -> tuple[list[Aggregate], StripeEventOutcome, str | None, str | None]:
+        try:
+            transfer = StripeTransfer.from_stripe(obj)
+        except (KeyError, TypeError, ValueError):
+            raise InvalidRequestError("a transfer event without id/amount/currency") from None
+        event_service_id = transfer.metadata.get("event_service_id")
+        payout = self._load(event_service_id) if event_service_id else None
+        if payout is None or transfer.metadata.get("payout_id") != str(payout.id):
+            return [], StripeEventOutcome.RECORDED, None, "not a transfer of this ledger"
+        settled = False
+        if payout.status is PayoutStatus.IN_FLIGHT:
+            if transfer.metadata.get("attempt") != str(payout.attempt):
+                return [], StripeEventOutcome.RECORDED, event_service_id, "another attempt"
+            payout.record_transfer(transfer_id=transfer.id, request_id=None)
+            settled = True
+        if payout.transfer_id != transfer.id:
+            logger.warning(
+                "Stripe reports transfer %s for %s, the ledger has %s",
+                transfer.id,
+                event_service_id,
+                payout.transfer_id,
+            )
+            return [], StripeEventOutcome.RECORDED, event_service_id, "transfer differs"
+        reversed_now = payout.record_reversal(
+            transfer_id=transfer.id,
+            amount_reversed=transfer.amount_reversed,
+            stripe_event_id=event_id,
+        )
+        if settled or reversed_now:
+            detail = "settled" if settled else "reversal recorded"
+            return [payout], StripeEventOutcome.APPLIED, event_service_id, detail
+        return [], StripeEventOutcome.RECORDED, event_service_id, None
 
     def _save_outcome(
         self,
         payout: PayoutAggregate,
         outcome: ReleaseOutcome,
         error: Exception | None = None,
+        detail: str | None = None,
     ) -> ReleaseResult:
         try:
             self.save(payout)
@@ -259,11 +571,12 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             # stored outcome wins; ours is dropped, never written twice.
             stored = self.get_payout(payout.event_service_id)
             return _result(stored, _OUTCOME_OF_STATUS[stored.status])
-        return _result(payout, outcome, error)
+        return _result(payout, outcome, error, detail)
 
 
 _OUTCOME_OF_STATUS = {
     PayoutStatus.RELEASED: ReleaseOutcome.RELEASED,
+    PayoutStatus.REVERSED: ReleaseOutcome.RELEASED,
     PayoutStatus.TRANSFERRED: ReleaseOutcome.IN_PROGRESS,
     PayoutStatus.IN_FLIGHT: ReleaseOutcome.IN_PROGRESS,
     PayoutStatus.FAILED: ReleaseOutcome.FAILED,
@@ -281,7 +594,10 @@ def _check_same_release(payout: PayoutAggregate, req: ReleaseRequest) -> None:
 
 
 def _result(
-    payout: PayoutAggregate, outcome: ReleaseOutcome, error: Exception | None = None
+    payout: PayoutAggregate,
+    outcome: ReleaseOutcome,
+    error: Exception | None = None,
+    detail: str | None = None,
 ) -> ReleaseResult:
     code = getattr(error, "code", None)
     return ReleaseResult(
@@ -294,4 +610,30 @@ def _result(
         error_code=code,
         error_message=getattr(error, "message", None),
         stripe_request_id=getattr(error, "request_id", None),
+        detail=detail,
     )
+
+
+def _simulated(payout: PayoutAggregate) -> TransferResult:
+    # Stripe disabled (local development): nothing moves.
+    return TransferResult(transfer_id=f"{_SIMULATED_PREFIX}{payout.id.hex}_{payout.attempt}")
+
+
+def _parse_stripe_event(event: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
+    if not isinstance(event, Mapping):
+        raise InvalidRequestError("a Stripe event is a JSON object")
+    event_id, event_type, data = event.get("id"), event.get("type"), event.get("data")
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str):
+        raise InvalidRequestError("a Stripe event needs a string id and type")
+    if not isinstance(obj, Mapping):
+        raise InvalidRequestError("a Stripe event needs data.object")
+    return event_id, event_type, obj
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _optional_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -9,6 +9,8 @@ A payout's whole life is four kinds of event:
   the service can be released again, with a new idempotency key.
 * ``TransferSucceeded`` - the transfer exists at Stripe (its id is recorded).
 * ``Released`` - the service's payment is released to its provider.
+* ``TransferReversed`` - Stripe reports (part of) the transfer reversed; it
+  carries the cumulative reversed amount, so deliveries in any order add up.
 
 The ``apply`` methods only assign: every rule lives in the command methods and
 in [`PayoutLedger`][payout_ledger.PayoutLedger], so events stored under
@@ -57,7 +59,9 @@ class PayoutStatus(StrEnum):
     TRANSFERRED = "transferred"
     """The transfer exists at Stripe; ``Released`` is being recorded."""
     RELEASED = "released"
-    """Paid. Terminal."""
+    """Paid."""
+    REVERSED = "reversed"
+    """Paid, then the whole transfer was reversed at Stripe."""
 
 
 class PayoutAggregate(Aggregate):
@@ -85,6 +89,8 @@ class PayoutAggregate(Aggregate):
         attempt: int
         idempotency_key: str
         transfer_group: str
+        started_at: datetime
+        """The ledger clock's time at the claim: Stripe's key window is measured from it."""
 
         def mutate(self, aggregate: Any) -> Any:
             if aggregate is None:
@@ -101,7 +107,7 @@ class PayoutAggregate(Aggregate):
             aggregate.attempt = self.attempt
             aggregate.idempotency_key = self.idempotency_key
             aggregate.transfer_group = self.transfer_group
-            aggregate.attempt_started_at = self.timestamp
+            aggregate.attempt_started_at = self.started_at
             aggregate.status = PayoutStatus.IN_FLIGHT
             aggregate.failure_code = None
             aggregate.failure_message = None
@@ -151,10 +157,25 @@ class PayoutAggregate(Aggregate):
             aggregate.status = PayoutStatus.RELEASED
             aggregate.released_at = self.timestamp
 
+    class TransferReversed(Event):
+        """Stripe reports the transfer reversed, in part or in whole."""
+
+        TOPIC = "payout_ledger:TransferReversed"
+        transfer_id: str
+        amount_reversed: int
+        currency: str
+        stripe_event_id: str | None
+
+        def apply(self, aggregate: PayoutAggregate) -> None:
+            aggregate.amount_reversed = self.amount_reversed
+            if self.amount_reversed >= aggregate.amount:
+                aggregate.status = PayoutStatus.REVERSED
+
     def __init__(self, event_service_id: str) -> None:
         self.event_service_id = event_service_id
         self.transfer_id: str | None = None
         self.released_at: datetime | None = None
+        self.amount_reversed = 0
         # The remaining state is assigned by PayoutStarted.apply().
         self.provider_id: str
         self.payee_user_id: str
@@ -187,6 +208,7 @@ class PayoutAggregate(Aggregate):
         destination_account: str | None,
         amount: int,
         currency: str,
+        started_at: datetime,
     ) -> PayoutAggregate:
         """Claim the first attempt of a new payout."""
         return cls._create(
@@ -200,9 +222,12 @@ class PayoutAggregate(Aggregate):
             attempt=1,
             idempotency_key=idempotency_key(event_service_id, 1),
             transfer_group=transfer_group(event_service_id),
+            started_at=started_at,
         )
 
-    def start_next_attempt(self, *, payee_user_id: str, destination_account: str | None) -> None:
+    def start_next_attempt(
+        self, *, payee_user_id: str, destination_account: str | None, started_at: datetime
+    ) -> None:
         """Claim a new attempt after a definite failure."""
         if self.status is not PayoutStatus.FAILED:
             raise RuntimeError(f"cannot start an attempt while {self.status}")
@@ -219,6 +244,7 @@ class PayoutAggregate(Aggregate):
             attempt=attempt,
             idempotency_key=idempotency_key(self.event_service_id, attempt),
             transfer_group=self.transfer_group,
+            started_at=started_at,
         )
 
     def record_failure(self, *, code: str | None, message: str, request_id: str | None) -> None:
@@ -256,6 +282,28 @@ class PayoutAggregate(Aggregate):
             currency=self.currency,
             payee_user_id=self.payee_user_id,
         )
+
+    def record_reversal(
+        self, *, transfer_id: str, amount_reversed: int, stripe_event_id: str | None
+    ) -> bool:
+        """Record the transfer's cumulative reversed amount; False if nothing new."""
+        if transfer_id != self.transfer_id:
+            raise RuntimeError(f"transfer {transfer_id} is not this payout's")
+        if amount_reversed <= self.amount_reversed:
+            return False  # an older or repeated report: reversals only add up
+        self.trigger_event(
+            self.TransferReversed,
+            transfer_id=transfer_id,
+            amount_reversed=amount_reversed,
+            currency=self.currency,
+            stripe_event_id=stripe_event_id,
+        )
+        return True
+
+    @property
+    def is_paid(self) -> bool:
+        """The transfer exists and the payment is released (reversed or not)."""
+        return self.status in (PayoutStatus.RELEASED, PayoutStatus.REVERSED)
 
     def _require_in_flight(self) -> None:
         if self.status is not PayoutStatus.IN_FLIGHT:

@@ -8,15 +8,21 @@ is implemented by the Stripe gateway in production and by
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints
 
 __all__ = [
+    "Clock",
     "Identifier",
     "ProviderDirectory",
     "ServiceProvider",
     "StripeAccountId",
+    "StripeTransfer",
+    "SystemClock",
     "TransferGateway",
     "TransferRequest",
     "TransferResult",
@@ -90,6 +96,39 @@ class TransferResult(BaseModel):
     request_id: str | None = None
 
 
+@dataclass(frozen=True)
+class StripeTransfer:
+    """A transfer as Stripe reports it (lookups, listings, webhook payloads)."""
+
+    id: str
+    amount: int
+    currency: str
+    destination: str | None
+    transfer_group: str | None
+    metadata: Mapping[str, str]
+    created: int
+    amount_reversed: int = 0
+    reversed: bool = False
+
+    @classmethod
+    def from_stripe(cls, obj: Mapping[str, Any]) -> StripeTransfer:
+        """Build from a Stripe transfer object as JSON (a webhook's ``data.object``)."""
+        destination = obj.get("destination")
+        if isinstance(destination, Mapping):
+            destination = destination.get("id")
+        return cls(
+            id=str(obj["id"]),
+            amount=int(obj["amount"]),
+            currency=str(obj["currency"]),
+            destination=None if destination is None else str(destination),
+            transfer_group=obj.get("transfer_group"),
+            metadata={str(k): str(v) for k, v in (obj.get("metadata") or {}).items()},
+            created=int(obj.get("created") or 0),
+            amount_reversed=int(obj.get("amount_reversed") or 0),
+            reversed=bool(obj.get("reversed")),
+        )
+
+
 @runtime_checkable
 class TransferGateway(Protocol):
     """Creates transfers, idempotently by ``request.idempotency_key``.
@@ -104,3 +143,32 @@ class TransferGateway(Protocol):
     def create_transfer(self, request: TransferRequest) -> TransferResult:
         """Create the transfer, or return the one already made under the key."""
         ...
+
+    def list_transfers(
+        self,
+        *,
+        transfer_group: str | None = None,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+    ) -> Iterable[StripeTransfer]:
+        """Every transfer matching the filters (all pages).
+
+        Raises [`TransferOutcomeUnknown`][payout_ledger.TransferOutcomeUnknown]
+        when the provider cannot be asked: an unanswered lookup proves nothing.
+        """
+        ...
+
+
+class Clock(Protocol):
+    """Tells the time; tests move it to cross Stripe's 24-hour key window."""
+
+    def now(self) -> datetime:
+        """The current time, timezone-aware."""
+        ...
+
+
+class SystemClock:
+    """The real time in UTC."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)

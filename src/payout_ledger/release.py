@@ -87,6 +87,8 @@ class ReleaseResult(BaseModel):
     error_code: str | None = None
     error_message: str | None = None
     stripe_request_id: str | None = None
+    detail: str | None = None
+    """How the outcome came about, when it was settled (e.g. "found at Stripe")."""
 
     @property
     def success(self) -> bool:

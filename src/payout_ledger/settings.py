@@ -53,6 +53,26 @@ class LedgerSettings(BaseSettings):
     stripe_api_key: SecretStr | None = None
     """Used by the Stripe gateway; never logged."""
 
+    stripe_api_base: str | None = None
+    """Another Stripe API address (the fake Stripe server in tests)."""
+
+    stripe_timeout: float = Field(default=30.0, gt=0)
+    """Seconds per Stripe HTTP request; a timeout is an unknown outcome."""
+
+    stripe_max_network_retries: int = Field(default=2, ge=0, le=5)
+    """The SDK's own retries of connection errors and 5xx, with the same key."""
+
+    stripe_idempotency_window: int = Field(default=23 * 3600, ge=60, le=24 * 3600)
+    """Seconds during which an in-flight attempt is retried with its own key.
+    Stripe may prune keys once they are 24 hours old; past this window a payout
+    is settled by looking its transfer up first."""
+
+    stripe_webhook_secrets: tuple[SecretStr, ...] = ()
+    """Webhook signing secrets (``whsec_...``); several during a rotation. Never logged."""
+
+    stripe_webhook_tolerance: int = Field(default=300, ge=1)
+    """Seconds a webhook signature's timestamp may be old; older is a replay (403)."""
+
     sqlite_lock_timeout: int = Field(default=10, ge=1)
     """Seconds an SQLite writer waits for the database lock."""
 

@@ -17,12 +17,11 @@ SDK would send it as a form field and invent a random key of its own.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import stripe
 from stripe.params import TransferCreateParams, TransferListParams
 
+import stripe
 from payout_ledger.errors import (
     ConfigurationError,
     GatewayError,
@@ -30,7 +29,8 @@ from payout_ledger.errors import (
     TransferNotExecuted,
     TransferOutcomeUnknown,
 )
-from payout_ledger.ports import TransferRequest, TransferResult
+from payout_ledger.ports import StripeTransfer, TransferRequest, TransferResult
+from payout_ledger.settings import LedgerSettings
 
 __all__ = ["StripeTransfer", "StripeTransferGateway", "classify_error"]
 
@@ -40,21 +40,6 @@ _DECLINED = (
     stripe.PermissionError,
     stripe.AuthenticationError,
 )
-
-
-@dataclass(frozen=True)
-class StripeTransfer:
-    """A transfer as Stripe reports it, for settling and reconciling."""
-
-    id: str
-    amount: int
-    currency: str
-    destination: str | None
-    transfer_group: str | None
-    metadata: dict[str, str]
-    created: int
-    amount_reversed: int
-    reversed: bool
 
 
 def classify_error(exc: stripe.StripeError) -> GatewayError:
@@ -104,6 +89,18 @@ class StripeTransferGateway:
             max_network_retries=max_network_retries,
             http_client=http_client,
             stripe_account=stripe_account,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: LedgerSettings) -> StripeTransferGateway:
+        """A gateway configured by ``settings.stripe_*``."""
+        if settings.stripe_api_key is None:
+            raise ConfigurationError("settings.stripe_api_key is not set")
+        return cls(
+            settings.stripe_api_key.get_secret_value(),
+            api_base=settings.stripe_api_base,
+            timeout=settings.stripe_timeout,
+            max_network_retries=settings.stripe_max_network_retries,
         )
 
     def __repr__(self) -> str:
@@ -180,20 +177,7 @@ def _result(transfer: stripe.Transfer) -> TransferResult:
 
 
 def _stripe_transfer(t: stripe.Transfer) -> StripeTransfer:
-    destination = t.destination
-    if destination is not None and not isinstance(destination, str):
-        destination = destination.id
-    return StripeTransfer(
-        id=t.id,
-        amount=t.amount,
-        currency=t.currency,
-        destination=destination,
-        transfer_group=t.transfer_group,
-        metadata={str(k): str(v) for k, v in (t.to_dict().get("metadata") or {}).items()},
-        created=t.created,
-        amount_reversed=t.amount_reversed,
-        reversed=t.reversed,
-    )
+    return StripeTransfer.from_stripe(t.to_dict())
 
 
 def _error_type(exc: stripe.StripeError) -> str | None:

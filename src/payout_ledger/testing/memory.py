@@ -7,10 +7,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from payout_ledger.errors import GatewayError, TransferDeclined
-from payout_ledger.ports import ServiceProvider, TransferRequest, TransferResult
+from payout_ledger.ports import (
+    ServiceProvider,
+    StripeTransfer,
+    TransferRequest,
+    TransferResult,
+)
 
 __all__ = ["InMemoryProviderDirectory", "InMemoryTransferGateway", "RecordedTransfer"]
 
@@ -43,6 +48,22 @@ class RecordedTransfer:
     idempotency_key: str
     transfer_group: str
     metadata: dict[str, str] = field(default_factory=dict)
+    created: int = 0
+    amount_reversed: int = 0
+
+    def as_stripe(self) -> StripeTransfer:
+        """The transfer as Stripe would report it."""
+        return StripeTransfer(
+            id=self.transfer_id,
+            amount=self.amount,
+            currency=self.currency,
+            destination=self.destination,
+            transfer_group=self.transfer_group,
+            metadata=dict(self.metadata),
+            created=self.created,
+            amount_reversed=self.amount_reversed,
+            reversed=self.amount_reversed >= self.amount,
+        )
 
 
 @dataclass
@@ -68,6 +89,8 @@ class InMemoryTransferGateway:
         self._transfers: list[RecordedTransfer] = []
         self._by_key: dict[str, RecordedTransfer] = {}
         self._faults: deque[_Fault] = deque()
+        self._list_faults: deque[GatewayError] = deque()
+        self.list_calls = 0
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -114,6 +137,7 @@ class InMemoryTransferGateway:
                     idempotency_key=request.idempotency_key,
                     transfer_group=request.transfer_group,
                     metadata=dict(request.metadata),
+                    created=int(time.time()),
                 )
                 self._by_key[request.idempotency_key] = transfer
                 self._transfers.append(transfer)
@@ -127,6 +151,51 @@ class InMemoryTransferGateway:
             if fault is not None:
                 raise fault.error
             return TransferResult(transfer_id=transfer.transfer_id)
+
+    def list_transfers(
+        self,
+        *,
+        transfer_group: str | None = None,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+    ) -> list[StripeTransfer]:
+        """Transfers matching the filters, newest first, as Stripe lists them."""
+        with self._lock:
+            self.list_calls += 1
+            if self._list_faults:
+                raise self._list_faults.popleft()
+            found = [
+                t.as_stripe()
+                for t in reversed(self._transfers)
+                if (transfer_group is None or t.transfer_group == transfer_group)
+                and (created_gte is None or t.created >= created_gte)
+                and (created_lt is None or t.created < created_lt)
+            ]
+        return found
+
+    def fail_next_lookup(self, error: GatewayError) -> None:
+        """Make the next list_transfers call raise ``error``."""
+        with self._lock:
+            self._list_faults.append(error)
+
+    def reverse(self, transfer_id: str, amount: int | None = None) -> RecordedTransfer:
+        """Reverse (part of) a transfer, as the platform would at Stripe."""
+        with self._lock:
+            for i, t in enumerate(self._transfers):
+                if t.transfer_id == transfer_id:
+                    total = t.amount if amount is None else t.amount_reversed + amount
+                    if total > t.amount:
+                        raise ValueError("cannot reverse more than the transfer's amount")
+                    updated = replace(t, amount_reversed=total)
+                    self._transfers[i] = updated
+                    self._by_key[t.idempotency_key] = updated
+                    return updated
+        raise KeyError(transfer_id)
+
+    def forget_keys(self) -> None:
+        """Drop every stored idempotency key, as Stripe does after 24 hours."""
+        with self._lock:
+            self._by_key.clear()
 
 
 def _params(t: RecordedTransfer | TransferRequest) -> tuple[object, ...]:

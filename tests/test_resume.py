@@ -1,0 +1,196 @@
+"""Settling in-flight payouts without a second transfer, inside and past the key window."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from payout_ledger import (
+    LedgerSettings,
+    PayoutLedger,
+    PayoutStatus,
+    ReleaseOutcome,
+    TransferNotExecuted,
+    TransferOutcomeUnknown,
+)
+from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
+from tests.conftest import LedgerFactory
+from tests.support import ALICE, release
+
+
+class MovableClock:
+    def __init__(self) -> None:
+        self.moment = datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+PAST_THE_WINDOW = 24 * 3600 + 60
+
+
+@pytest.fixture
+def clock() -> MovableClock:
+    return MovableClock()
+
+
+@pytest.mark.parametrize("after_commit", [False, True], ids=["never-reached", "response-lost"])
+def test_resume_inside_the_window_retries_with_the_same_key(
+    make_ledger: LedgerFactory,
+    gateway: InMemoryTransferGateway,
+    clock: MovableClock,
+    after_commit: bool,
+) -> None:
+    """Same key, same parameters: Stripe returns the transfer it made, or makes it now."""
+    ledger = make_ledger(clock=clock)
+    gateway.fail_next(TransferOutcomeUnknown("timeout"), after_commit=after_commit)
+    ledger.release_payment(release("es_1"))
+    assert ledger.in_flight() == ["es_1"]
+    clock.advance(3600)
+
+    [result] = ledger.resume_in_flight()
+
+    assert result.outcome is ReleaseOutcome.RELEASED
+    assert result.detail == "retried with the same key"
+    [transfer] = gateway.transfers
+    assert transfer.idempotency_key == "release_payment:es_1"
+    assert ledger.get_payout("es_1").transfer_id == transfer.transfer_id
+    assert ledger.in_flight() == []
+
+
+def test_resume_past_the_window_finds_the_transfer_instead_of_paying_again(
+    make_ledger: LedgerFactory, gateway: InMemoryTransferGateway, clock: MovableClock
+) -> None:
+    """After Stripe forgot the key, a retry would pay twice: the lookup records the transfer."""
+    ledger = make_ledger(clock=clock)
+    gateway.fail_next(TransferOutcomeUnknown("response lost"), after_commit=True)
+    ledger.release_payment(release("es_1"))
+    gateway.forget_keys()
+    clock.advance(PAST_THE_WINDOW)
+    calls_before = gateway.calls
+
+    [result] = ledger.resume_in_flight()
+
+    assert result.outcome is ReleaseOutcome.RELEASED
+    assert result.detail == "found at Stripe"
+    assert gateway.calls == calls_before
+    assert len(gateway.transfers) == 1
+
+
+def test_resume_past_the_window_starts_a_new_attempt_when_stripe_has_nothing(
+    make_ledger: LedgerFactory, gateway: InMemoryTransferGateway, clock: MovableClock
+) -> None:
+    """No transfer at Stripe: attempt 1 is closed and attempt 2 pays with a new key."""
+    ledger = make_ledger(clock=clock)
+    gateway.fail_next(TransferOutcomeUnknown("timeout"))
+    ledger.release_payment(release("es_1"))
+    clock.advance(PAST_THE_WINDOW)
+
+    [result] = ledger.resume_in_flight()
+
+    assert result.outcome is ReleaseOutcome.RELEASED and result.attempt == 2
+    [transfer] = gateway.transfers
+    assert transfer.idempotency_key == "release_payment:es_1:attempt:2"
+    kinds = [type(e).__name__ for e in ledger.history("es_1")]
+    assert kinds == [
+        "PayoutStarted",
+        "TransferFailed",
+        "PayoutStarted",
+        "TransferSucceeded",
+        "Released",
+    ]
+    assert ledger.history("es_1")[1].failure_code == "not_found_after_key_window"
+
+
+def test_a_failed_lookup_leaves_the_payout_in_flight(
+    make_ledger: LedgerFactory, gateway: InMemoryTransferGateway, clock: MovableClock
+) -> None:
+    """If Stripe cannot be asked, nothing is decided: an unanswered lookup proves nothing."""
+    ledger = make_ledger(clock=clock)
+    gateway.fail_next(TransferOutcomeUnknown("timeout"))
+    ledger.release_payment(release("es_1"))
+    clock.advance(PAST_THE_WINDOW)
+    gateway.fail_next_lookup(TransferOutcomeUnknown("Stripe unreachable"))
+
+    [result] = ledger.resume_in_flight()
+
+    assert result.outcome is ReleaseOutcome.OUTCOME_UNKNOWN
+    assert ledger.get_payout("es_1").status is PayoutStatus.IN_FLIGHT
+    assert gateway.transfers == []
+
+
+def test_resume_of_a_rate_limited_release_sends_it_again(
+    make_ledger: LedgerFactory, gateway: InMemoryTransferGateway
+) -> None:
+    """A request Stripe did not execute is sent again with its key."""
+    ledger = make_ledger()
+    gateway.fail_next(TransferNotExecuted("429", code="rate_limit"))
+    ledger.release_payment(release("es_1"))
+
+    [result] = ledger.resume_in_flight()
+
+    assert result.outcome is ReleaseOutcome.RELEASED
+    assert len(gateway.transfers) == 1
+
+
+def test_resume_leaves_settled_payouts_alone(
+    make_ledger: LedgerFactory, gateway: InMemoryTransferGateway
+) -> None:
+    """Released and failed payouts are not in flight; resume() of one changes nothing."""
+    ledger = make_ledger()
+    ledger.release_payment(release("es_paid"))
+    gateway.decline_next()
+    ledger.release_payment(release("es_declined"))
+
+    assert ledger.in_flight() == []
+    assert ledger.resume_in_flight() == []
+    assert ledger.resume("es_paid").detail == "nothing in flight"
+    assert gateway.calls == 2
+
+
+def test_concurrent_resumers_past_the_window_make_one_transfer(
+    durable_store_url: str, gateway: InMemoryTransferGateway, clock: MovableClock
+) -> None:
+    """Eight resumers (own ledgers, one store) race to start attempt 2: one transfer."""
+    ledgers = [
+        PayoutLedger(
+            settings=LedgerSettings(store_url=durable_store_url),
+            providers=InMemoryProviderDirectory([ALICE]),
+            gateway=gateway,
+            clock=clock,
+        )
+        for _ in range(8)
+    ]
+    gateway.fail_next(TransferOutcomeUnknown("timeout"))
+    ledgers[0].release_payment(release("es_1"))
+    clock.advance(PAST_THE_WINDOW)
+    gateway.latency = 0.05
+    barrier = threading.Barrier(len(ledgers))
+    outcomes: list[ReleaseOutcome] = []
+    errors: list[BaseException] = []
+
+    def resume(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            outcomes.append(ledgers[i].resume("es_1").outcome)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=resume, args=(i,)) for i in range(len(ledgers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for made in ledgers:
+        made.close()
+
+    assert errors == []
+    assert len(gateway.transfers) == 1
+    assert gateway.transfers[0].idempotency_key == "release_payment:es_1:attempt:2"
+    assert outcomes.count(ReleaseOutcome.RELEASED) >= 1
+    assert set(outcomes) <= {ReleaseOutcome.RELEASED, ReleaseOutcome.IN_PROGRESS}
