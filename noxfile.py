@@ -39,3 +39,13 @@ def docs(session: nox.Session) -> None:
     """Build the documentation site; any warning fails the build."""
     session.install("-e", ".[dev]")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (opt-in): `nox -s bench -- --quick` for the short run.
+
+    Writes bench/results.json and the table in docs/performance.md.
+    """
+    session.install("-e", ".[dev]")
+    session.run("python", "bench/run.py", *session.posargs)
