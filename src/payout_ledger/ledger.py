@@ -84,6 +84,14 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
 
     name = "PayoutLedger"  # pinned: it names the PostgreSQL table payoutledger_events
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # eventsourcing names each subclass after itself, which would give a host's
+        # subclass another table and hide every payout already recorded.
+        pinned = "name" in cls.__dict__
+        super().__init_subclass__(**kwargs)
+        if not pinned:
+            cls.name = PayoutLedger.name
+
     def __init__(
         self,
         *,

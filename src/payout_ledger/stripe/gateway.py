@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import stripe
 from stripe.params import TransferCreateParams, TransferListParams
 
-import stripe
 from payout_ledger.errors import (
     ConfigurationError,
     GatewayError,
@@ -44,7 +44,7 @@ _DECLINED = (
 
 def classify_error(exc: stripe.StripeError) -> GatewayError:
     """Map a Stripe SDK error to the ledger's outcome (see the module's table)."""
-    code = exc.code or _error_type(exc)
+    code = _error_code(exc)
     message = _safe_message(exc)
     kwargs: dict[str, Any] = {
         "code": code,
@@ -163,7 +163,7 @@ class StripeTransferGateway:
         except stripe.StripeError as exc:
             raise TransferOutcomeUnknown(
                 f"could not list transfers: {_safe_message(exc)}",
-                code=exc.code or _error_type(exc),
+                code=_error_code(exc),
                 request_id=exc.request_id,
                 http_status=exc.http_status,
             ) from exc
@@ -178,6 +178,12 @@ def _result(transfer: stripe.Transfer) -> TransferResult:
 
 def _stripe_transfer(t: stripe.Transfer) -> StripeTransfer:
     return StripeTransfer.from_stripe(t.to_dict())
+
+
+def _error_code(exc: stripe.StripeError) -> str | None:
+    # The SDK leaves `code` unset on some error classes (429, 401, 403, 5xx) even
+    # when Stripe's body has one; read it from the parsed error first.
+    return exc.code or getattr(exc.error, "code", None) or _error_type(exc)
 
 
 def _error_type(exc: stripe.StripeError) -> str | None:
