@@ -45,6 +45,7 @@ from payout_ledger.ports import (
     TransferGateway,
     TransferRequest,
     TransferResult,
+    string_metadata,
 )
 from payout_ledger.release import ReleaseOutcome, ReleaseRequest, ReleaseResult
 from payout_ledger.settings import LedgerSettings, store_environment
@@ -520,7 +521,10 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             ) from None
         if self.captured_payment(payment_intent_id) is not None:
             return [], StripeEventOutcome.RECORDED, None, "payment already captured"
-        metadata = {str(k): str(v) for k, v in (obj.get("metadata") or {}).items()}
+        try:
+            metadata = string_metadata(obj.get("metadata"))
+        except TypeError as exc:
+            raise InvalidRequestError(f"payment_intent.succeeded: {exc}") from None
         payment = CapturedPayment.capture(
             payment_intent_id=payment_intent_id,
             amount=amount,

@@ -26,6 +26,7 @@ __all__ = [
     "TransferGateway",
     "TransferRequest",
     "TransferResult",
+    "string_metadata",
 ]
 
 
@@ -96,6 +97,15 @@ class TransferResult(BaseModel):
     request_id: str | None = None
 
 
+def string_metadata(value: object) -> dict[str, str]:
+    """Stripe metadata as text; ``TypeError`` if it is not an object."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"metadata must be an object, not {type(value).__name__}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 @dataclass(frozen=True)
 class StripeTransfer:
     """A transfer as Stripe reports it (lookups, listings, webhook payloads)."""
@@ -122,7 +132,7 @@ class StripeTransfer:
             currency=str(obj["currency"]),
             destination=None if destination is None else str(destination),
             transfer_group=obj.get("transfer_group"),
-            metadata={str(k): str(v) for k, v in (obj.get("metadata") or {}).items()},
+            metadata=string_metadata(obj.get("metadata")),
             created=int(obj.get("created") or 0),
             amount_reversed=int(obj.get("amount_reversed") or 0),
             reversed=bool(obj.get("reversed")),

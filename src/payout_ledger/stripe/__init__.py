@@ -1,5 +1,12 @@
-"""Stripe adapters: the transfer gateway (and, later, webhooks)."""
+"""Stripe adapters: the transfer gateway and webhook verification/dispatch."""
 
-from payout_ledger.stripe.gateway import StripeTransfer, StripeTransferGateway, classify_error
+from payout_ledger.stripe.gateway import StripeTransferGateway, classify_error
+from payout_ledger.stripe.webhooks import StripeEventSink, WebhookHandler, WebhookResponse
 
-__all__ = ["StripeTransfer", "StripeTransferGateway", "classify_error"]
+__all__ = [
+    "StripeEventSink",
+    "StripeTransferGateway",
+    "WebhookHandler",
+    "WebhookResponse",
+    "classify_error",
+]
