@@ -19,11 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
+import stripe
 import uvicorn
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-import stripe
 from payout_ledger import PayoutLedger
 from payout_ledger.asgi import webhook_app
 from payout_ledger.stripe.webhooks import StripeEventSink, WebhookHandler

@@ -41,6 +41,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import stripe
+
 from payout_ledger.errors import ConfigurationError, InvalidRequestError
 from payout_ledger.stripe_events import StripeEventOutcome, StripeEventReceipt
 
