@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn, TextIO, cast
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from payout_ledger.audit import (
+    audit_ledger,
+    export_events,
+    export_payouts,
+    last_notification_id,
+    verify_ledger,
+)
 from payout_ledger.demo import run_demo
-from payout_ledger.errors import PayoutLedgerError
+from payout_ledger.errors import ConfigurationError, PayoutLedgerError
 from payout_ledger.ledger import PayoutLedger
 from payout_ledger.payout import PayoutAggregate
-from payout_ledger.ports import ServiceProvider
+from payout_ledger.ports import ServiceProvider, StripeTransfer, TransferRequest, TransferResult
+from payout_ledger.projection import open_payouts_view, run_projection
 from payout_ledger.reconcile import reconcile
 from payout_ledger.release import ReleaseOutcome
 from payout_ledger.settings import LedgerSettings
@@ -198,6 +210,338 @@ def reconcile_command(
         Console().print(table)
     if not report.ok:
         raise typer.Exit(1)
+
+
+# Audit commands: they read the log and never call Stripe.
+
+_PROGRESS_FROM = 20_000
+"""Show a progress bar when the log has at least this many events (and stdout is a terminal)."""
+
+
+class _NoTransfers:
+    """The gateway of audit commands: they never move money."""
+
+    def create_transfer(self, request: TransferRequest) -> TransferResult:
+        raise ConfigurationError("audit commands do not make transfers")
+
+    def list_transfers(
+        self,
+        *,
+        transfer_group: str | None = None,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+    ) -> list[StripeTransfer]:
+        raise ConfigurationError("audit commands do not call Stripe")
+
+
+def _reading_ledger(store_url: str | None) -> PayoutLedger:
+    """A ledger on PAYOUT_LEDGER_* settings for commands that only read (and seal)."""
+    try:
+        overrides = {"store_url": store_url} if store_url else {}
+        settings = LedgerSettings(**overrides)  # type: ignore[arg-type]
+        gateway = _NoTransfers() if settings.stripe_enabled else None
+        return PayoutLedger(settings=settings, providers=_NoProviders(), gateway=gateway)
+    except (PayoutLedgerError, ValidationError) as exc:
+        _fail(f"configuration: {_first_line(exc)}")
+
+
+@contextmanager
+def _progress(
+    ledger: PayoutLedger, label: str, enabled: bool
+) -> Iterator[Callable[[int, int], None] | None]:
+    """An ``on_page`` callback drawing a progress bar on stderr, or None."""
+    total = last_notification_id(ledger) if enabled else 0
+    if not enabled or total < _PROGRESS_FROM or not Console().is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda last_id, _count: bar.update(task, completed=last_id)
+
+
+PageSizeOption = Annotated[
+    int, typer.Option(min=10, max=100_000, help="Stored events read per query.")
+]
+ProgressOption = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="A progress bar on long logs.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@app.command("audit")
+def audit_command(
+    as_json: JsonOption = False,
+    page_size: PageSizeOption = 2000,
+    progress: ProgressOption = True,
+    store_url: StoreOption = None,
+) -> None:
+    """Replay every payout from the log and check the money rules; exit 1 on a violation."""
+    with _reading_ledger(store_url) as ledger, _progress(ledger, "audit", progress) as on_page:
+        report = audit_ledger(ledger, page_size=page_size, on_page=on_page)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_audit(report)
+    if not report.ok:
+        first = report.violations[0]
+        _fail(
+            f"{len(report.violations)} violation(s); first: {first.kind.value} at notification "
+            f"{first.notification_id} ({first.event_type} v{first.originator_version} of payout "
+            f"{first.payout_id}): {first.detail}",
+            code=1,
+        )
+
+
+def _print_audit(report: Any) -> None:
+    console = Console()
+    console.print(
+        f"Audited {report.events} events (through notification {report.last_notification_id}): "
+        f"{report.payouts} payouts, {len(report.in_flight)} in flight, "
+        f"{len(report.violations)} violations."
+    )
+    money = Table(title="Per currency (minor units)", title_justify="left")
+    for column in (
+        "currency",
+        "payouts",
+        "released",
+        "released amount",
+        "reversed",
+        "net",
+        "in flight",
+        "in flight amount",
+        "failed",
+        "captured amount",
+    ):
+        money.add_column(column, justify="right" if column != "currency" else "left")
+    for c in report.currencies:
+        money.add_row(
+            c.currency, str(c.payouts), str(c.released), str(c.released_amount),
+            str(c.reversed_amount), str(c.net_amount), str(c.in_flight),
+            str(c.in_flight_amount), str(c.failed), str(c.captured_amount),
+        )  # fmt: skip
+    console.print(money)
+    providers = Table(title="Per provider (minor units)", title_justify="left")
+    for column in (
+        "provider",
+        "currency",
+        "payouts",
+        "released",
+        "released amount",
+        "reversed",
+        "net",
+        "in flight",
+    ):
+        providers.add_column(column)
+    for p in report.providers:
+        providers.add_row(
+            p.provider_id, p.currency, str(p.payouts), str(p.released),
+            str(p.released_amount), str(p.reversed_amount), str(p.net_amount), str(p.in_flight),
+        )  # fmt: skip
+    console.print(providers)
+    if report.in_flight:
+        flights = Table(title="In flight (no outcome recorded yet)", title_justify="left")
+        for column in ("service", "attempt", "amount", "since notification"):
+            flights.add_column(column)
+        for f in report.in_flight[:_SHOWN]:
+            flights.add_row(
+                f.event_service_id, str(f.attempt), f"{f.amount} {f.currency}",
+                str(f.started_notification_id),
+            )  # fmt: skip
+        console.print(flights)
+        if len(report.in_flight) > _SHOWN:
+            console.print(f"... and {len(report.in_flight) - _SHOWN} more (--json lists all)")
+    if report.violations:
+        table = Table(title="[red]Violations[/]", title_justify="left")
+        for column in ("rule", "notification", "event", "service", "payout", "detail"):
+            table.add_column(column, overflow="fold")
+        for v in report.violations:
+            table.add_row(
+                f"[red]{v.kind.value}[/]", str(v.notification_id),
+                f"{v.event_type} v{v.originator_version}", v.event_service_id or "-",
+                v.payout_id, v.detail,
+            )  # fmt: skip
+        console.print(table)
+
+
+_SHOWN = 50
+
+
+@app.command("verify")
+def verify_command(
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(help="A seal digest kept outside the database (repeatable)."),
+    ] = None,
+    anchor_file: Annotated[
+        Path | None,
+        typer.Option(help="A file of anchored seal digests, one per line.", exists=True),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Refuse events stored before chaining (legacy).")
+    ] = False,
+    as_json: JsonOption = False,
+    page_size: PageSizeOption = 2000,
+    progress: ProgressOption = True,
+    store_url: StoreOption = None,
+) -> None:
+    """Recompute every hash chain and seal; exit 1 if the log was tampered with."""
+    anchors = list(anchor or [])
+    if anchor_file is not None:
+        anchors += [
+            line.split()[0] for line in anchor_file.read_text().splitlines() if line.strip()
+        ]
+    with _reading_ledger(store_url) as ledger, _progress(ledger, "verify", progress) as on_page:
+        report = verify_ledger(
+            ledger, anchors=anchors, strict=strict, page_size=page_size, on_page=on_page
+        )
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_verify(report)
+    if not report.ok:
+        first = report.problems[0]
+        where = f"notification {first.notification_id}" if first.notification_id else "the log"
+        _fail(
+            f"{len(report.problems)} problem(s); first: {first.kind.value} at {where}: "
+            f"{first.detail}",
+            code=1,
+        )
+
+
+def _print_verify(report: Any) -> None:
+    console = Console()
+    console.print(
+        f"Verified {report.events} events of {report.aggregates} aggregates: "
+        f"{report.chained_events} chained, {report.legacy_events} legacy (unchained), "
+        f"{report.seals} seals, {report.unsealed_events} events after the latest seal."
+    )
+    console.print(f"Log digest now: {report.log_digest}")
+    if report.latest_seal is not None:
+        seal = report.latest_seal
+        console.print(
+            f"Latest seal #{seal.seal_number} through notification "
+            f"{seal.through_notification_id} ({seal.event_count} events), "
+            f"sealed {seal.sealed_at.isoformat()}; anchor this outside the database:\n"
+            f"[bold]{seal.seal_digest}[/]"
+        )
+    else:
+        console.print("[yellow]The log has never been sealed: run `payout-ledger seal`.[/]")
+    for found in report.anchors_found:
+        console.print(f"[green]anchor found[/] {found}")
+    if report.problems:
+        table = Table(title="[red]Problems[/]", title_justify="left")
+        for column in ("kind", "notification", "aggregate", "version", "detail"):
+            table.add_column(column, overflow="fold")
+        for p in report.problems:
+            table.add_row(
+                f"[red]{p.kind.value}[/]", str(p.notification_id or "-"),
+                p.originator_id or "-", str(p.originator_version or "-"), p.detail,
+            )  # fmt: skip
+        console.print(table)
+    else:
+        console.print("[green]No tampering found.[/]")
+
+
+@app.command("seal")
+def seal_command(as_json: JsonOption = False, store_url: StoreOption = None) -> None:
+    """Seal the log so far (count and rolling digest); print the digest to anchor."""
+    with _reading_ledger(store_url) as ledger:
+        try:
+            info = ledger.seal()
+        except PayoutLedgerError as exc:
+            _fail(_first_line(exc))
+    if as_json:
+        typer.echo(json.dumps(info.as_dict(), indent=2))
+        return
+    Console().print(
+        f"Seal #{info.seal_number}: {info.event_count} events through notification "
+        f"{info.through_notification_id}, log digest {info.log_digest}.\n"
+        f"Anchor this seal digest outside the database:\n[bold]{info.seal_digest}[/]"
+    )
+
+
+@app.command("project")
+def project_command(
+    rebuild: Annotated[
+        bool, typer.Option(help="Empty the payouts table and replay the log into it.")
+    ] = False,
+    follow: Annotated[bool, typer.Option(help="Keep polling for new events.")] = False,
+    poll_interval: Annotated[float, typer.Option(min=0.05, help="Seconds between polls.")] = 1.0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Events per transaction.")] = 1000,
+    store_url: StoreOption = None,
+) -> None:
+    """Bring the payouts read model up to date (exactly once, resumable)."""
+    with _reading_ledger(store_url) as ledger:
+        try:
+            view = open_payouts_view(ledger)
+        except PayoutLedgerError as exc:
+            _fail(_first_line(exc))
+        try:
+            run = run_projection(
+                ledger,
+                view=view,
+                rebuild=rebuild,
+                follow=follow,
+                poll_interval=poll_interval,
+                batch_size=batch_size,
+            )
+        except KeyboardInterrupt:  # --follow ends with Ctrl-C; committed batches stay
+            raise typer.Exit(130) from None
+        rows = view.count()
+    Console().print(
+        f"{'Rebuilt' if rebuild else 'Updated'} {ledger.settings.read_model_table}: "
+        f"{run.events} events applied in {run.batches} batches; tracking at notification "
+        f"{run.tracking_id}; {rows} payouts."
+    )
+
+
+class ExportWhat(StrEnum):
+    EVENTS = "events"
+    PAYOUTS = "payouts"
+
+
+class ExportFormat(StrEnum):
+    JSONL = "jsonl"
+    CSV = "csv"
+
+
+@app.command("export")
+def export_command(
+    what: Annotated[ExportWhat, typer.Option(help="Every event, or one row per payout.")] = (
+        ExportWhat.EVENTS
+    ),
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="JSON Lines or CSV.")] = (
+        ExportFormat.JSONL
+    ),
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
+    ] = None,
+    page_size: PageSizeOption = 2000,
+    progress: ProgressOption = True,
+    store_url: StoreOption = None,
+) -> None:
+    """Export the log for auditors, as JSON Lines or CSV."""
+    export = export_events if what is ExportWhat.EVENTS else export_payouts
+    target: Any = (
+        output.open("w", encoding="utf-8", newline="") if output else nullcontext(sys.stdout)
+    )
+    with (
+        _reading_ledger(store_url) as ledger,
+        _progress(ledger, "export", progress and output is not None) as on_page,
+        target as out,
+    ):
+        count = export(
+            ledger,
+            cast(TextIO, out),
+            fmt="csv" if fmt is ExportFormat.CSV else "jsonl",
+            page_size=page_size,
+            on_page=on_page,
+        )
+    if output is not None:
+        Console(stderr=True).print(f"Wrote {count} {what.value} to {output}.")
 
 
 def _utc(moment: datetime | None) -> datetime | None:

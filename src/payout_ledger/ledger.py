@@ -11,16 +11,28 @@ while Stripe is being called.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import logging
 import random
 import time
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import ApplicationRecorder, IntegrityError, InternalError
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    Cipher,
+    IntegrityError,
+    InternalError,
+    JSONTranscoder,
+    Mapper,
+    MapperDeserialisationError,
+    Transcoder,
+)
 from eventsourcing.postgres import BasePostgresFactory, PostgresApplicationRecorder
 from eventsourcing.utils import Environment
 
@@ -55,6 +67,9 @@ from payout_ledger.stripe_events import (
     StripeEventReceipt,
     StripeEventRecord,
 )
+
+if TYPE_CHECKING:
+    from payout_ledger.audit.seal import SealInfo
 
 __all__ = ["PayoutLedger"]
 
@@ -108,7 +123,8 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         self._providers = providers
         self._gateway = gateway
         self._clock: Clock = clock or SystemClock()
-        super().__init__(env=store_environment(settings))
+        super().__init__(env={**store_environment(settings), **_cipher_environment(settings)})
+        self._check_cipher()
 
     def construct_env(self, name: str, env: Any = None) -> Environment:
         # Only what the host passed in: os.environ must not pick the store.
@@ -136,6 +152,38 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             else:
                 break
         return recorder
+
+    def construct_transcoder(self) -> Transcoder:
+        transcoder = _LedgerTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        mapper: Mapper[UUID] = super().construct_mapper()
+        if mapper.cipher is not None:
+            mapper.cipher = _ExplainedCipher(mapper.cipher)
+        return mapper
+
+    def _check_cipher(self) -> None:
+        # A process with the wrong key (or none, on an encrypted store) must not
+        # start writing events that no other process can read. One damaged event
+        # must not stop the ledger either: a few are tried, one must decode.
+        sample = self.recorder.select_notifications(1, _CIPHER_SAMPLE)
+        errors = []
+        for notification in sample:
+            try:
+                self.mapper.to_domain_event(notification)
+            except MapperDeserialisationError as exc:  # decryption or JSON: reported below
+                errors.append(exc)
+            except Exception:
+                return
+            else:
+                return
+        if errors:
+            cause = _first_cause(errors[0])
+            raise ConfigurationError(
+                f"the stored events cannot be read with these settings: {cause}"
+            ) from errors[0]
 
     def __enter__(self) -> PayoutLedger:
         return self
@@ -297,6 +345,17 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             for payout_id, topic in last.items()
             if topic == started
         )
+
+    def seal(self) -> SealInfo:
+        """Seal the log: record its event count and rolling digest up to now.
+
+        A seal is chained to the previous one, so removing the newest events or
+        editing them is noticed by [`verify_ledger`][payout_ledger.audit.verify_ledger].
+        Export each seal's ``seal_digest`` outside the database (see docs/audit.md).
+        """
+        from payout_ledger.audit.seal import seal_ledger
+
+        return seal_ledger(self)
 
     # Stripe events (webhooks).
 
@@ -584,6 +643,62 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             stored = self.get_payout(payout.event_service_id)
             return _result(stored, _OUTCOME_OF_STATUS[stored.status])
         return _result(payout, outcome, error, detail)
+
+
+_CIPHER_SAMPLE = 5
+_CIPHER_TOPIC = "eventsourcing.cryptography:AESCipher"
+
+
+def _cipher_environment(settings: LedgerSettings) -> dict[str, str]:
+    """CIPHER_TOPIC and CIPHER_KEY when the settings name a key."""
+    if settings.cipher_key is None:
+        return {}
+    key = settings.cipher_key.get_secret_value()
+    try:
+        size = len(base64.b64decode(key.encode("ascii"), validate=True))
+    except (binascii.Error, UnicodeEncodeError):
+        raise ConfigurationError("cipher_key is not base64") from None
+    if size not in (16, 24, 32):
+        raise ConfigurationError(f"cipher_key is {size} bytes; AES needs 16, 24 or 32")
+    return {"CIPHER_TOPIC": _CIPHER_TOPIC, "CIPHER_KEY": key}
+
+
+class _ExplainedCipher(Cipher):
+    """The configured cipher, with a decryption error that says what is wrong."""
+
+    def __init__(self, cipher: Cipher) -> None:  # wraps a cipher, not built from env
+        self._cipher = cipher
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        return self._cipher.encrypt(plaintext)
+
+    def decrypt(self, ciphertext: bytes) -> bytes:
+        try:
+            return self._cipher.decrypt(ciphertext)
+        except ValueError:
+            raise ValueError(
+                "cannot decrypt a stored event: the cipher_key is wrong, the store "
+                "was written without encryption, or the event is damaged"
+            ) from None
+
+
+class _LedgerTranscoder(JSONTranscoder):
+    """JSON, with an error that says why a stored event is not JSON."""
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return super().decode(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(
+                "a stored event is not JSON: the store is encrypted (set cipher_key) "
+                "or the event is damaged"
+            ) from None
+
+
+def _first_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc)
 
 
 _OUTCOME_OF_STATUS = {

@@ -25,8 +25,9 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID, uuid5
 
-from eventsourcing.domain import Aggregate, CanInitAggregate, CanMutateAggregate
 from eventsourcing.utils import get_topic
+
+from payout_ledger.chain import ChainedAggregate, create_or_continue, keeps_stored_form
 
 __all__ = ["PAYOUT_NAMESPACE", "PayoutAggregate", "PayoutStatus", "idempotency_key"]
 
@@ -64,22 +65,30 @@ class PayoutStatus(StrEnum):
     """Paid, then the whole transfer was reversed at Stripe."""
 
 
-class PayoutAggregate(Aggregate):
-    """The payout of one event service to its provider's connected account."""
+class PayoutAggregate(ChainedAggregate):
+    """The payout of one event service to its provider's connected account.
+
+    Every event is chained by hash to the payout's previous event (see
+    [`ChainedAggregate`][payout_ledger.chain.ChainedAggregate]).
+    """
 
     TOPIC = "payout_ledger:PayoutAggregate"
 
-    class Event(Aggregate.Event):
+    class Event(ChainedAggregate.Event):
         TOPIC = "payout_ledger:PayoutAggregate.Event"
 
-    class PayoutStarted(Event, Aggregate.Created):
+    class PayoutStarted(Event, ChainedAggregate.Created):
         """An attempt to transfer the payout is claimed.
 
         It creates the aggregate on the first attempt and starts each later
         attempt on the existing one.
+
+        Version 2 added ``started_at``; version 1 events (stored without it)
+        are upcast with their own ``timestamp``, the moment of the claim.
         """
 
         TOPIC = "payout_ledger:PayoutStarted"
+        class_version = 2
         event_service_id: str
         provider_id: str
         payee_user_id: str
@@ -92,10 +101,13 @@ class PayoutAggregate(Aggregate):
         started_at: datetime
         """The ledger clock's time at the claim: Stripe's key window is measured from it."""
 
+        @staticmethod
+        @keeps_stored_form
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("started_at", state["timestamp"])
+
         def mutate(self, aggregate: Any) -> Any:
-            if aggregate is None:
-                return CanInitAggregate.mutate(self, aggregate)
-            return CanMutateAggregate.mutate(self, aggregate)
+            return create_or_continue(self, aggregate)
 
         def apply(self, aggregate: PayoutAggregate) -> None:
             aggregate.event_service_id = self.event_service_id

@@ -90,6 +90,19 @@ class LedgerSettings(BaseSettings):
     claim_attempts: int = Field(default=5, ge=1)
     """How many times a release reloads and decides again after losing a race."""
 
+    cipher_key: SecretStr | None = None
+    """Encrypt stored events at rest: a base64 AES key of 16, 24 or 32 bytes, made with
+    ``eventsourcing.cryptography.AESCipher.create_key(32)``.
+    Events are then stored with eventsourcing's AES-GCM cipher
+    (``eventsourcing.cryptography:AESCipher``); every process needs the same key
+    and a store must be encrypted from its first event. Never logged."""
+
+    read_model_table: str = Field(
+        default="payout_ledger_payouts", pattern=r"^[a-z_][a-z0-9_]{0,40}$"
+    )
+    """The read model's table (one row per event service), in the events' database;
+    its tracking table is this name plus ``_tracking``."""
+
     @field_validator("store_url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:

@@ -14,8 +14,7 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID, uuid5
 
-from eventsourcing.domain import Aggregate
-
+from payout_ledger.chain import ChainedAggregate
 from payout_ledger.payout import PAYOUT_NAMESPACE
 
 __all__ = [
@@ -48,15 +47,15 @@ class StripeEventReceipt:
     detail: str | None = None
 
 
-class StripeEventRecord(Aggregate):
+class StripeEventRecord(ChainedAggregate):
     """One Stripe event, as delivered."""
 
     TOPIC = "payout_ledger:StripeEventRecord"
 
-    class Event(Aggregate.Event):
+    class Event(ChainedAggregate.Event):
         TOPIC = "payout_ledger:StripeEventRecord.Event"
 
-    class StripeEventReceived(Event, Aggregate.Created):
+    class StripeEventReceived(Event, ChainedAggregate.Created):
         TOPIC = "payout_ledger:StripeEventReceived"
         stripe_event_id: str
         event_type: str
@@ -99,15 +98,15 @@ class StripeEventRecord(Aggregate):
         return cls._create(cls.StripeEventReceived, **kwargs)
 
 
-class CapturedPayment(Aggregate):
+class CapturedPayment(ChainedAggregate):
     """A customer's payment (PaymentIntent) that Stripe reports succeeded."""
 
     TOPIC = "payout_ledger:CapturedPayment"
 
-    class Event(Aggregate.Event):
+    class Event(ChainedAggregate.Event):
         TOPIC = "payout_ledger:CapturedPayment.Event"
 
-    class PaymentCaptured(Event, Aggregate.Created):
+    class PaymentCaptured(Event, ChainedAggregate.Created):
         TOPIC = "payout_ledger:PaymentCaptured"
         payment_intent_id: str
         amount: int

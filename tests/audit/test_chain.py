@@ -1,0 +1,134 @@
+"""Every stored event is chained by hash to its aggregate's previous event."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from payout_ledger import PayoutAggregate, PayoutLedger
+from payout_ledger.chain import (
+    GENESIS,
+    ChainedAggregate,
+    LedgerSeal,
+    canonical_json,
+    event_digest,
+    keeps_stored_form,
+)
+from payout_ledger.stripe_events import CapturedPayment, StripeEventRecord
+from payout_ledger.testing import InMemoryTransferGateway
+from tests.audit.scenario import run_scenario
+from tests.audit.support import replay_all
+
+
+def _payout() -> PayoutAggregate:
+    payout = PayoutAggregate.start(
+        event_service_id="es_chain",
+        provider_id="prov_alice",
+        payee_user_id="user_alice",
+        destination_account="acct_alice",
+        amount=5000,
+        currency="usd",
+        started_at=datetime.now(UTC),
+    )
+    payout.record_transfer(transfer_id="tr_1", request_id=None)
+    return payout
+
+
+def test_each_event_names_the_digest_of_the_one_before() -> None:
+    """The first event's previous_hash is GENESIS; each next one the digest of its predecessor."""
+    events: list[Any] = list(_payout().collect_events())
+
+    assert events[0].previous_hash == GENESIS
+    for before, after in itertools.pairwise(events):
+        assert after.previous_hash == event_digest(before)
+
+
+def test_every_aggregate_the_ledger_stores_is_chained(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway
+) -> None:
+    """Payouts, Stripe event records, captured payments and seals all carry previous_hash."""
+    run_scenario(ledger, gateway)
+    ledger.seal()
+
+    aggregates = replay_all(ledger).values()
+
+    kinds = {type(a) for a in aggregates}
+    assert kinds == {PayoutAggregate, StripeEventRecord, CapturedPayment, LedgerSeal}
+    assert all(isinstance(a, ChainedAggregate) for a in aggregates)
+    for aggregate in aggregates:
+        assert aggregate.chain_head == event_digest(aggregate._chain_last)
+
+
+def test_the_digest_covers_every_field_and_the_envelope() -> None:
+    """Changing any field, the version or the topic changes the digest."""
+    started: Any = _payout().collect_events()[0]
+    digest = event_digest(started)
+    fields = [k for k in vars(started) if k != "originator_id"]
+
+    for name in fields:
+        forged = object.__new__(type(started))
+        value = vars(started)[name]
+        changed = value + 1 if isinstance(value, int) else f"{value}x"
+        object.__setattr__(forged, "__dict__", {**vars(started), name: changed})
+        assert event_digest(forged) != digest, name
+
+
+def test_canonical_json_ignores_key_order_and_spacing() -> None:
+    """Two dicts with the same items encode to the same bytes."""
+    moment = datetime.now(UTC)
+    first = {"b": [1, 2], "a": {"y": moment, "x": None}}
+    second = {"a": {"x": None, "y": moment}, "b": (1, 2)}
+
+    assert canonical_json(first) == canonical_json(second)
+    assert b" " not in canonical_json(first)
+
+
+def test_a_replayed_payout_continues_the_chain_where_it_stopped(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway
+) -> None:
+    """Loading a payout from the store restores its chain head, so the next event links to it."""
+    gateway.decline_next()
+    ledger.release_payment(
+        {
+            "event_service_id": "es_1",
+            "provider_id": "prov_alice",
+            "amount": {"amount": 10, "currency": "usd"},
+        }
+    )
+    stored_last = ledger.history("es_1")[-1]
+
+    ledger.release_payment(
+        {
+            "event_service_id": "es_1",
+            "provider_id": "prov_alice",
+            "amount": {"amount": 10, "currency": "usd"},
+        }
+    )
+
+    history = ledger.history("es_1")
+    assert history[len(history) - 3].previous_hash == event_digest(stored_last)
+
+
+def test_an_upcaster_that_would_hide_the_stored_form_is_refused() -> None:
+    """A chained event class refuses an upcast_vN_vM without @keeps_stored_form."""
+    with pytest.raises(TypeError, match="keeps_stored_form"):
+
+        class Careless(ChainedAggregate.Event):  # defining it is the test
+            class_version = 2
+
+            @staticmethod
+            def upcast_v1_v2(state: dict[str, Any]) -> None:
+                state["note"] = ""
+
+    class Careful(ChainedAggregate.Event):
+        class_version = 2
+
+        @staticmethod
+        @keeps_stored_form
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["note"] = ""
+
+    assert Careful.class_version == 2
