@@ -33,8 +33,12 @@ from eventsourcing.persistence import (
     MapperDeserialisationError,
     Transcoder,
 )
-from eventsourcing.postgres import BasePostgresFactory, PostgresApplicationRecorder
-from eventsourcing.utils import Environment
+from eventsourcing.postgres import (
+    BasePostgresFactory,
+    PostgresApplicationRecorder,
+    PostgresFactory,
+)
+from eventsourcing.utils import Environment, get_topic
 
 from payout_ledger.errors import (
     ConfigurationError,
@@ -59,6 +63,7 @@ from payout_ledger.ports import (
     TransferResult,
     string_metadata,
 )
+from payout_ledger.recorders import OneRoundTripRecorder
 from payout_ledger.release import ReleaseOutcome, ReleaseRequest, ReleaseResult
 from payout_ledger.settings import LedgerSettings, store_environment
 from payout_ledger.stripe_events import (
@@ -138,6 +143,9 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         if not isinstance(self.factory, BasePostgresFactory):
             return super().construct_recorder()
         self.factory.env[BasePostgresFactory.CREATE_TABLE] = "no"
+        self.factory.env.setdefault(
+            PostgresFactory.APPLICATION_RECORDER_TOPIC, get_topic(OneRoundTripRecorder)
+        )
         recorder = super().construct_recorder()
         if not self.settings.create_tables:
             return recorder
