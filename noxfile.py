@@ -49,3 +49,25 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[dev]")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """The long reliability run (opt-in, 10-20 minutes); figures in docs/reliability.md.
+
+    `nox -s reliability` writes figures-long.json and renders it into the page.
+    """
+    session.install("-e", ".[dev]")
+    env = {
+        "PAYOUT_LEDGER_RELIABILITY": "long",
+        "PAYOUT_LEDGER_RELIABILITY_FIGURES": "figures-long.json",
+    }
+    session.run("pytest", "tests/reliability", "-q", *session.posargs, env=env)
+    session.run(
+        "python",
+        "-m",
+        "tests.reliability.report",
+        "figures-long.json",
+        "--docs",
+        "docs/reliability.md",
+    )

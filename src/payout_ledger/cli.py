@@ -14,6 +14,7 @@ from typing import Annotated, Any, NoReturn, TextIO, cast
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 
@@ -117,7 +118,7 @@ def _operator_ledger(store_url: str | None) -> PayoutLedger:
         settings = LedgerSettings(**overrides)  # type: ignore[arg-type]
         gateway = StripeTransferGateway.from_settings(settings) if settings.stripe_enabled else None
         return PayoutLedger(settings=settings, providers=_NoProviders(), gateway=gateway)
-    except (PayoutLedgerError, ValidationError) as exc:
+    except (PayoutLedgerError, ValidationError, SettingsError) as exc:
         _fail(f"configuration: {_first_line(exc)}")
 
 
@@ -241,7 +242,7 @@ def _reading_ledger(store_url: str | None) -> PayoutLedger:
         settings = LedgerSettings(**overrides)  # type: ignore[arg-type]
         gateway = _NoTransfers() if settings.stripe_enabled else None
         return PayoutLedger(settings=settings, providers=_NoProviders(), gateway=gateway)
-    except (PayoutLedgerError, ValidationError) as exc:
+    except (PayoutLedgerError, ValidationError, SettingsError) as exc:
         _fail(f"configuration: {_first_line(exc)}")
 
 

@@ -490,6 +490,17 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         try:
             self.save(payout)
         except IntegrityError:
+            # Usually a lost race. But when a connection dies after the commit and
+            # before its acknowledgement, the store's retry of our own insert hits the
+            # uniqueness constraint too: if the stored claim is ours (same version,
+            # attempt, claim time and event time, to the microsecond), we won it.
+            stored = self._load(req.event_service_id)
+            if stored is not None and _same_claim(stored, payout):
+                logger.info(
+                    "claim of %s was stored before its acknowledgement was lost",
+                    req.event_service_id,
+                )
+                return stored
             logger.info("release of %s lost the claim race", req.event_service_id)
             return None
         return payout
@@ -582,7 +593,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         try:
             payment_intent_id = str(obj["id"])
             amount, currency = int(obj["amount"]), str(obj["currency"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise InvalidRequestError(
                 "payment_intent.succeeded without id/amount/currency"
             ) from None
@@ -606,7 +617,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
     ) -> tuple[list[Aggregate], StripeEventOutcome, str | None, str | None]:
         try:
             transfer = StripeTransfer.from_stripe(obj)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise InvalidRequestError("a transfer event without id/amount/currency") from None
         event_service_id = transfer.metadata.get("event_service_id")
         payout = self._load(event_service_id) if event_service_id else None
@@ -716,6 +727,16 @@ _OUTCOME_OF_STATUS = {
     PayoutStatus.IN_FLIGHT: ReleaseOutcome.IN_PROGRESS,
     PayoutStatus.FAILED: ReleaseOutcome.FAILED,
 }
+
+
+def _same_claim(stored: PayoutAggregate, ours: PayoutAggregate) -> bool:
+    return (
+        stored.version == ours.version
+        and stored.status is PayoutStatus.IN_FLIGHT
+        and stored.attempt == ours.attempt
+        and stored.attempt_started_at == ours.attempt_started_at
+        and stored.modified_on == ours.modified_on
+    )
 
 
 def _check_same_release(payout: PayoutAggregate, req: ReleaseRequest) -> None:

@@ -1,0 +1,128 @@
+"""Mutation check: break the ledger on purpose, run the reliability suite, see what catches it.
+
+    python -m tests.reliability.mutants [--out PATH] [NAME ...]
+
+Each mutant is a copy of ``src/`` with one change to ``ledger.py``; the suite
+runs against it (``PYTHONPATH`` puts the copy first, worker processes
+included) and every failing test is recorded. The working tree is never
+touched. A mutant whose pattern is not found (the code moved on) is reported,
+not applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+MUTANTS: dict[str, tuple[str, str, str]] = {
+    "claim_ignores_conflict": (
+        "a release that loses the claim race carries on as if it had won",
+        '            logger.info("release of %s lost the claim race", req.event_service_id)\n'
+        "            return None\n",
+        '            logger.info("release of %s lost the claim race", req.event_service_id)\n'
+        "            return payout\n",
+    ),
+    "unknown_is_failure": (
+        "a timeout or a 5xx is recorded as a refusal (TransferFailed)",
+        "        if isinstance(outcome, TransferDeclined):\n",
+        "        if not isinstance(outcome, TransferNotExecuted):\n",
+    ),
+    "resume_skips_lookup": (
+        "past the key window, resume starts a new attempt without looking at Stripe",
+        "            found = self._find_transfers(payout)\n",
+        "            found = []\n",
+    ),
+    "resume_ignores_key_window": (
+        "resume never retries with the same key: it always looks up, then starts a new attempt",
+        "        if age < self.settings.stripe_idempotency_window:\n",
+        "        if False:\n",
+    ),
+}
+
+
+def run(name: str, folder: Path, extra: list[str]) -> dict[str, object]:
+    what, old, new = MUTANTS[name]
+    copy = folder / name
+    shutil.copytree(REPO / "src", copy / "src")
+    ledger = copy / "src" / "payout_ledger" / "ledger.py"
+    text = ledger.read_text()
+    if text.count(old) != 1:
+        return {"mutant": name, "what": what, "applied": False, "caught_by": []}
+    ledger.write_text(text.replace(old, new))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(copy / "src"),
+        "PAYOUT_LEDGER_RELIABILITY_FIGURES": str(copy / "figures.json"),
+    }
+    probe = subprocess.run(
+        [sys.executable, "-c", "import payout_ledger; print(payout_ledger.__file__)"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip().startswith(str(copy)), probe.stdout
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/reliability",
+            "-q",
+            "-rfE",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:logging",
+            *extra,
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, re.MULTILINE)))
+    return {
+        "mutant": name,
+        "what": what,
+        "applied": True,
+        "caught_by": failed,
+        "summary": result.stdout.strip().splitlines()[-1] if result.stdout else "",
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", default=sorted(MUTANTS))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "payout-ledger-reliability" / "mutants.json",
+    )
+    args, extra = parser.parse_known_args(argv)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="payout-mutants-") as tmp:
+        for name in args.names:
+            outcome = run(name, Path(tmp), extra)
+            results.append(outcome)
+            print(json.dumps(outcome, indent=2), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"mutants": results}, indent=2) + "\n")
+    survivors = [r["mutant"] for r in results if r["applied"] and not r["caught_by"]]
+    print(f"mutants: {len(results)}, survived: {survivors or 'none'}; written to {args.out}")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,144 @@
+"""Stripe's transfer endpoint, in process, for the interleaving explorer.
+
+It keeps Stripe's idempotency rules: a key is claimed when a request arrives;
+a second request with the key while the first is executing gets a 409
+(``idempotency_key_in_use``: an unknown outcome for the ledger); once the
+first finished, the same key replays its answer for 24 hours; after that the
+key is pruned and the same request *executes again*. So a second transfer for
+a service is never hidden by the explorer: it shows up in ``transfers``.
+
+Two I/O points: ``stripe.send`` (the request leaves the caller; crashing here
+means it was never sent) and ``stripe.commit`` (Stripe executes; crashing here
+means Stripe executed and the caller died before reading the answer).
+``stripe.list`` is the lookup by ``transfer_group``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from payout_ledger import TransferOutcomeUnknown, TransferRequest, TransferResult
+from payout_ledger.ports import StripeTransfer
+from tests.reliability.system import SimulatedCrash, Transfer
+
+KEY_MAX_AGE = timedelta(hours=24)
+
+
+class ModelClock:
+    """A clock that moves only when told; the ledger and the model share it."""
+
+    def __init__(self) -> None:
+        self.moment = datetime(2030, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+@dataclass
+class _Key:
+    created: datetime
+    params: tuple[object, ...]
+    answer: TransferResult | None = None
+
+
+class ModelStripe:
+    """Idempotent by key for 24 hours, then not; every execution is a transfer."""
+
+    def __init__(self, clock: ModelClock, point: Callable[[str], bool]) -> None:
+        self.clock = clock
+        self.point = point
+        self.transfers: list[StripeTransfer] = []
+        self.sent: list[str] = []
+        """The idempotency key of every request that reached Stripe."""
+        self._keys: dict[str, _Key] = {}
+        self.lose_next_answer = False
+        self.refuse_next_request = False
+
+    def create_transfer(self, request: TransferRequest) -> TransferResult:
+        if self.point("stripe.send"):
+            raise SimulatedCrash("before stripe.send")
+        if self.refuse_next_request:  # set-up: the request never reached Stripe
+            self.refuse_next_request = False
+            raise TransferOutcomeUnknown("timeout before Stripe")
+        self.sent.append(request.idempotency_key)
+        self._prune()
+        params = _params(request)
+        key = self._keys.get(request.idempotency_key)
+        if key is not None:
+            if key.answer is None:
+                raise TransferOutcomeUnknown("409 idempotency_key_in_use", code="idempotency_error")
+            if key.params != params:
+                raise TransferOutcomeUnknown("idempotency_error", code="idempotency_error")
+            return key.answer  # replayed
+        key = _Key(self.clock.now(), params)
+        self._keys[request.idempotency_key] = key
+        crash = self.point("stripe.commit")
+        transfer = StripeTransfer(
+            id=f"tr_model_{len(self.transfers) + 1}",
+            amount=request.amount,
+            currency=request.currency,
+            destination=request.destination,
+            transfer_group=request.transfer_group,
+            metadata=dict(request.metadata),
+            created=int(self.clock.now().timestamp()),
+        )
+        self.transfers.append(transfer)
+        key.answer = TransferResult(transfer_id=transfer.id)
+        if crash:
+            raise SimulatedCrash("after stripe.commit")
+        if self.lose_next_answer:  # set-up: committed, the answer was lost
+            self.lose_next_answer = False
+            raise TransferOutcomeUnknown("response lost")
+        return key.answer
+
+    def list_transfers(
+        self,
+        *,
+        transfer_group: str | None = None,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+    ) -> list[StripeTransfer]:
+        if self.point("stripe.list"):
+            raise SimulatedCrash("before stripe.list")
+        return [
+            t
+            for t in reversed(self.transfers)
+            if (transfer_group is None or t.transfer_group == transfer_group)
+            and (created_gte is None or t.created >= created_gte)
+            and (created_lt is None or t.created < created_lt)
+        ]
+
+    def audit_transfers(self) -> list[Transfer]:
+        return [
+            Transfer(
+                id=t.id,
+                event_service_id=t.metadata.get("event_service_id"),
+                attempt=t.metadata.get("attempt"),
+                payout_id=t.metadata.get("payout_id"),
+                amount=t.amount,
+                currency=t.currency,
+                destination=t.destination,
+            )
+            for t in self.transfers
+        ]
+
+    def _prune(self) -> None:
+        now = self.clock.now()
+        for name, key in list(self._keys.items()):
+            if key.answer is not None and now - key.created > KEY_MAX_AGE:
+                del self._keys[name]
+
+
+def _params(request: TransferRequest) -> tuple[object, ...]:
+    return (
+        request.amount,
+        request.currency,
+        request.destination,
+        request.transfer_group,
+        tuple(sorted(request.metadata.items())),
+    )

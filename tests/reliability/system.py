@@ -1,0 +1,255 @@
+"""The system under test, assembled as a host would, and the audits every test runs.
+
+A host runs ``PayoutLedger`` on a store, with the production Stripe gateway
+(here pointed at the fake Stripe server over HTTP) and a clock. The audits
+below read only what a host or an auditor could read: the ledger's event log
+and Stripe's transfers.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from payout_ledger import (
+    LedgerSettings,
+    PayoutAggregate,
+    PayoutLedger,
+    PayoutStatus,
+    ServiceProvider,
+    idempotency_key,
+)
+from payout_ledger.stripe import StripeTransferGateway
+from payout_ledger.testing import InMemoryProviderDirectory
+from payout_ledger.testing.fake_stripe import FakeClock, FakeStripe
+
+PROVIDER_ID = "prov_rel"
+AMOUNT = 5000
+CURRENCY = "usd"
+DAY_AND_A_BIT = 24 * 3600 + 60
+"""Past the ledger's 23-hour key window and the fake's 24-hour key pruning."""
+
+
+class SimulatedCrash(BaseException):
+    """The process dies here. Not an ``Exception``: nothing in the ledger catches it."""
+
+
+class LedgerClock:
+    """The ledger's clock, read from the fake's: one jump moves both sides."""
+
+    def __init__(self, fake_clock: FakeClock) -> None:
+        self.fake_clock = fake_clock
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.fake_clock.now(), UTC)
+
+    def advance(self, seconds: float) -> None:
+        self.fake_clock.advance(seconds)
+
+
+def provider(account_id: str) -> ServiceProvider:
+    return ServiceProvider(id=PROVIDER_ID, user_id="user_rel", stripe_account_id=account_id)
+
+
+def release_request(event_service_id: str) -> dict[str, Any]:
+    return {
+        "event_service_id": event_service_id,
+        "provider_id": PROVIDER_ID,
+        "amount": {"amount": AMOUNT, "currency": CURRENCY},
+    }
+
+
+def stripe_gateway(fake: FakeStripe, *, timeout: float = 10.0) -> StripeTransferGateway:
+    """The production gateway pointed at the fake, without the SDK's own retries."""
+    return StripeTransferGateway(
+        fake.api_key, api_base=fake.url, timeout=timeout, max_network_retries=0
+    )
+
+
+def build_ledger(
+    store_url: str,
+    account_id: str,
+    gateway: Any,
+    *,
+    clock: Any = None,
+    ledger_class: type[PayoutLedger] = PayoutLedger,
+    **settings: Any,
+) -> PayoutLedger:
+    settings.setdefault("postgres_pool_size", 2)
+    settings.setdefault("postgres_max_overflow", 2)
+    return ledger_class(
+        settings=_settings(store_url, tuple(sorted(settings.items()))),
+        providers=InMemoryProviderDirectory([provider(account_id)]),
+        gateway=gateway,
+        clock=clock,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _settings(store_url: str, overrides: tuple[tuple[str, Any], ...]) -> LedgerSettings:
+    # Settings are frozen; building them reads the environment, which costs
+    # more than a whole explored interleaving, so each one is built once.
+    return LedgerSettings(store_url=store_url, **dict(overrides))
+
+
+# -- audits ------------------------------------------------------------------------
+
+
+class AuditError(AssertionError):
+    """The ledger's log or its agreement with Stripe is wrong."""
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A transfer at Stripe, as the audits need it."""
+
+    id: str
+    event_service_id: str | None
+    attempt: str | None
+    payout_id: str | None
+    amount: int
+    currency: str
+    destination: str | None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Transfer:
+        metadata = obj.get("metadata") or {}
+        return cls(
+            id=str(obj["id"]),
+            event_service_id=metadata.get("event_service_id"),
+            attempt=metadata.get("attempt"),
+            payout_id=metadata.get("payout_id"),
+            amount=int(obj["amount"]),
+            currency=str(obj["currency"]),
+            destination=obj.get("destination"),
+        )
+
+
+def fake_transfers(fake: FakeStripe) -> list[Transfer]:
+    return [Transfer.from_json(t) for t in fake.transfers()]
+
+
+def by_service(transfers: Iterable[Transfer]) -> dict[str, list[Transfer]]:
+    grouped: dict[str, list[Transfer]] = {}
+    for t in transfers:
+        grouped.setdefault(t.event_service_id or "?", []).append(t)
+    return grouped
+
+
+def check_history(events: Sequence[PayoutAggregate.Event], event_service_id: str) -> str:
+    """Check one payout's log is a whole, well-formed life; return its last state.
+
+    Versions run 1..n without a gap; attempts follow
+    ``PayoutStarted (TransferFailed PayoutStarted)* [TransferSucceeded Released]``
+    with each attempt's own key; a ``TransferSucceeded`` is never the last
+    event (the outcome is one save of two events: no half-saved outcome).
+    """
+    if not events:
+        return "absent"
+    versions = [e.originator_version for e in events]
+    if versions != list(range(1, len(events) + 1)):
+        raise AuditError(f"{event_service_id}: versions {versions} have a gap")
+    state, attempt = "new", 0
+    for i, e in enumerate(events):
+        kind = type(e).__name__
+        if isinstance(e, PayoutAggregate.PayoutStarted):
+            ok = state in ("new", "failed") and e.attempt == attempt + 1
+            attempt = e.attempt
+            ok = ok and e.idempotency_key == idempotency_key(event_service_id, attempt)
+            state = "in_flight"
+        elif isinstance(e, PayoutAggregate.TransferFailed):
+            ok = state == "in_flight" and e.attempt == attempt
+            state = "failed"
+        elif isinstance(e, PayoutAggregate.TransferSucceeded):
+            nxt = events[i + 1] if i + 1 < len(events) else None
+            ok = (
+                state == "in_flight"
+                and e.attempt == attempt
+                and isinstance(nxt, PayoutAggregate.Released)
+                and nxt.transfer_id == e.transfer_id
+            )
+            state = "transferred"
+        elif isinstance(e, PayoutAggregate.Released):
+            ok = state == "transferred"
+            state = "paid"
+        elif isinstance(e, PayoutAggregate.TransferReversed):
+            ok = state == "paid"
+        else:
+            ok = False
+        if not ok:
+            kinds = [type(x).__name__ for x in events]
+            raise AuditError(f"{event_service_id}: {kind} at v{i + 1} is out of place: {kinds}")
+    return state
+
+
+def replay(events: Sequence[PayoutAggregate.Event]) -> PayoutAggregate:
+    aggregate: Any = None
+    for e in events:
+        aggregate = e.mutate(aggregate)
+    assert aggregate is not None
+    return aggregate  # type: ignore[no-any-return]
+
+
+def state_of(payout: object) -> dict[str, object]:
+    return {k: v for k, v in vars(payout).items() if k != "_pending_events"}
+
+
+def check_replay_equals_live(live: PayoutLedger, fresh: PayoutLedger, service: str) -> None:
+    """A fresh ledger replaying the stored log sees what the live ledger sees."""
+    stored = fresh.history(service)
+    current = live.find_payout(service)
+    if not stored:
+        if current is not None:
+            raise AuditError(f"{service}: live state without stored events")
+        return
+    if current is None or state_of(replay(stored)) != state_of(current):
+        raise AuditError(f"{service}: replayed state differs from the live state")
+
+
+def check_agreement(
+    ledger: PayoutLedger, transfers: Iterable[Transfer], services: Iterable[str]
+) -> dict[str, str]:
+    """The always-true agreement between the ledger and Stripe, per service.
+
+    At most one transfer per service; every transfer belongs to the payout's
+    current attempt (never to one recorded as failed); a paid payout records
+    exactly Stripe's transfer; a failed or absent payout has none. Returns each
+    service's state.
+    """
+    grouped = by_service(transfers)
+    states: dict[str, str] = {}
+    for service in services:
+        events = ledger.history(service)
+        state = check_history(events, service)
+        states[service] = state
+        at_stripe = grouped.get(service, [])
+        if len(at_stripe) > 1:
+            raise AuditError(f"{service}: {len(at_stripe)} transfers at Stripe: {at_stripe}")
+        if state in ("absent", "failed"):
+            if at_stripe:
+                raise AuditError(f"{service}: {state} in the ledger, Stripe has {at_stripe}")
+            continue
+        payout = ledger.get_payout(service)
+        for t in at_stripe:
+            if t.attempt != str(payout.attempt) or t.payout_id != str(payout.id):
+                raise AuditError(f"{service}: Stripe has {t}, the ledger is on {payout.attempt}")
+            if (t.amount, t.currency, t.destination) != (
+                payout.amount,
+                payout.currency,
+                payout.destination_account,
+            ):
+                raise AuditError(f"{service}: Stripe's {t} differs from the payout")
+        if payout.is_paid:
+            if [t.id for t in at_stripe] != [payout.transfer_id]:
+                raise AuditError(
+                    f"{service}: paid with {payout.transfer_id}, Stripe has {at_stripe}"
+                )
+        elif payout.status is not PayoutStatus.IN_FLIGHT:
+            raise AuditError(f"{service}: unexpected status {payout.status}")
+    stray = set(grouped) - set(services)
+    if stray:
+        raise AuditError(f"transfers for unknown services at Stripe: {sorted(stray)}")
+    return states

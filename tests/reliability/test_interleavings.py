@@ -1,0 +1,493 @@
+"""Every interleaving of small concurrent scenarios, explored and counted.
+
+The deterministic scheduler (``scheduler.py``) runs two or three actors at
+their I/O points and ``explore`` enumerates every order, with and without one
+crash. Stripe is ``ModelStripe``: idempotent by key for 24 hours, *not* after
+the key is pruned, so a second transfer always shows up. After each run:
+
+* at most one transfer per service at Stripe, of the payout's current attempt;
+  the log is whole and well formed (``check_agreement``);
+* in scenarios with releases only, each idempotency key reached Stripe at most
+  once: only the caller whose claim was saved calls Stripe;
+* no actor failed with an unexpected error, and every answer it returned agrees
+  with the ledger and Stripe;
+* settling afterwards (resume, past the key window if need be) pays the service
+  exactly once, and the replayed log equals the live state.
+
+Two positive controls show the explorer can fail: a ledger whose claim ignores
+the store's conflict, and a claimant stalled for longer than the key window
+(the documented limit of a lock-free claim).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from payout_ledger import (
+    PayoutLedger,
+    PayoutStatus,
+    ReleaseResult,
+)
+from payout_ledger.release import ReleaseOutcome
+from tests.reliability.config import SIZES
+from tests.reliability.figures import FIGURES
+from tests.reliability.harness import instrument_recorder
+from tests.reliability.scheduler import Exploration, Scheduler, explore
+from tests.reliability.stripe_model import ModelClock, ModelStripe
+from tests.reliability.system import (
+    DAY_AND_A_BIT,
+    SimulatedCrash,
+    build_ledger,
+    check_agreement,
+    check_history,
+    release_request,
+    replay,
+    state_of,
+)
+
+SERVICE = "es_x"
+ACCOUNT = "acct_model"
+SECTION = "interleavings"
+
+
+@dataclass
+class World:
+    """One run's system: a fresh store, the model Stripe, a clock, and the actors' ledgers."""
+
+    scheduler: Scheduler
+    store: str
+    ledger_class: type[PayoutLedger] = PayoutLedger
+    clock: ModelClock = field(default_factory=ModelClock)
+    stripe: ModelStripe = field(init=False)
+    ledgers: list[PayoutLedger] = field(default_factory=list)
+    folder: str | None = None
+
+    def __post_init__(self) -> None:
+        self.stripe = ModelStripe(self.clock, self.scheduler.point)
+        if self.store == "sqlite":
+            self.folder = tempfile.mkdtemp(prefix="payout-reliability-ilv-")
+        self.shared = self._new_ledger()
+
+    def _new_ledger(self) -> PayoutLedger:
+        url = "memory://" if self.folder is None else f"sqlite:///{self.folder}/payouts.db"
+        ledger = build_ledger(
+            url, ACCOUNT, self.stripe, clock=self.clock, ledger_class=self.ledger_class
+        )
+        instrument_recorder(ledger, self.scheduler.hook)
+        self.ledgers.append(ledger)
+        return ledger
+
+    def ledger(self) -> PayoutLedger:
+        """An actor's ledger: its own on SQLite (a process), the shared one in memory.
+
+        The ledger object keeps no state between calls, so on ``memory://``
+        actors share it and its store, as processes share a database.
+        """
+        return self.shared if self.folder is None else self._new_ledger()
+
+    def close(self) -> None:
+        for ledger in self.ledgers:
+            ledger.close()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# -- actors ----------------------------------------------------------------------------
+
+Actor = Callable[[World], Callable[[], Any]]
+
+
+def releaser(world: World) -> Callable[[], Any]:
+    ledger = world.ledger()
+    return lambda: ledger.release_payment(release_request(SERVICE))
+
+
+def resumer(world: World) -> Callable[[], Any]:
+    ledger = world.ledger()
+    return ledger.resume_in_flight
+
+
+def webhook(world: World) -> Callable[[], Any]:
+    """Stripe's ``transfer.created`` for whatever transfer exists when it is delivered."""
+    ledger = world.ledger()
+
+    def deliver() -> list[Any]:
+        if world.scheduler.point("webhook.deliver"):
+            raise SimulatedCrash("before webhook.deliver")
+        receipts = []
+        for t in list(world.stripe.transfers):
+            obj = {"object": "transfer", **t.__dict__, "metadata": dict(t.metadata)}
+            event = {"id": f"evt_{t.id}", "type": "transfer.created", "data": {"object": obj}}
+            receipts.append(
+                ledger.record_stripe_event(
+                    event=event, raw_body=json.dumps(event).encode(), headers={}
+                )
+            )
+        return receipts
+
+    return deliver
+
+
+def stalled_operator(world: World) -> Callable[[], Any]:
+    """24 hours pass (at a moment the scheduler picks), then an operator resumes."""
+    ledger = world.ledger()
+
+    def run() -> list[ReleaseResult]:
+        if world.scheduler.point("clock.jump_24h"):
+            raise SimulatedCrash("before clock.jump_24h")
+        world.clock.advance(DAY_AND_A_BIT)
+        return ledger.resume_in_flight()
+
+    return run
+
+
+# -- set-ups -------------------------------------------------------------------------
+
+
+def nothing(world: World) -> None:
+    pass
+
+
+def in_flight_never_sent_then_24h(world: World) -> None:
+    """Attempt 1 claimed, its request never reached Stripe; a day passes."""
+    world.stripe.refuse_next_request = True
+    assert world.shared.release_payment(release_request(SERVICE)).in_flight
+    world.clock.advance(DAY_AND_A_BIT)
+
+
+def in_flight_answer_lost_then_24h(world: World) -> None:
+    """Attempt 1 executed at Stripe, its answer lost; a day passes and the key is pruned."""
+    world.stripe.lose_next_answer = True
+    assert world.shared.release_payment(release_request(SERVICE)).in_flight
+    world.clock.advance(DAY_AND_A_BIT)
+
+
+# -- checks --------------------------------------------------------------------------
+
+
+def check_answers(world: World, outcomes: dict[str, Any]) -> None:
+    """No unexpected errors; every returned answer agrees with the ledger and Stripe."""
+    payout = world.shared.find_payout(SERVICE)
+    at_stripe = [t.id for t in world.stripe.transfers]
+    for name, outcome in outcomes.items():
+        assert outcome.error is None, f"{name} failed: {outcome.error!r}"
+        results = outcome.result if isinstance(outcome.result, list) else [outcome.result]
+        for result in results:
+            if not isinstance(result, ReleaseResult):
+                continue
+            if result.success:
+                assert payout is not None and payout.is_paid
+                assert result.transfer_id == payout.transfer_id and at_stripe == [
+                    result.transfer_id
+                ]
+            elif result.outcome is ReleaseOutcome.FAILED:
+                raise AssertionError(f"{name}: nothing refuses here, got {result}")
+
+
+def settle_and_check(world: World) -> None:
+    """Resume (past the key window if need be), release again as the host would: paid once."""
+    ledger = world.shared
+    for _ in range(2):
+        ledger.resume_in_flight()
+        if not ledger.in_flight():
+            break
+        world.clock.advance(DAY_AND_A_BIT)
+    assert ledger.in_flight() == []
+    assert ledger.release_payment(release_request(SERVICE)).success
+    states = check_agreement(ledger, world.stripe.audit_transfers(), [SERVICE])
+    assert states[SERVICE] == "paid", states
+    assert len(world.stripe.transfers) == 1
+    history = ledger.history(SERVICE)
+    assert state_of(replay(history)) == state_of(ledger.get_payout(SERVICE))
+    assert ledger.get_payout(SERVICE).status is PayoutStatus.RELEASED
+    assert check_history(history, SERVICE) == "paid"
+
+
+def signature(world: World, outcomes: dict[str, Any]) -> tuple[object, ...]:
+    """Everything a run's observers could tell apart: answers, the log, Stripe's side."""
+
+    def summary(value: Any) -> object:
+        if isinstance(value, list):
+            return tuple(summary(v) for v in value)
+        if isinstance(value, ReleaseResult):
+            return (value.outcome.value, value.attempt, value.transfer_id, value.detail)
+        return repr(value)
+
+    answers = tuple(
+        sorted(
+            (name, summary(o.result), o.crashed_at, repr(o.error)) for name, o in outcomes.items()
+        )
+    )
+    log = tuple(
+        (type(e).__name__, getattr(e, "attempt", None), getattr(e, "transfer_id", None))
+        for e in world.shared.history(SERVICE)
+    )
+    stripe_side = (
+        tuple(sorted(Counter(world.stripe.sent).items())),
+        tuple(sorted((t.id, t.metadata.get("attempt")) for t in world.stripe.transfers)),
+    )
+    return answers, log, stripe_side
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    actors: tuple[tuple[str, Actor], ...]
+    setup: Callable[[World], None] = nothing
+    releases_only: bool = False
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    crash_budget: int,
+    store: str = "memory",
+    ledger_class: type[PayoutLedger] = PayoutLedger,
+    stop_after_violations: int = 1,
+    reduce: bool = True,
+    signatures: set[tuple[object, ...]] | None = None,
+) -> Exploration:
+    def run_once(scheduler: Scheduler) -> None:
+        world = World(scheduler, store, ledger_class)
+        try:
+            scenario.setup(world)
+            for name, actor in scenario.actors:
+                scheduler.spawn(name, actor(world))
+            outcomes = scheduler.run()
+            if signatures is not None:
+                signatures.add(signature(world, outcomes))
+            check_agreement(world.shared, world.stripe.audit_transfers(), [SERVICE])
+            if scenario.releases_only:
+                sent_twice = [k for k, n in Counter(world.stripe.sent).items() if n > 1]
+                assert not sent_twice, f"a key reached Stripe twice: {sent_twice}"
+            check_answers(world, outcomes)
+            settle_and_check(world)
+        finally:
+            world.close()
+
+    return explore(
+        run_once,
+        crash_budget=crash_budget,
+        reduce=reduce,
+        stop_after_violations=stop_after_violations,
+    )
+
+
+def record(
+    scenario: Scenario,
+    crashes: int,
+    found: Exploration,
+    *,
+    store: str = "memory",
+    reduce: bool = True,
+) -> None:
+    FIGURES.row(
+        SECTION,
+        {
+            "scenario": scenario.name,
+            "actors": len(scenario.actors),
+            "crash_budget": crashes,
+            "store": store,
+            "reduction": "sleep sets" if reduce else "none",
+            "runs": found.runs,
+            "redundant_runs": found.redundant_runs,
+            "runs_with_crash": found.runs_with_crash,
+            "max_steps": found.max_depth,
+            "exhaustive": found.exhaustive,
+            "violations": len(found.violations),
+        },
+    )
+    FIGURES.add(SECTION, "explored runs", found.runs)
+    FIGURES.add(SECTION, "explored runs with a crash", found.runs_with_crash)
+    FIGURES.add(SECTION, "redundant runs (cut by sleep sets)", found.redundant_runs)
+    FIGURES.add(SECTION, "steps scheduled", found.steps)
+    FIGURES.add(SECTION, "crashes injected", found.runs_with_crash)
+
+
+def assert_exhaustive_and_clean(found: Exploration) -> None:
+    if found.violations:
+        first = found.violations[0]
+        schedule = "\n  ".join(first.schedule)
+        raise AssertionError(f"{first.error}\nschedule:\n  {schedule}") from first.error
+    assert found.exhaustive and found.runs > 1
+
+
+TWO_RELEASES = Scenario(
+    "two releases", (("release_1", releaser), ("release_2", releaser)), releases_only=True
+)
+THREE_RELEASES = Scenario(
+    "three releases",
+    (("release_1", releaser), ("release_2", releaser), ("release_3", releaser)),
+    releases_only=True,
+)
+RELEASE_AND_RESUME = Scenario("release + resume", (("release", releaser), ("resume", resumer)))
+RELEASE_AND_WEBHOOK = Scenario("release + webhook", (("release", releaser), ("webhook", webhook)))
+RESUMERS_NEVER_SENT = Scenario(
+    "two resumers past the key window (request never sent)",
+    (("resume_1", resumer), ("resume_2", resumer)),
+    setup=in_flight_never_sent_then_24h,
+)
+RESUMERS_ANSWER_LOST = Scenario(
+    "two resumers past the key window (Stripe executed, answer lost)",
+    (("resume_1", resumer), ("resume_2", resumer)),
+    setup=in_flight_answer_lost_then_24h,
+)
+TWO_RELEASES_AND_RESUME = Scenario(
+    "two releases + resume",
+    (("release_1", releaser), ("release_2", releaser), ("resume", resumer)),
+)
+RELEASE_RESUME_WEBHOOK = Scenario(
+    "release + resume + webhook",
+    (("release", releaser), ("resume", resumer), ("webhook", webhook)),
+)
+RESUMERS_AND_RELEASE_PAST_WINDOW = Scenario(
+    "two resumers + release past the key window",
+    (("resume_1", resumer), ("resume_2", resumer), ("release", releaser)),
+    setup=in_flight_answer_lost_then_24h,
+)
+
+DEFAULT_CASES = [
+    (TWO_RELEASES, 0),
+    (TWO_RELEASES, 1),
+    (RELEASE_AND_RESUME, 0),
+    (RELEASE_AND_RESUME, 1),
+    (RESUMERS_NEVER_SENT, 0),
+    (RESUMERS_NEVER_SENT, 1),
+    (RESUMERS_ANSWER_LOST, 0),
+    (RESUMERS_ANSWER_LOST, 1),
+    (RELEASE_AND_WEBHOOK, 0),
+    (RELEASE_AND_WEBHOOK, 1),
+    (TWO_RELEASES_AND_RESUME, 0),
+    (RELEASE_RESUME_WEBHOOK, 0),
+    (RESUMERS_AND_RELEASE_PAST_WINDOW, 0),
+]
+LONG_CASES = [
+    (TWO_RELEASES_AND_RESUME, 1),
+    (RELEASE_RESUME_WEBHOOK, 1),
+    (RESUMERS_AND_RELEASE_PAST_WINDOW, 1),
+]
+
+
+def _id(case: tuple[Scenario, int]) -> str:
+    scenario, crashes = case
+    words = scenario.name.replace("(", "").replace(")", "").replace(",", "").replace("+", "and")
+    return f"{'_'.join(words.split())}-crash{crashes}"
+
+
+@pytest.mark.parametrize("case", DEFAULT_CASES, ids=[_id(c) for c in DEFAULT_CASES])
+def test_every_interleaving_of_a_small_scenario_pays_once(case: tuple[Scenario, int]) -> None:
+    """Every order of the actors' I/O steps, with up to one crash, pays the service once."""
+    scenario, crashes = case
+    found = run_scenario(scenario, crash_budget=crashes)
+    record(scenario, crashes, found)
+    assert_exhaustive_and_clean(found)
+
+
+def test_every_interleaving_of_three_releases_pays_once() -> None:
+    """Three releases of one service at once, every order: one claim, one key sent, one transfer."""
+    crashes = SIZES.explore_three_releases_crashes
+    found = run_scenario(THREE_RELEASES, crash_budget=crashes)
+    record(THREE_RELEASES, crashes, found)
+    assert_exhaustive_and_clean(found)
+
+
+@pytest.mark.parametrize(
+    "case", [(TWO_RELEASES, 1), (RELEASE_AND_RESUME, 0), (RELEASE_AND_WEBHOOK, 0)], ids=_id
+)
+def test_the_reduction_reaches_every_outcome_that_full_enumeration_reaches(
+    case: tuple[Scenario, int],
+) -> None:
+    """Sleep sets skip only equivalent orders: reduced and full runs reach the same outcomes."""
+    scenario, crashes = case
+    full: set[tuple[object, ...]] = set()
+    reduced: set[tuple[object, ...]] = set()
+    everything = run_scenario(scenario, crash_budget=crashes, reduce=False, signatures=full)
+    record(scenario, crashes, everything, reduce=False)
+    assert_exhaustive_and_clean(everything)
+    assert_exhaustive_and_clean(run_scenario(scenario, crash_budget=crashes, signatures=reduced))
+    assert reduced == full
+    assert len(full) > 1
+
+
+@pytest.mark.parametrize("case", [(TWO_RELEASES, 0), (RELEASE_AND_RESUME, 1)], ids=_id)
+def test_interleavings_on_sqlite_with_a_ledger_per_actor_pay_once(
+    case: tuple[Scenario, int],
+) -> None:
+    """The same exploration with each actor a separate ledger on one SQLite file."""
+    scenario, crashes = case
+    found = run_scenario(scenario, crash_budget=crashes, store="sqlite")
+    record(scenario, crashes, found, store="sqlite")
+    assert_exhaustive_and_clean(found)
+
+
+@pytest.mark.reliability_long
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("case", LONG_CASES, ids=[_id(c) for c in LONG_CASES])
+def test_every_interleaving_of_a_larger_scenario_pays_once(case: tuple[Scenario, int]) -> None:
+    """Three actors mixing releases, resumes and webhooks, every order (long run only)."""
+    scenario, crashes = case
+    found = run_scenario(scenario, crash_budget=crashes)
+    record(scenario, crashes, found)
+    assert_exhaustive_and_clean(found)
+
+
+# -- positive controls: the explorer finds what is there ------------------------------
+
+
+class ClaimIgnoresConflicts(PayoutLedger):
+    """A broken ledger: when its claim loses the race it carries on as if it had won."""
+
+    name = "PayoutLedger"
+
+    def _claim(self, payout: Any, req: Any, provider: Any) -> Any:
+        claimed = super()._claim(payout, req, provider)
+        if claimed is not None:
+            return claimed
+        stale = self._load(req.event_service_id)
+        return stale
+
+
+def test_the_explorer_catches_a_claim_that_ignores_conflicts() -> None:
+    """Positive control: a ledger that calls Stripe after losing its claim is found out."""
+    found = run_scenario(TWO_RELEASES, crash_budget=0, ledger_class=ClaimIgnoresConflicts)
+    FIGURES.add(SECTION, "positive control: broken claim, runs until caught", found.runs)
+    assert found.violations, "the explorer missed a claim that ignores the store's conflict"
+    assert "reached Stripe twice" in str(found.violations[0].error)
+
+
+def test_a_release_straddling_the_key_window_is_the_documented_limit() -> None:
+    """Positive control and documented limit: a claim is not a lease.
+
+    A release reads the clock (its attempt's start) when it decides, saves the
+    claim, then calls Stripe. If more than the key window passes between that
+    decision and Stripe executing its request, a resumer sees an attempt older
+    than the window, finds nothing at Stripe, starts attempt 2, and the stalled
+    request executes too. The explorer finds such schedules, and only those.
+    """
+    stalled = Scenario("stalled claimant", (("release", releaser), ("operator", stalled_operator)))
+    found = run_scenario(stalled, crash_budget=0, stop_after_violations=10**6)
+    record(stalled, 0, found)
+    FIGURES.note(SECTION, "documented limit: runs", found.runs)
+    FIGURES.note(SECTION, "documented limit: runs with two transfers", len(found.violations))
+    assert found.exhaustive and found.violations
+    for violation in found.violations:
+        assert "2 transfers at Stripe" in str(violation.error)
+        order = [step.split(" ", 1) for step in violation.schedule]
+        decided = order.index(["release", "db.select_events"])
+        jump = order.index(["operator", "clock.jump_24h"])
+        committed = order.index(["release", "stripe.commit"])
+        assert decided < jump < committed, violation.schedule
+
+
+@pytest.fixture(autouse=True)
+def _note_sizes() -> None:
+    FIGURES.note(SECTION, "three_releases_crash_budget", SIZES.explore_three_releases_crashes)
+    FIGURES.note(SECTION, "stores", "memory (shared ledger), SQLite (ledger per actor)")

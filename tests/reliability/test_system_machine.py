@@ -1,0 +1,518 @@
+"""Random histories of the whole system: callers, the fake Stripe, faults, crashes, webhooks.
+
+A hypothesis state machine drives several callers (separate ledgers on one
+store, as separate processes would be) against the fake Stripe server over
+HTTP, with the production gateway. Rules release by any caller, program
+gateway faults (timeout before or after Stripe commits, a stored 5xx, a 429, a
+refusal for lack of funds, failed lookups), crash a caller at any I/O step of a
+release or a resume (then restart it), deliver Stripe's webhooks (in any order,
+duplicated) and forged ones, resume, reconcile and move the clock past Stripe's
+24-hour key pruning. After every step:
+
+* at most one transfer per event service at Stripe, and each belongs to the
+  payout's current attempt; a paid payout records exactly Stripe's transfer, a
+  failed or absent one has none (``check_agreement``);
+* every payout's log is whole and well formed, and a fresh ledger replaying it
+  sees what each caller's live ledger sees;
+* a forged webhook changed nothing (checked in its rule).
+
+``settle_everything`` then proves liveness: faults cleared, resumed (past the
+key window if need be) and released again, every service is paid exactly once
+and ``reconcile`` is clean.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from payout_ledger import PayoutLedger, PayoutStatus, ReleaseOutcome, ReleaseResult
+from payout_ledger.errors import TransferOutcomeUnknown
+from payout_ledger.reconcile import MismatchKind, reconcile
+from payout_ledger.stripe.webhooks import WebhookHandler
+from payout_ledger.testing.fake_stripe import FakeStripe, faults, sign_payload
+from tests.conftest import _conninfo, with_query
+from tests.reliability.config import SIZES
+from tests.reliability.figures import FIGURES
+from tests.reliability.harness import CrashPlan, HookedGateway, SwitchableHook, instrument_recorder
+from tests.reliability.system import (
+    DAY_AND_A_BIT,
+    LedgerClock,
+    SimulatedCrash,
+    build_ledger,
+    by_service,
+    check_agreement,
+    check_replay_equals_live,
+    fake_transfers,
+    release_request,
+    stripe_gateway,
+)
+
+SERVICES = ["es_sm_0", "es_sm_1", "es_sm_2", "es_sm_3"]
+CALLERS = 3
+SECRET = "whsec_reliability_current_0123456789abcdef"
+ATTACKER_SECRET = "whsec_reliability_attacker_fedcba9876543210"
+BALANCE = 10**9
+
+TRANSFER_FAULTS: dict[str, Callable[[], faults.Fault]] = {
+    "timeout_before_commit": faults.drop_before_commit,
+    "timeout_after_commit": faults.drop_after_commit,
+    "server_error_5xx": faults.server_error,
+    "rate_limited_429": faults.rate_limited,
+}
+LOOKUP_FAULTS: dict[str, Callable[[], faults.Fault]] = {
+    "lookup_5xx": faults.server_error,
+    "lookup_timeout": faults.drop_before_commit,
+}
+CLOCK_JUMPS = [3600, 23 * 3600 + 1800, DAY_AND_A_BIT]
+FORGERIES = ["wrong_secret", "tampered_body", "stale_signature", "unsigned", "fabricated"]
+SECTION = "state_machine"
+
+StoreFactory = Callable[[], tuple[str, Callable[[], None]]]
+
+
+def count(name: str, n: int = 1) -> None:
+    FIGURES.add(SECTION, name, n)
+
+
+def step(method: Callable[..., None]) -> Callable[..., None]:
+    """Mark the machine busy while a rule or invariant runs.
+
+    If one raises, the machine stays busy, and the teardown then skips its
+    final settlement rather than mask the failure with another one.
+    """
+
+    @functools.wraps(method)
+    def tracked(self: WholeSystem, *args: Any, **kwargs: Any) -> None:
+        self.busy = True
+        method(self, *args, **kwargs)
+        self.busy = False
+
+    return tracked
+
+
+class Caller:
+    """One host process: its own ledger on the shared store, crashable at any I/O step."""
+
+    def __init__(self, system: WholeSystem) -> None:
+        self.hook = SwitchableHook()
+        gateway = HookedGateway(stripe_gateway(system.fake), self.hook)
+        self.ledger = build_ledger(
+            system.store_url, system.account, gateway, clock=system.clock_for_ledgers
+        )
+        instrument_recorder(self.ledger, self.hook)
+
+    def run(self, plan: CrashPlan | None, action: Callable[[PayoutLedger], Any]) -> Any:
+        """Run ``action`` under ``plan``; SimulatedCrash propagates."""
+        self.hook.plan = plan
+        try:
+            return action(self.ledger)
+        finally:
+            self.hook.plan = None
+
+
+class WholeSystem(RuleBasedStateMachine):
+    """The host's callers, a webhook endpoint, an auditor and the fake Stripe."""
+
+    store_factory: StoreFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        count("examples")
+        self.store_url, self._drop_store = self.store_factory()
+        self.fake = FakeStripe().start()
+        self.account = str(self.fake.client().v1.accounts.create({"type": "express"}).id)
+        self.clock_for_ledgers = LedgerClock(self.fake.clock)
+        self.callers = [Caller(self) for _ in range(CALLERS)]
+        # The auditor reads the log as a separate process would; the webhook
+        # endpoint runs in yet another one.
+        self.auditor = build_ledger(
+            self.store_url, self.account, stripe_gateway(self.fake), clock=self.clock_for_ledgers
+        )
+        self.endpoint_ledger = build_ledger(
+            self.store_url, self.account, stripe_gateway(self.fake), clock=self.clock_for_ledgers
+        )
+        self.webhooks = WebhookHandler(
+            self.endpoint_ledger, secrets=[SECRET], tolerance=300, environment="production"
+        )
+        self.delivered: set[str] = set()
+        self.latest_delivered = -1
+        self.busy = False
+        self.refusing = False
+
+    def teardown(self) -> None:
+        try:
+            if not self.busy:
+                # Every example ends settled: each service paid exactly once.
+                self._settle()
+                transfers = fake_transfers(self.fake)
+                count(
+                    "stripe_faults_that_hit_a_request",
+                    self.fake.counters.get("faults_triggered", 0),
+                )
+                count("final_transfers_at_stripe", len(transfers))
+                count("final_transfers_expected", len(SERVICES))
+                FIGURES.maximum(
+                    SECTION,
+                    "max_transfers_per_service",
+                    max(len(v) for v in by_service(transfers).values()),
+                )
+        finally:
+            for caller in self.callers:
+                caller.ledger.close()
+            self.auditor.close()
+            self.endpoint_ledger.close()
+            self.fake.stop()
+            self._drop_store()
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _paid(self, service: str) -> bool:
+        payout = self.auditor.find_payout(service)
+        return payout is not None and payout.is_paid
+
+    def _stored(self) -> int:
+        return self.auditor.recorder.max_notification_id() or 0
+
+    def _restart(self, index: int) -> None:
+        self.callers[index].ledger.close()
+        self.callers[index] = Caller(self)
+        count("restarts")
+
+    def _check_result(self, result: ReleaseResult) -> None:
+        """A caller's answer agrees with the ledger and with Stripe right after."""
+        payout = self.auditor.get_payout(result.event_service_id)
+        at_stripe = [
+            t for t in fake_transfers(self.fake) if t.event_service_id == result.event_service_id
+        ]
+        if result.success:
+            assert payout.is_paid
+            assert [t.id for t in at_stripe] == [result.transfer_id] == [payout.transfer_id]
+        elif result.outcome is ReleaseOutcome.FAILED:
+            assert payout.status is PayoutStatus.FAILED and at_stripe == []
+        else:
+            assert result.outcome in (
+                ReleaseOutcome.IN_PROGRESS,
+                ReleaseOutcome.OUTCOME_UNKNOWN,
+                ReleaseOutcome.NOT_EXECUTED,
+            ), result
+            assert payout.status is PayoutStatus.IN_FLIGHT
+
+    def _crashable(self, index: int, plan: CrashPlan | None, action: Any) -> Any:
+        try:
+            return self.callers[index].run(plan, action)
+        except SimulatedCrash:
+            count("crashes")
+            assert plan is not None and plan.fired is not None
+            count(f"crash {plan.fired}")
+            self._restart(index)
+            return None
+
+    def _check_settled_agree(self) -> None:
+        """With nothing in flight, reconcile finds no disagreement at all."""
+        if self.auditor.in_flight():
+            return
+        try:
+            report = reconcile(self.auditor, event_service_ids=SERVICES)
+        except TransferOutcomeUnknown:
+            count("reconcile_blocked_by_lookup_fault")
+            return
+        assert report.ok, report.mismatches
+        count("agreement_checks_after_resume")
+
+    # -- rules -------------------------------------------------------------------
+
+    def _draw_service(self, data: st.DataObject) -> str:
+        """Any service, or (as often) one not yet paid: histories keep work to do."""
+        unpaid = [s for s in SERVICES if not self._paid(s)]
+        pool = st.sampled_from(SERVICES)
+        if unpaid:
+            pool = pool | st.sampled_from(unpaid)
+        return data.draw(pool, label="service")
+
+    @rule(caller=st.integers(0, CALLERS - 1), data=st.data())
+    @step
+    def release(self, caller: int, data: st.DataObject) -> None:
+        service = self._draw_service(data)
+        result = self.callers[caller].ledger.release_payment(release_request(service))
+        self._operation_done()
+        count("releases")
+        count(f"outcome {result.outcome.value}")
+        self._check_result(result)
+
+    @rule(
+        caller=st.integers(0, CALLERS - 1),
+        at=st.integers(0, 3),
+        after=st.booleans(),
+        data=st.data(),
+    )
+    @step
+    def release_and_crash(self, caller: int, at: int, after: bool, data: st.DataObject) -> None:
+        """A release killed at its at-th I/O call (load, claim, Stripe, outcome)."""
+        service = self._draw_service(data)
+        plan = CrashPlan(at, after=after)
+        result = self._crashable(
+            caller, plan, lambda ledger: ledger.release_payment(release_request(service))
+        )
+        self._operation_done()
+        count("releases")
+        if result is not None:
+            count("crash point not reached")
+            self._check_result(result)
+
+    @rule(kind=st.sampled_from(sorted(TRANSFER_FAULTS)))
+    @step
+    def stripe_fault(self, kind: str) -> None:
+        self.fake.inject(TRANSFER_FAULTS[kind](), method="POST", path="/v1/transfers")
+        count(f"fault {kind}")
+        count("faults_injected")
+
+    @rule(kind=st.sampled_from(sorted(LOOKUP_FAULTS)))
+    @step
+    def lookup_fault(self, kind: str) -> None:
+        self.fake.inject(LOOKUP_FAULTS[kind](), method="GET", path="/v1/transfers")
+        count(f"fault {kind}")
+        count("faults_injected")
+
+    @rule()
+    @step
+    def refuse_next_operation(self) -> None:
+        """Stripe refuses (balance_insufficient) every transfer of the next release or resume."""
+        self.fake.set_balance("usd", 0)
+        self.refusing = True
+        count("fault refusal_balance_insufficient")
+        count("faults_injected")
+
+    def _operation_done(self) -> None:
+        if self.refusing:
+            self.fake.set_balance("usd", BALANCE)
+            self.refusing = False
+
+    @rule(seconds=st.sampled_from(CLOCK_JUMPS))
+    @step
+    def advance_clock(self, seconds: int) -> None:
+        self.clock_for_ledgers.advance(seconds)
+        count("clock_jumps")
+        if seconds >= DAY_AND_A_BIT:
+            count("clock_jumps_past_24h")
+
+    @rule(
+        caller=st.integers(0, CALLERS - 1),
+        crash=st.none() | st.tuples(st.integers(0, 8), st.booleans()),
+    )
+    @step
+    def resume(self, caller: int, crash: tuple[int, bool] | None) -> None:
+        plan = None if crash is None else CrashPlan(crash[0], after=crash[1])
+        results = self._crashable(caller, plan, lambda ledger: ledger.resume_in_flight())
+        self._operation_done()
+        count("resumes")
+        if results is None:
+            return
+        for result in results:
+            count(f"resume {result.detail or result.outcome.value}")
+            self._check_result(result)
+        self._check_settled_agree()
+
+    @precondition(lambda self: bool(self.fake.events()))
+    @rule(data=st.data())
+    @step
+    def deliver_webhook(self, data: st.DataObject) -> None:
+        """One of Stripe's events, signed: in any order, as often as drawn."""
+        events = self.fake.events()
+        index = data.draw(st.integers(0, len(events) - 1), label="event")
+        event = events[index]
+        body = json.dumps(event).encode()
+        response = self.webhooks.handle(
+            body, {"Stripe-Signature": sign_payload(body, SECRET, int(time.time()))}
+        )
+        assert response.status == 200, response
+        count("webhooks_delivered")
+        if event["id"] in self.delivered:
+            count("webhooks_duplicate")
+            assert response.body.get("duplicate") is True
+        if index < self.latest_delivered:
+            count("webhooks_out_of_order")
+        self.delivered.add(event["id"])
+        self.latest_delivered = max(self.latest_delivered, index)
+
+    @rule(kind=st.sampled_from(FORGERIES), data=st.data())
+    @step
+    def deliver_forged_webhook(self, kind: str, data: st.DataObject) -> None:
+        """A request Stripe did not sign (or not like this) is refused and changes nothing."""
+        stored_before = self._stored()
+        body, header = self._forge(kind, data)
+        headers = {} if header is None else {"Stripe-Signature": header}
+        response = self.webhooks.handle(body, headers)
+        assert response.status == 403, (kind, response)
+        assert self._stored() == stored_before
+        count("webhooks_forged")
+        count(f"forged {kind}")
+
+    def _forge(self, kind: str, data: st.DataObject) -> tuple[bytes, str | None]:
+        events = self.fake.events()
+        now = int(time.time())
+        if kind == "fabricated" or not events:
+            service = data.draw(st.sampled_from(SERVICES), label="service")
+            payout = self.auditor.find_payout(service)
+            obj = {
+                "id": f"tr_forged_{uuid.uuid4().hex[:12]}",
+                "object": "transfer",
+                "amount": 5000,
+                "currency": "usd",
+                "destination": self.account,
+                "transfer_group": f"event_service:{service}",
+                "metadata": {
+                    "event_service_id": service,
+                    "payout_id": str(PayoutLedger.payout_id(service)),
+                    "attempt": str(payout.attempt if payout else 1),
+                },
+            }
+            forged = {
+                "id": f"evt_forged_{uuid.uuid4().hex[:12]}",
+                "object": "event",
+                "type": "transfer.created",
+                "data": {"object": obj},
+            }
+            body = json.dumps(forged).encode()
+            return body, sign_payload(body, ATTACKER_SECRET, now)
+        event = data.draw(st.sampled_from(events), label="event")
+        body = json.dumps(event).encode()
+        if kind == "wrong_secret":
+            return body, sign_payload(body, ATTACKER_SECRET, now)
+        if kind == "tampered_body":
+            header = sign_payload(body, SECRET, now)
+            event = json.loads(body)
+            event["data"]["object"]["id"] = "tr_tampered"
+            event["data"]["object"]["amount"] = 1
+            return json.dumps(event).encode(), header
+        if kind == "stale_signature":
+            return body, sign_payload(body, SECRET, now - 3600)
+        return body, None  # unsigned
+
+    @rule()
+    @step
+    def reconcile_now(self) -> None:
+        """Reconcile never reports a duplicate or a wrong transfer; only unsettled ones."""
+        try:
+            report = reconcile(self.auditor, event_service_ids=SERVICES)
+        except TransferOutcomeUnknown:
+            count("reconcile_blocked_by_lookup_fault")
+            return
+        count("reconciles")
+        in_flight = set(self.auditor.in_flight())
+        for m in report.mismatches:
+            assert m.kind is MismatchKind.MISSING_IN_LEDGER, m
+            assert m.event_service_id in in_flight, m
+
+    @rule()
+    @step
+    def settle_everything(self) -> None:
+        """Faults cleared: resume (past the key window if need be) and release pay each once."""
+        self._settle()
+
+    def _settle(self) -> None:
+        self.fake.clear_faults()
+        self._operation_done()
+        for _ in range(3):
+            self.auditor.resume_in_flight()
+            if not self.auditor.in_flight():
+                break
+            self.clock_for_ledgers.advance(DAY_AND_A_BIT)
+            count("settle_needed_the_key_window")
+        assert self.auditor.in_flight() == []
+        for service in SERVICES:
+            result = self.callers[0].ledger.release_payment(release_request(service))
+            assert result.success, result
+        grouped = by_service(fake_transfers(self.fake))
+        assert sorted(grouped) == SERVICES
+        assert all(len(ts) == 1 for ts in grouped.values()), grouped
+        report = reconcile(self.auditor, event_service_ids=SERVICES)
+        assert report.ok, report.mismatches
+        count("settled_histories")
+
+    # -- invariants --------------------------------------------------------------
+
+    @invariant()
+    @step
+    def ledger_and_stripe_agree(self) -> None:
+        check_agreement(self.auditor, fake_transfers(self.fake), SERVICES)
+        count("invariant_checks")
+
+    @invariant()
+    @step
+    def replay_equals_live_state(self) -> None:
+        for caller in self.callers:
+            for service in SERVICES:
+                check_replay_equals_live(caller.ledger, self.auditor, service)
+
+
+def _sqlite_store() -> tuple[str, Callable[[], None]]:
+    folder = tempfile.mkdtemp(prefix="payout-reliability-sm-")
+    return f"sqlite:///{folder}/payouts.db", lambda: shutil.rmtree(folder, ignore_errors=True)
+
+
+def _postgres_store(server_url: str) -> StoreFactory:
+    def make() -> tuple[str, Callable[[], None]]:
+        schema = f"rel_sm_{uuid.uuid4().hex[:12]}"
+        conninfo = _conninfo(server_url)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+
+        def drop() -> None:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+        return with_query(server_url, schema=schema), drop
+
+    return make
+
+
+def _run(store: str, factory: StoreFactory) -> None:
+    machine = type(f"WholeSystem_{store}", (WholeSystem,), {"store_factory": staticmethod(factory)})
+    FIGURES.note(SECTION, f"store {store}", "run")
+    FIGURES.note(SECTION, "steps_per_example", SIZES.machine_steps)
+    FIGURES.note(SECTION, "callers", CALLERS)
+    FIGURES.note(SECTION, "services", len(SERVICES))
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=SIZES.machine_examples,
+            stateful_step_count=SIZES.machine_steps,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+
+
+@pytest.mark.timeout(3600)
+def test_random_histories_on_sqlite_pay_each_service_at_most_once() -> None:
+    """Histories of releases, faults, crashes, webhooks and resumes on SQLite keep exactly-once."""
+    _run("sqlite", _sqlite_store)
+
+
+@pytest.mark.postgres
+@pytest.mark.reliability_long
+@pytest.mark.timeout(3600)
+def test_random_histories_on_postgres_pay_each_service_at_most_once(
+    postgres_server_url: str,
+) -> None:
+    """The same histories on PostgreSQL (long run only)."""
+    _run("postgres", _postgres_store(postgres_server_url))
