@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from multiprocessing.pool import AsyncResult
+
 from payout_ledger import ServiceProvider
 
 ALICE = ServiceProvider(id="prov_alice", user_id="user_alice", stripe_account_id="acct_alice")
@@ -20,3 +23,18 @@ def release(
         "provider_id": provider_id,
         "amount": {"amount": amount, "currency": currency},
     }
+
+
+def gather_process_results(async_results: list[AsyncResult[list[str]]]) -> list[list[str]]:
+    """All processes' results; the root cause first if any process failed."""
+    values, errors = [], []
+    for r in async_results:
+        try:
+            values.append(r.get(timeout=120))
+        except Exception as exc:
+            errors.append(exc)
+    # A process that died before the barrier breaks it for the others: report it first.
+    errors.sort(key=lambda e: isinstance(e, threading.BrokenBarrierError))
+    if errors:
+        raise errors[0]
+    return values

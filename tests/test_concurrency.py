@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections import Counter
-from multiprocessing.pool import AsyncResult
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from payout_ledger import LedgerSettings, PayoutLedger, ReleaseOutcome
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
 from tests.race_worker import count_calls, release_all
-from tests.support import ALICE, release
+from tests.support import ALICE, gather_process_results, release
 
 THREADS = 16
 PROCESSES = 6
@@ -96,20 +95,6 @@ def test_concurrent_releases_through_separate_ledgers_create_one_transfer(
     assert Counter(outcomes)[ReleaseOutcome.RELEASED] == 1
 
 
-def _gather(async_results: list[AsyncResult[list[str]]]) -> list[list[str]]:
-    """All processes' results; the root cause first if any process failed."""
-    values, errors = [], []
-    for r in async_results:
-        try:
-            values.append(r.get(timeout=120))
-        except Exception as exc:
-            errors.append(exc)
-    errors.sort(key=lambda e: isinstance(e, threading.BrokenBarrierError))
-    if errors:
-        raise errors[0]
-    return values
-
-
 def test_concurrent_processes_create_one_transfer_per_service(
     durable_store_url: str, tmp_path: Path
 ) -> None:
@@ -128,7 +113,7 @@ def test_concurrent_processes_create_one_transfer_per_service(
             )
             for _ in range(PROCESSES)
         ]
-        per_process = _gather(async_results)
+        per_process = gather_process_results(async_results)
 
     calls = count_calls(call_log)
     assert sorted(c["event_service_id"] for c in calls) == SERVICES

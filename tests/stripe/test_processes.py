@@ -8,30 +8,15 @@ fake's request log shows every transfer request that any process sent.
 from __future__ import annotations
 
 import multiprocessing
-import threading
 from collections import Counter
-from multiprocessing.pool import AsyncResult
 
 from payout_ledger.testing.fake_stripe import FakeStripe, faults
 from tests.stripe.stripe_release_worker import release_services
 from tests.stripe.stripe_support import transfer_posts, transfers_for
+from tests.support import gather_process_results
 
 PROCESSES = 4
 SERVICES = [f"es_proc_{i}" for i in range(5)]
-
-
-def _gather(async_results: list[AsyncResult[list[str]]]) -> list[list[str]]:
-    """All processes' results; the root cause first if any process failed."""
-    values, errors = [], []
-    for r in async_results:
-        try:
-            values.append(r.get(timeout=120))
-        except Exception as exc:
-            errors.append(exc)
-    errors.sort(key=lambda e: isinstance(e, threading.BrokenBarrierError))
-    if errors:
-        raise errors[0]
-    return values
 
 
 def test_processes_releasing_the_same_services_make_one_transfer_each(
@@ -51,7 +36,7 @@ def test_processes_releasing_the_same_services_make_one_transfer_each(
                 )
                 for _ in range(PROCESSES)
             ]
-            per_process = _gather(async_results)
+            per_process = gather_process_results(async_results)
 
     for service in SERVICES:
         [transfer] = transfers_for(fake, service)
