@@ -35,12 +35,13 @@ _BUCKETS: list[tuple[str, str]] = [
     # (substring of the file path, bucket); the first match wins
     ("psycopg_pool/", "psycopg_pool (check-out, return)"),
     ("psycopg/", "psycopg client (adapt, send, results; incl. time descheduled)"),
-    ("eventsourcing/postgres.py", "eventsourcing recorder (SQL, composite rows)"),
+    ("eventsourcing/postgres.py", "recorder (SQL, connections)"),
+    ("payout_ledger/recorders.py", "recorder (SQL, connections)"),
     ("eventsourcing/persistence.py", "eventsourcing mapper + JSON transcoding"),
     ("json/", "eventsourcing mapper + JSON transcoding"),
     ("eventsourcing/", "eventsourcing application + aggregate"),
     ("payout_ledger/", "payout_ledger (decide, events, results)"),
-    ("ledger_variants.py", "eventsourcing recorder (SQL, composite rows)"),
+    ("ledger_variants.py", "recorder (SQL, connections)"),
     ("pydantic", "pydantic validation (request, results)"),
     ("uuid.py", "uuid5 ids"),
 ]

@@ -8,13 +8,13 @@ ledger's figure is ``2 x releases/s`` against pgbench's ``tps``.
 ``recorder_protocol``: the transaction eventsourcing's PostgreSQL application recorder
 runs for every save (``SET LOCAL lock_timeout``, ``LOCK TABLE ... IN EXCLUSIVE MODE``,
 ``NOTIFY``, ``INSERT``), same row, same clients, each statement its own round trip as
-pgbench sends them: the table lock is held across client round trips, as it is in the
-shipped recorder (four of its five round trips per save come after the lock).
+pgbench sends them: the table lock is held across client round trips, as it is in
+eventsourcing's stock recorder (four of its five round trips per save come after the lock).
 
-``recorder_one_round_trip``: the same lock, NOTIFY and INSERT inside one plpgsql call in
-autocommit (what the ``one_round_trip`` prototype sends). The lock is then held only for
-the server's own work and the commit's fsync: the ceiling of *any* client that keeps
-eventsourcing's table lock, with no Python in the way.
+``recorder_one_round_trip``: the same early conflict check, lock, NOTIFY and INSERT inside
+one plpgsql call in autocommit, as the shipped ``OneRoundTripRecorder`` saves one event.
+The lock is then held only for the server's own work and the commit's fsync: the ceiling
+of *any* client that keeps eventsourcing's table lock, with no Python in the way.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ SCRIPTS: dict[str, str] = {
         "COMMIT;\n"
     ),
     "recorder_one_round_trip": (
-        "SELECT * FROM {function}(ARRAY[gen_random_uuid()], ARRAY[1::bigint], "
-        "ARRAY['payout_ledger:Released'], ARRAY[decode(repeat('ab', 160), 'hex')]);\n"
+        "SELECT * FROM {function}(gen_random_uuid(), 1::bigint, "
+        "'payout_ledger:Released', decode(repeat('ab', 160), 'hex'));\n"
     ),
 }
 
@@ -78,12 +78,14 @@ def prepare_table(url: str, schema: str) -> str:
             "PRIMARY KEY (originator_id, originator_version))"
         )
         conn.execute(
-            f"CREATE FUNCTION {_function(table)}(ids uuid[], versions bigint[], "
-            "topics text[], states bytea[]) RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ "
-            f"BEGIN SET LOCAL lock_timeout = '5s'; LOCK TABLE {table} IN EXCLUSIVE MODE; "
+            f"CREATE FUNCTION {_function(table)}(id uuid, version bigint, "
+            "topic text, state bytea) RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ "
+            f"BEGIN IF EXISTS (SELECT 1 FROM {table} t WHERE t.originator_id = id AND "
+            "t.originator_version = version) THEN RAISE unique_violation; END IF; "
+            f"SET LOCAL lock_timeout = '5s'; LOCK TABLE {table} IN EXCLUSIVE MODE; "
             f"NOTIFY bench_pgbench; RETURN QUERY INSERT INTO {table} "
             "(originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(ids, versions, topics, states) RETURNING notification_id; "
+            "VALUES (id, version, topic, state) RETURNING notification_id; "
             "END; $BODY$"
         )
     return table

@@ -86,8 +86,8 @@ HOT_POOL = 10
 REPLAY_EVENTS_FULL = (100_000, 1_000_000)
 REPLAY_EVENTS_QUICK = (10_000,)
 PROTOTYPES = [name for name in VARIANTS if name not in ("ours", "stock")]
-BEST_SAFE = "skip_load+one_round_trip"
-LATENCY_PROTOTYPES = (BEST_SAFE, "skip_load+one_round_trip+async_outcome")
+PROFILED = ("ours", "stock")
+LATENCY_PROTOTYPES = ("async_outcome",)
 
 
 def _log(message: str) -> None:
@@ -259,7 +259,7 @@ def run_prototypes(
 
 def run_profile(url: str, releases: int, out_dir: Path) -> list[dict[str, Any]]:
     profiles = []
-    for variant in ("ours", BEST_SAFE):
+    for variant in PROFILED:
         html = out_dir / f"profile-{variant.replace('+', '-')}.html"
         result = profile_release(url, releases, variant, html=html)
         result["html"] = str(html.relative_to(ROOT))
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         results["targets"] = evaluate_targets(results)
         args.results.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
 
-    variants = ["ours", "stock"] + (PROTOTYPES if "prototypes" in sections else [BEST_SAFE])
+    variants = ["ours", "stock"] + (PROTOTYPES if "prototypes" in sections else [])
     results["checks"] = run_checks(url, variants)
     save()
     if "database" in sections:  # pgbench takes its turn in each repetition of this block
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         save()
     if "contention" in sections:
-        hot: tuple[str, ...] = ("ours",) if quick else ("ours", BEST_SAFE)
+        hot: tuple[str, ...] = ("ours",) if quick else ("ours", "stock")
         results["contention"] = run_contention(url, 4 if quick else 15, hot)
         save()
     if "prototypes" in sections:

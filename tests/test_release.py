@@ -104,6 +104,43 @@ def test_already_released_returns_idempotent_success_without_a_second_transfer(
     assert len(ledger.history("es_1")) == 3
 
 
+def test_a_first_release_claims_without_reading_and_a_rerelease_reads_once(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim is tried before any read; a refused claim hands back the stored payout."""
+    reads: list[object] = []
+    select_events = ledger.recorder.select_events
+
+    def counting_select(*args: object, **kwargs: object) -> object:
+        reads.append(args)
+        return select_events(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ledger.recorder, "select_events", counting_select)
+
+    first = ledger.release_payment(release("es_1"))
+    assert first.outcome is ReleaseOutcome.RELEASED and reads == []
+
+    again = ledger.release_payment(release("es_1"))
+    assert again.already_released and len(reads) == 1
+    assert gateway.calls == 1
+    assert len(ledger.history("es_1")) == 3
+
+
+def test_a_released_payout_answers_already_released_after_its_provider_lost_the_account(
+    ledger: PayoutLedger,
+    gateway: InMemoryTransferGateway,
+    providers: InMemoryProviderDirectory,
+) -> None:
+    """Onboarding is asked only of payouts still to pay, not of one already paid."""
+    providers.add(ServiceProvider(id="prov_bob", user_id="user_bob", stripe_account_id="acct_bob"))
+    assert ledger.release_payment(release("es_1", provider_id="prov_bob")).success
+    providers.add(ServiceProvider(id="prov_bob", user_id="user_bob"))
+
+    again = ledger.release_payment(release("es_1", provider_id="prov_bob"))
+
+    assert again.already_released and gateway.calls == 1
+
+
 def test_in_flight_release_rejects_a_duplicate(
     ledger: PayoutLedger, gateway: InMemoryTransferGateway
 ) -> None:

@@ -18,6 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
@@ -239,15 +240,10 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         [`ReleaseResult`][payout_ledger.ReleaseResult].
         """
         req = ReleaseRequest.parse(request)
-        provider = self._provider(req)
-        for _ in range(self.settings.claim_attempts):
-            decided = self._decide(req, provider)
-            if decided is None:
-                continue  # lost the race: reload and decide again
-            if isinstance(decided, ReleaseResult):
-                return decided
-            return self._conclude(decided, self._call_gateway(decided))
-        raise LedgerBusyError(req.event_service_id, self.settings.claim_attempts)
+        decided = self._decide(req, self._provider(req))
+        if isinstance(decided, ReleaseResult):
+            return decided
+        return self._conclude(decided, self._call_gateway(decided))
 
     async def release_payment_async(
         self, request: ReleaseRequest | Mapping[str, Any]
@@ -260,15 +256,11 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         """
         req = ReleaseRequest.parse(request)
         provider = await asyncio.to_thread(self._provider, req)
-        for _ in range(self.settings.claim_attempts):
-            decided = await asyncio.to_thread(self._decide, req, provider)
-            if decided is None:
-                continue
-            if isinstance(decided, ReleaseResult):
-                return decided
-            outcome = await self._call_gateway_async(decided)
-            return await asyncio.to_thread(self._conclude, decided, outcome)
-        raise LedgerBusyError(req.event_service_id, self.settings.claim_attempts)
+        decided = await asyncio.to_thread(self._decide, req, provider)
+        if isinstance(decided, ReleaseResult):
+            return decided
+        outcome = await self._call_gateway_async(decided)
+        return await asyncio.to_thread(self._conclude, decided, outcome)
 
     def resume_in_flight(self) -> list[ReleaseResult]:
         """Settle every payout left in flight (a crash, a timeout, a lost response).
@@ -439,24 +431,43 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
 
     def _decide(
         self, req: ReleaseRequest, provider: ServiceProvider
-    ) -> ReleaseResult | PayoutAggregate | None:
-        """Load and decide; a claimed payout, a final answer, or None (lost the race)."""
-        payout = self._load(req.event_service_id)
-        if payout is not None:
-            _check_same_release(payout, req)
-            if payout.is_paid:
-                return _result(payout, ReleaseOutcome.ALREADY_RELEASED)
-            if payout.status is not PayoutStatus.FAILED:
-                return _result(payout, ReleaseOutcome.IN_PROGRESS)
-        if self.settings.stripe_enabled and provider.stripe_account_id is None:
-            return ReleaseResult(
-                event_service_id=req.event_service_id,
-                payout_id=self.payout_id(req.event_service_id),
-                outcome=ReleaseOutcome.ONBOARDING_REQUIRED,
-                error_code="onboarding_required",
-                error_message=f"provider {provider.id!r} has no Stripe account",
-            )
-        return self._claim(payout, req, provider)
+    ) -> ReleaseResult | PayoutAggregate:
+        """Claim the payout (and return it) or give the final answer.
+
+        Most releases are first releases, so the claim of attempt 1 is tried
+        before anything is read: version 1 of a payout can be saved only once,
+        and a conflict hands back the stored payout to decide on. A re-release
+        costs a refused insert instead of a read; a first release saves a read.
+        """
+        can_pay = provider.stripe_account_id is not None or not self.settings.stripe_enabled
+        if can_pay:
+            claim = self._claim(None, req, provider)
+            if isinstance(claim, PayoutAggregate):
+                return claim
+            payout = claim.stored
+        else:
+            payout = self._load(req.event_service_id)
+        for _ in range(self.settings.claim_attempts):
+            if payout is not None:
+                _check_same_release(payout, req)
+                if payout.is_paid:
+                    return _result(payout, ReleaseOutcome.ALREADY_RELEASED)
+                if payout.status is not PayoutStatus.FAILED:
+                    return _result(payout, ReleaseOutcome.IN_PROGRESS)
+            if not can_pay:
+                return ReleaseResult(
+                    event_service_id=req.event_service_id,
+                    payout_id=self.payout_id(req.event_service_id),
+                    outcome=ReleaseOutcome.ONBOARDING_REQUIRED,
+                    error_code="onboarding_required",
+                    error_message=f"provider {provider.id!r} has no Stripe account",
+                )
+            claim = self._claim(payout, req, provider)
+            if isinstance(claim, PayoutAggregate):
+                return claim
+            payout = claim.stored
+            logger.info("release of %s lost the claim race", req.event_service_id)
+        raise LedgerBusyError(req.event_service_id, self.settings.claim_attempts)
 
     def _load(self, event_service_id: str) -> PayoutAggregate | None:
         try:
@@ -470,7 +481,8 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         payout: PayoutAggregate | None,
         req: ReleaseRequest,
         provider: ServiceProvider,
-    ) -> PayoutAggregate | None:
+    ) -> PayoutAggregate | _LostClaim:
+        """Save the next attempt's ``PayoutStarted``: the claimed payout, or what beat it."""
         if payout is None:
             payout = PayoutAggregate.start(
                 event_service_id=req.event_service_id,
@@ -490,10 +502,11 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         try:
             self.save(payout)
         except IntegrityError:
-            # Usually a lost race. But when a connection dies after the commit and
-            # before its acknowledgement, the store's retry of our own insert hits the
-            # uniqueness constraint too: if the stored claim is ours (same version,
-            # attempt, claim time and event time, to the microsecond), we won it.
+            # Usually someone else's claim (or an earlier release). But when a
+            # connection dies after the commit and before its acknowledgement, the
+            # store's retry of our own insert hits the uniqueness constraint too: if
+            # the stored claim is ours (same version, attempt, claim time and event
+            # time, to the microsecond), we won it.
             stored = self._load(req.event_service_id)
             if stored is not None and _same_claim(stored, payout):
                 logger.info(
@@ -501,8 +514,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
                     req.event_service_id,
                 )
                 return stored
-            logger.info("release of %s lost the claim race", req.event_service_id)
-            return None
+            return _LostClaim(stored)
         return payout
 
     def _transfer_request(self, payout: PayoutAggregate) -> TransferRequest:
@@ -727,6 +739,13 @@ _OUTCOME_OF_STATUS = {
     PayoutStatus.IN_FLIGHT: ReleaseOutcome.IN_PROGRESS,
     PayoutStatus.FAILED: ReleaseOutcome.FAILED,
 }
+
+
+@dataclass(frozen=True)
+class _LostClaim:
+    """A claim refused by the store, with the payout stored instead (if readable)."""
+
+    stored: PayoutAggregate | None
 
 
 def _same_claim(stored: PayoutAggregate, ours: PayoutAggregate) -> bool:

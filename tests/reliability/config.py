@@ -20,15 +20,13 @@ class Sizes:
     """Every knob of the reliability suite."""
 
     machine_examples: int
-    """Hypothesis examples of the whole-system state machine, per store."""
+    """Hypothesis examples of the whole-system state machine on SQLite."""
+    machine_postgres_examples: int
+    """The same on PostgreSQL (long run only: a schema per example)."""
     machine_steps: int
     """Steps per state-machine example."""
-    machine_postgres: bool
-    """Also run the state machine on PostgreSQL (SQLite always)."""
     explore_three_releases_crashes: int
     """Crash budget of the three-release exploration (0 or 1)."""
-    explore_long_scenarios: bool
-    """Explore the larger scenarios (two releases and a resumer, and so on)."""
     kill_processes: int
     """Worker processes running at once in the SIGKILL test."""
     kill_rounds: int
@@ -37,8 +35,6 @@ class Sizes:
     """Event services the workers release."""
     kill_budget: int
     """SIGKILLs sent per run (each killed worker is restarted)."""
-    kill_sqlite: bool
-    """Also run the SIGKILL test on an SQLite file (PostgreSQL always)."""
     db_fault_releases: int
     """Releases running while the database is restarted."""
     fuzz_examples: int
@@ -47,30 +43,26 @@ class Sizes:
 
 DEFAULT = Sizes(
     machine_examples=60,
+    machine_postgres_examples=0,
     machine_steps=25,
-    machine_postgres=False,
     explore_three_releases_crashes=0,
-    explore_long_scenarios=False,
     kill_processes=4,
     kill_rounds=2,
     kill_services=12,
     kill_budget=6,
-    kill_sqlite=False,
     db_fault_releases=12,
     fuzz_examples=150,
 )
 
 LONG = Sizes(
-    machine_examples=600,
-    machine_steps=50,
-    machine_postgres=True,
+    machine_examples=400,
+    machine_postgres_examples=100,
+    machine_steps=40,
     explore_three_releases_crashes=1,
-    explore_long_scenarios=True,
     kill_processes=8,
     kill_rounds=5,
     kill_services=60,
     kill_budget=40,
-    kill_sqlite=True,
     db_fault_releases=40,
     fuzz_examples=1500,
 )
@@ -92,7 +84,7 @@ def sizes() -> Sizes:
         raw = os.environ.get(f"{MODE_VARIABLE}_{f.name.upper()}")
         if raw is None:
             continue
-        overrides[f.name] = raw.lower() in {"1", "true", "yes"} if f.type == "bool" else int(raw)
+        overrides[f.name] = int(raw)
     return replace(chosen, **overrides)  # type: ignore[arg-type]
 
 

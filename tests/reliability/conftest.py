@@ -54,10 +54,11 @@ def figures_path() -> Path:
     return Path(tempfile.gettempdir()) / "payout-ledger-reliability" / f"figures-{MODE}.json"
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """A read-only git query about the tree the run used."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", *args],
             cwd=Path(__file__).resolve().parents[2],
             capture_output=True,
             text=True,
@@ -66,7 +67,7 @@ def _git_commit() -> str | None:
         )
     except OSError:
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -84,7 +85,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "commit": _git_commit(),
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "uncommitted_src_changes": bool(_git("status", "--porcelain", "--", "src")),
         "postgres": "PAYOUT_LEDGER_TEST_POSTGRES_URL"
         if os.environ.get("PAYOUT_LEDGER_TEST_POSTGRES_URL")
         else "embedded",

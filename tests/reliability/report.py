@@ -57,7 +57,9 @@ def render(document: dict[str, Any]) -> str:
     mode = document["mode"]
     tests = document.get("tests", {})
     out: list[str] = [
-        f"Run: `{mode}` mode, {document.get('started_at')}, commit `{document.get('commit')}`, "
+        f"Run: `{mode}` mode, {document.get('started_at')}, commit `{document.get('commit')}`"
+        + (" with uncommitted changes in `src/`" if document.get("uncommitted_src_changes") else "")
+        + ", "
         f"Python {document.get('python')}, {document.get('cpus')} CPUs, "
         f"PostgreSQL {document.get('postgres')}; {tests.get('passed', 0)} passed, "
         f"{tests.get('xfailed', 0)} xfailed (known bugs), {tests.get('failed', 0)} failed, "
@@ -100,8 +102,10 @@ def render(document: dict[str, Any]) -> str:
                 sum(r["runs"] for r in interleavings if r["reduction"] == "none"),
             ],
             [
-                "faults injected: Stripe faults in the state machine",
-                f.count(sm, "faults_injected"),
+                "faults injected: Stripe faults in the state machine "
+                "(dropped, 5xx or 429 responses actually served)",
+                f"{f.count(sm, 'faults_injected')} "
+                f"({f.count(sm, 'stripe_faults_that_hit_a_request')})",
             ],
             ["faults injected: caller crashes in the state machine", f.count(sm, "crashes")],
             [

@@ -307,7 +307,9 @@ def test_a_claim_whose_commit_acknowledgement_was_lost_still_pays_at_once(
 
 
 @pytest.mark.postgres
-def test_the_simulated_lost_acknowledgement_is_what_the_store_raises(postgres_url: str) -> None:
+def test_the_simulated_lost_acknowledgement_makes_the_stores_retry_meet_a_conflict(
+    postgres_url: str,
+) -> None:
     """Guard for the test above: the retry after the lost ack meets a conflict."""
     with build_ledger(postgres_url, "acct_x", None, stripe_enabled=False) as ledger:
         saved: list[Any] = []

@@ -485,7 +485,7 @@ def _postgres_store(server_url: str) -> StoreFactory:
     return make
 
 
-def _run(store: str, factory: StoreFactory) -> None:
+def _run(store: str, factory: StoreFactory, examples: int) -> None:
     machine = type(f"WholeSystem_{store}", (WholeSystem,), {"store_factory": staticmethod(factory)})
     FIGURES.note(SECTION, f"store {store}", "run")
     FIGURES.note(SECTION, "steps_per_example", SIZES.machine_steps)
@@ -494,7 +494,7 @@ def _run(store: str, factory: StoreFactory) -> None:
     run_state_machine_as_test(
         machine,
         settings=settings(
-            max_examples=SIZES.machine_examples,
+            max_examples=examples,
             stateful_step_count=SIZES.machine_steps,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -505,7 +505,7 @@ def _run(store: str, factory: StoreFactory) -> None:
 @pytest.mark.timeout(3600)
 def test_random_histories_on_sqlite_pay_each_service_at_most_once() -> None:
     """Histories of releases, faults, crashes, webhooks and resumes on SQLite keep exactly-once."""
-    _run("sqlite", _sqlite_store)
+    _run("sqlite", _sqlite_store, SIZES.machine_examples)
 
 
 @pytest.mark.postgres
@@ -515,4 +515,4 @@ def test_random_histories_on_postgres_pay_each_service_at_most_once(
     postgres_server_url: str,
 ) -> None:
     """The same histories on PostgreSQL (long run only)."""
-    _run("postgres", _postgres_store(postgres_server_url))
+    _run("postgres", _postgres_store(postgres_server_url), SIZES.machine_postgres_examples)
