@@ -26,9 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 MUTANTS: dict[str, tuple[str, str, str]] = {
     "claim_ignores_conflict": (
         "a release that loses the claim race carries on as if it had won",
-        '            logger.info("release of %s lost the claim race", req.event_service_id)\n'
-        "            return None\n",
-        '            logger.info("release of %s lost the claim race", req.event_service_id)\n'
+        "            return _LostClaim(stored)\n",
         "            return payout\n",
     ),
     "unknown_is_failure": (

@@ -1,0 +1,19 @@
+"""Guard for the mutation check: every mutant still finds the one line it breaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.mutants import MUTANTS
+
+LEDGER = Path(__file__).resolve().parents[2] / "src" / "payout_ledger" / "ledger.py"
+
+
+@pytest.mark.parametrize("name", sorted(MUTANTS))
+def test_each_mutant_applies_to_exactly_one_place_in_the_ledger(name: str) -> None:
+    """A mutant whose text drifted away from ledger.py would test nothing."""
+    _, old, new = MUTANTS[name]
+    assert LEDGER.read_text().count(old) == 1
+    assert old != new
