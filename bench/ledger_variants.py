@@ -58,17 +58,11 @@ class AsyncOutcomeRecorder(OneRoundTripRecorder):
             schema=schema, relaxed=relaxed
         )
 
-    def insert_events(self, stored_events: Sequence[Any], **kwargs: Any) -> Sequence[int] | None:
+    def _insert_statement(self, stored_events: Sequence[Any]) -> tuple[Any, tuple[Any, ...]]:
+        statement, params = super()._insert_statement(stored_events)
         if len(stored_events) != 1 or stored_events[0].topic == _STARTED_TOPIC:
-            return super().insert_events(stored_events, **kwargs)  # claims stay durable
-        (e,) = stored_events
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(
-                self._insert_relaxed,
-                (e.originator_id, e.originator_version, e.topic, e.state),
-                prepare=True,
-            )
-            return [int(row[next(iter(row))]) for row in curs.fetchall()]
+            return statement, params  # claims stay durable
+        return self._insert_relaxed, params
 
 
 class NoTableLockRecorder(OneRoundTripRecorder):
@@ -80,24 +74,16 @@ class NoTableLockRecorder(OneRoundTripRecorder):
     later.
     """
 
-    def insert_events(self, stored_events: Sequence[Any], **kwargs: Any) -> Sequence[int] | None:
-        if len(stored_events) != 1:
-            return super().insert_events(stored_events, **kwargs)
-        (e,) = stored_events
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(
-                self._plain_insert,
-                (e.originator_id, e.originator_version, e.topic, e.state),
-                prepare=True,
-            )
-            return [int(row[next(iter(row))]) for row in curs.fetchall()]
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._plain_insert = SQL(
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
             "VALUES (%s, %s, %s, %s) RETURNING notification_id"
         ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+
+    def _insert_statement(self, stored_events: Sequence[Any]) -> tuple[Any, tuple[Any, ...]]:
+        statement, params = super()._insert_statement(stored_events)
+        return (self._plain_insert if len(stored_events) == 1 else statement), params
 
 
 @dataclass(frozen=True)

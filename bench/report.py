@@ -197,37 +197,36 @@ def _machine(results: dict[str, Any]) -> list[str]:
 
 def _targets_section(results: dict[str, Any]) -> list[str]:
     t = results["targets"]
-    rows = [
-        [
+
+    def ms(value: Any) -> str:
+        return f"{_num(value)} ms"
+
+    shown: list[tuple[str, str, Callable[[Any], str]]] = [
+        (
+            "latency_bound_vs_baseline",
             "latency-bound (200 ms gateway, 64 callers, pool 10): ledger / baseline",
-            t["latency_bound_vs_baseline"]["target"],
-            _x(t["latency_bound_vs_baseline"]["value"]),
-            _holds(t["latency_bound_vs_baseline"]["holds"]),
-        ],
-        [
-            "database-bound, 16 workers: ledger / baseline",
-            t["database_bound_16_vs_baseline"]["target"],
-            _x(t["database_bound_16_vs_baseline"]["value"]),
-            _holds(t["database_bound_16_vs_baseline"]["holds"]),
-        ],
-        [
+            _x,
+        ),
+        ("database_bound_16_vs_baseline", "database-bound, 16 workers: ledger / baseline", _x),
+        (
+            "database_bound_16_vs_pgbench",
             "database-bound, 16 workers: 2 x releases/s / pgbench tps",
-            t["database_bound_16_vs_pgbench"]["target"],
-            _pct(t["database_bound_16_vs_pgbench"]["value"]),
-            _holds(t["database_bound_16_vs_pgbench"]["holds"]),
-        ],
-        [
+            _pct,
+        ),
+        (
+            "contention_p99_gateway_0ms",
             "hot contention, 32 callers, 0 ms gateway: p99 of every caller",
-            t["contention_p99_gateway_0ms"]["target"],
-            f"{_num(t['contention_p99_gateway_0ms']['value'])} ms",
-            _holds(t["contention_p99_gateway_0ms"]["holds"]),
-        ],
-        [
+            ms,
+        ),
+        (
+            "contention_losers_p99_gateway_200ms",
             "hot contention, 32 callers, 200 ms gateway: p99 of the callers that did not transfer",
-            t["contention_losers_p99_gateway_200ms"]["target"],
-            f"{_num(t['contention_losers_p99_gateway_200ms']['value'])} ms",
-            _holds(t["contention_losers_p99_gateway_200ms"]["holds"]),
-        ],
+            ms,
+        ),
+    ]
+    rows = [
+        [label, t[key]["target"], show(t[key]["value"]), _holds(t[key]["holds"])]
+        for key, label, show in shown
     ]
     return _table(["target (the ledger as shipped)", "required", "measured", ""], rows)
 

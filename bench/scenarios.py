@@ -34,6 +34,7 @@ from common import (
 )
 from ledger_variants import open_ledger
 
+from payout_ledger import PayoutLedger
 from payout_ledger.testing import InMemoryTransferGateway
 
 __all__ = ["Spec", "Target", "check_behaviour", "contention", "open_target", "throughput"]
@@ -91,15 +92,8 @@ def open_target(spec: Spec, url: str, latency: float) -> Iterator[Target]:
                 provider=PROVIDER,
                 variant=spec.variant,
             )
-            try:
-                yield Target(
-                    spec,
-                    gateway,
-                    lambda es: ledger.release_payment(release_request(es)).outcome.value,
-                    _no_rows,
-                )
-            finally:
-                ledger.close()
+            with ledger:
+                yield _ledger_target(spec, gateway, ledger)
         return
     with temp_schema(url) as schema:
         if spec.system == "baseline":
@@ -123,15 +117,17 @@ def open_target(spec: Spec, url: str, latency: float) -> Iterator[Target]:
             pool_size=spec.pool_size,
             max_overflow=None if spec.pool_size is None else spec.max_overflow,
         )
-        try:
-            yield Target(
-                spec,
-                gateway,
-                lambda es: ledger.release_payment(release_request(es)).outcome.value,
-                _no_rows,
-            )
-        finally:
-            ledger.close()
+        with ledger:
+            yield _ledger_target(spec, gateway, ledger)
+
+
+def _ledger_target(spec: Spec, gateway: InMemoryTransferGateway, ledger: PayoutLedger) -> Target:
+    return Target(
+        spec,
+        gateway,
+        lambda es: ledger.release_payment(release_request(es)).outcome.value,
+        _no_rows,
+    )
 
 
 def throughput(spec: Spec, url: str, *, workers: int, seconds: float, latency: float) -> RunStats:

@@ -21,6 +21,7 @@ import pytest
 
 from payout_ledger import LedgerSettings, PayoutLedger
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
+from payout_ledger.testing.fake_stripe import FakeStripe
 from tests.support import ALICE, BOB_NOT_ONBOARDED
 
 POSTGRES_URL_VARIABLE = "PAYOUT_LEDGER_TEST_POSTGRES_URL"
@@ -142,3 +143,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         reporter.write_line(f"CI: {skipped} test(s) skipped; skips are failures in CI", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeStripe]:
+    """A fake Stripe server on 127.0.0.1, stopped after the test."""
+    with FakeStripe() as running:
+        yield running
+
+
+@pytest.fixture
+def account(fake: FakeStripe) -> str:
+    """A connected account at the fake, created through the API."""
+    return str(fake.client().v1.accounts.create({"type": "express"}).id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,6 @@ from payout_ledger.stripe import StripeTransferGateway
 from payout_ledger.testing import InMemoryProviderDirectory
 from payout_ledger.testing.fake_stripe import FakeStripe, faults
 from tests.support import release
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    with FakeStripe() as server:
-        yield server
 
 
 @pytest.fixture

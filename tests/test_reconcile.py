@@ -48,12 +48,6 @@ class LyingGateway:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    with FakeStripe() as server:
-        yield server
-
-
-@pytest.fixture
 def world(fake: FakeStripe, durable_store_url: str) -> Iterator[dict[str, object]]:
     client = fake.client()
     account = client.v1.accounts.create({"type": "express"}).id

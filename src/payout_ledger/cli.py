@@ -29,7 +29,13 @@ from payout_ledger.demo import run_demo
 from payout_ledger.errors import ConfigurationError, PayoutLedgerError
 from payout_ledger.ledger import PayoutLedger
 from payout_ledger.payout import PayoutAggregate
-from payout_ledger.ports import ServiceProvider, StripeTransfer, TransferRequest, TransferResult
+from payout_ledger.ports import (
+    ServiceProvider,
+    StripeTransfer,
+    TransferGateway,
+    TransferRequest,
+    TransferResult,
+)
 from payout_ledger.projection import open_payouts_view, run_projection
 from payout_ledger.reconcile import reconcile
 from payout_ledger.release import ReleaseOutcome
@@ -111,12 +117,20 @@ def demo(
     )
 
 
-def _operator_ledger(store_url: str | None) -> PayoutLedger:
-    """A ledger configured from PAYOUT_LEDGER_* variables, for operator commands."""
+def _operator_ledger(store_url: str | None, *, calls_stripe: bool = True) -> PayoutLedger:
+    """A ledger configured from PAYOUT_LEDGER_* variables, for operator commands.
+
+    ``calls_stripe=False``: for commands that only read (and seal); its gateway
+    refuses every call.
+    """
     try:
         overrides = {"store_url": store_url} if store_url else {}
         settings = LedgerSettings(**overrides)  # type: ignore[arg-type]
-        gateway = StripeTransferGateway.from_settings(settings) if settings.stripe_enabled else None
+        gateway: TransferGateway | None = None
+        if settings.stripe_enabled:
+            gateway = (
+                StripeTransferGateway.from_settings(settings) if calls_stripe else _NoTransfers()
+            )
         return PayoutLedger(settings=settings, providers=_NoProviders(), gateway=gateway)
     except (PayoutLedgerError, ValidationError, SettingsError) as exc:
         _fail(f"configuration: {_first_line(exc)}")
@@ -236,14 +250,8 @@ class _NoTransfers:
 
 
 def _reading_ledger(store_url: str | None) -> PayoutLedger:
-    """A ledger on PAYOUT_LEDGER_* settings for commands that only read (and seal)."""
-    try:
-        overrides = {"store_url": store_url} if store_url else {}
-        settings = LedgerSettings(**overrides)  # type: ignore[arg-type]
-        gateway = _NoTransfers() if settings.stripe_enabled else None
-        return PayoutLedger(settings=settings, providers=_NoProviders(), gateway=gateway)
-    except (PayoutLedgerError, ValidationError, SettingsError) as exc:
-        _fail(f"configuration: {_first_line(exc)}")
+    """A ledger for commands that only read (and seal): it never calls Stripe."""
+    return _operator_ledger(store_url, calls_stripe=False)
 
 
 @contextmanager

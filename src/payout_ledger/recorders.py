@@ -96,18 +96,21 @@ class OneRoundTripRecorder(PostgresApplicationRecorder):
     ) -> Sequence[int] | None:
         if not stored_events:
             return []
-        if len(stored_events) == 1:
-            (e,) = stored_events
-            statement = self._insert_one
-            params: tuple[Any, ...] = (e.originator_id, e.originator_version, e.topic, e.state)
-        else:
-            statement = self._insert_many
-            params = (
-                [e.originator_id for e in stored_events],
-                [e.originator_version for e in stored_events],
-                [e.topic for e in stored_events],
-                [e.state for e in stored_events],
-            )
+        statement, params = self._insert_statement(stored_events)
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(statement, params, prepare=True)
             return [row[next(iter(row))] for row in curs.fetchall()]
+
+    def _insert_statement(
+        self, stored_events: Sequence[StoredEvent]
+    ) -> tuple[Composed, tuple[Any, ...]]:
+        """The function call that saves these events, and its parameters."""
+        if len(stored_events) == 1:
+            (e,) = stored_events
+            return self._insert_one, (e.originator_id, e.originator_version, e.topic, e.state)
+        return self._insert_many, (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+        )

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import stripe
 
 from payout_ledger.testing.fake_stripe import FakeStripe, faults
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    with FakeStripe() as running:
-        yield running
-
-
-@pytest.fixture
-def client(fake: FakeStripe) -> stripe.StripeClient:
-    return fake.client()
 
 
 @pytest.fixture

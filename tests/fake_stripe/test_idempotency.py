@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import stripe
 
 from payout_ledger.testing.fake_stripe import FakeStripe, faults
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    with FakeStripe() as running:
-        yield running
-
-
-@pytest.fixture
-def client(fake: FakeStripe) -> stripe.StripeClient:
-    return fake.client()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,17 +11,6 @@ import pytest
 import stripe
 
 from payout_ledger.testing.fake_stripe import FakeStripe
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    with FakeStripe() as running:
-        yield running
-
-
-@pytest.fixture
-def client(fake: FakeStripe) -> stripe.StripeClient:
-    return fake.client()
 
 
 def new_account(client: stripe.StripeClient, **params: Any) -> stripe.Account:

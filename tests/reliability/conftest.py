@@ -15,13 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from payout_ledger.testing.fake_stripe import FakeStripe
 from tests.reliability import figures
 from tests.reliability.config import FIGURES_VARIABLE, MODE, MODE_VARIABLE, SIZES, seed
 
@@ -100,16 +98,3 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     figures.write(path, header)
     if reporter:
         reporter.write_line(f"reliability figures ({MODE}): {path}")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    """A fake Stripe server on 127.0.0.1, stopped after the test."""
-    with FakeStripe() as running:
-        yield running
-
-
-@pytest.fixture
-def account(fake: FakeStripe) -> str:
-    """A connected account at the fake, created through the API."""
-    return str(fake.client().v1.accounts.create({"type": "express"}).id)

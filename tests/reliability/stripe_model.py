@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from payout_ledger import TransferOutcomeUnknown, TransferRequest, TransferResult
 from payout_ledger.ports import StripeTransfer
+from payout_ledger.testing.memory import newest_matching
 from tests.reliability.system import SimulatedCrash, Transfer
 
 KEY_MAX_AGE = timedelta(hours=24)
@@ -105,13 +106,12 @@ class ModelStripe:
     ) -> list[StripeTransfer]:
         if self.point("stripe.list"):
             raise SimulatedCrash("before stripe.list")
-        return [
-            t
-            for t in reversed(self.transfers)
-            if (transfer_group is None or t.transfer_group == transfer_group)
-            and (created_gte is None or t.created >= created_gte)
-            and (created_lt is None or t.created < created_lt)
-        ]
+        return newest_matching(
+            self.transfers,
+            transfer_group=transfer_group,
+            created_gte=created_gte,
+            created_lt=created_lt,
+        )
 
     def audit_transfers(self) -> list[Transfer]:
         return [

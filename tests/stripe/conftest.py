@@ -13,19 +13,6 @@ from tests.stripe.stripe_support import LedgerMaker, build_ledger, real_gateway
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    """A fake Stripe server on 127.0.0.1, stopped after the test."""
-    with FakeStripe() as running:
-        yield running
-
-
-@pytest.fixture
-def account(fake: FakeStripe) -> str:
-    """The provider's connected account, created through the API."""
-    return str(fake.client().v1.accounts.create({"type": "express"}).id)
-
-
-@pytest.fixture
 def make_stripe_ledger(fake: FakeStripe, account: str) -> Iterator[LedgerMaker]:
     """Build ledgers on the real gateway (pointed at the fake); closed after the test.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from payout_ledger.audit.replay import PayoutSummary, audit_ledger
@@ -97,22 +97,18 @@ def export_events(
     on_page: PageCallback | None = None,
 ) -> int:
     """Write every stored event to ``out``; returns how many were written."""
-    rows = _event_rows(ledger, page_size, on_page)
-    count = 0
-    if fmt == "jsonl":
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-            count += 1
-        return count
-    writer = csv.DictWriter(out, fieldnames=EVENT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        fields = row.get("fields") or {}
-        flat = {k: fields.get(k) for k in _FLAT}
-        encoded = json.dumps(fields, ensure_ascii=False, sort_keys=True) if fields else ""
-        writer.writerow({**row, **flat, "fields": encoded})
-        count += 1
-    return count
+    rows: Iterable[dict[str, Any]] = _event_rows(ledger, page_size, on_page)
+    if fmt != "jsonl":
+        rows = map(_flattened, rows)
+    return _write(out, fmt, rows, EVENT_COLUMNS)
+
+
+def _flattened(row: dict[str, Any]) -> dict[str, Any]:
+    """A CSV event row: the common fields in columns, all of them as JSON in ``fields``."""
+    fields = row.get("fields") or {}
+    flat = {k: fields.get(k) for k in _FLAT}
+    encoded = json.dumps(fields, ensure_ascii=False, sort_keys=True) if fields else ""
+    return {**row, **flat, "fields": encoded}
 
 
 def export_payouts(
@@ -126,14 +122,20 @@ def export_payouts(
     """Write one row per payout, replayed from the log as the audit sees it."""
     kept: dict[int, PayoutSummary] = {}
     audit_ledger(ledger, page_size=page_size, on_page=on_page, keep_summaries=kept.update)
-    rows = (summary.as_dict() for summary in kept.values())
+    return _write(out, fmt, (summary.as_dict() for summary in kept.values()), PAYOUT_COLUMNS)
+
+
+def _write(
+    out: TextIO, fmt: ExportFormat, rows: Iterable[dict[str, Any]], columns: Sequence[str]
+) -> int:
+    """Rows as JSON Lines, or as CSV with ``columns``; returns how many were written."""
     count = 0
     if fmt == "jsonl":
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
             count += 1
         return count
-    writer = csv.DictWriter(out, fieldnames=PAYOUT_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow(row)

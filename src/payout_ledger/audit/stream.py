@@ -92,26 +92,38 @@ def iter_notifications(
 
 
 def _raw_pages(ledger: PayoutLedger, page_size: int) -> Iterator[list[RawEvent]]:
+    """Pages of plain tuples, each page read after the last id of the one before."""
+    fetch = _page_reader(ledger, page_size)
+    after = -(2**63)
+    while True:
+        page = fetch(after)
+        if not page:
+            return
+        yield page
+        if len(page) < page_size:
+            return
+        after = page[-1][0]
+
+
+def _page_reader(ledger: PayoutLedger, page_size: int) -> Callable[[int], list[RawEvent]]:
+    """The store's query for ``page_size`` events with ids above ``after``."""
     recorder = ledger.recorder
     if isinstance(recorder, SQLiteApplicationRecorder):
         statement = (
             "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608
             f"FROM {recorder.events_table_name} WHERE rowid > ? ORDER BY rowid LIMIT ?"
         )
-        after = -(2**63)
-        while True:
-            with recorder.datastore.transaction(commit=False) as cursor:
+        sqlite_datastore = recorder.datastore
+
+        def read_sqlite(after: int) -> list[RawEvent]:
+            with sqlite_datastore.transaction(commit=False) as cursor:
                 raw = cursor.sqlite_cursor
                 raw.row_factory = None  # plain tuples, not sqlite3.Row
                 raw.execute(statement, (after, page_size))
-                page: list[RawEvent] = raw.fetchall()
-            if not page:
-                return
-            yield page
-            if len(page) < page_size:
-                return
-            after = page[-1][0]
-    elif isinstance(recorder, PostgresApplicationRecorder):
+                return list(raw.fetchall())
+
+        return read_sqlite
+    if isinstance(recorder, PostgresApplicationRecorder):
         query = SQL(
             "SELECT notification_id, replace(originator_id::text, '-', ''), originator_version, "
             "topic, state "
@@ -120,33 +132,27 @@ def _raw_pages(ledger: PayoutLedger, page_size: int) -> Iterator[list[RawEvent]]
             schema=Identifier(recorder.datastore.schema),
             table=Identifier(recorder.events_table_name),
         )
-        after = -(2**63)
-        while True:
+        postgres_datastore = recorder.datastore
+
+        def read_postgres(after: int) -> list[RawEvent]:
             with (
-                recorder.datastore.get_connection() as conn,
+                postgres_datastore.get_connection() as conn,
                 conn.cursor(row_factory=tuple_row) as cursor,
             ):
                 cursor.execute(query, (after, page_size), prepare=True)
-                page = cursor.fetchall()
-            if not page:
-                return
-            yield page
-            if len(page) < page_size:
-                return
-            after = page[-1][0]
-    else:  # the in-memory store
-        first: int | None = None
-        while True:
-            notifications = recorder.select_notifications(first, page_size)
-            if not notifications:
-                return
-            yield [
-                (n.id, UUID(str(n.originator_id)).hex, n.originator_version, n.topic, n.state)
-                for n in notifications
-            ]
-            if len(notifications) < page_size:
-                return
-            first = notifications[-1].id + 1
+                return cursor.fetchall()
+
+        return read_postgres
+
+    def read_memory(after: int) -> list[RawEvent]:
+        # select_notifications starts at an id (inclusive); the first page at None.
+        start = None if after < 0 else after + 1
+        return [
+            (n.id, UUID(str(n.originator_id)).hex, n.originator_version, n.topic, n.state)
+            for n in recorder.select_notifications(start, page_size)
+        ]
+
+    return read_memory
 
 
 def iter_states(

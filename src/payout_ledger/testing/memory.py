@@ -6,8 +6,9 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
 
 from payout_ledger.errors import GatewayError, TransferDeclined
 from payout_ledger.ports import (
@@ -164,14 +165,13 @@ class InMemoryTransferGateway:
             self.list_calls += 1
             if self._list_faults:
                 raise self._list_faults.popleft()
-            found = [
-                t.as_stripe()
-                for t in reversed(self._transfers)
-                if (transfer_group is None or t.transfer_group == transfer_group)
-                and (created_gte is None or t.created >= created_gte)
-                and (created_lt is None or t.created < created_lt)
-            ]
-        return found
+            found = newest_matching(
+                self._transfers,
+                transfer_group=transfer_group,
+                created_gte=created_gte,
+                created_lt=created_lt,
+            )
+        return [t.as_stripe() for t in found]
 
     def fail_next_lookup(self, error: GatewayError) -> None:
         """Make the next list_transfers call raise ``error``."""
@@ -196,6 +196,33 @@ class InMemoryTransferGateway:
         """Drop every stored idempotency key, as Stripe does after 24 hours."""
         with self._lock:
             self._by_key.clear()
+
+
+class _Listed(Protocol):
+    @property
+    def transfer_group(self) -> str | None: ...
+    @property
+    def created(self) -> int: ...
+
+
+T = TypeVar("T", bound=_Listed)
+
+
+def newest_matching(
+    transfers: Sequence[T],
+    *,
+    transfer_group: str | None = None,
+    created_gte: int | None = None,
+    created_lt: int | None = None,
+) -> list[T]:
+    """Transfers matching Stripe's list filters, newest first (oldest-first input)."""
+    return [
+        t
+        for t in reversed(transfers)
+        if (transfer_group is None or t.transfer_group == transfer_group)
+        and (created_gte is None or t.created >= created_gte)
+        and (created_lt is None or t.created < created_lt)
+    ]
 
 
 def _params(t: RecordedTransfer | TransferRequest) -> tuple[object, ...]:
