@@ -15,7 +15,7 @@ from typing import Any
 
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.utils import Environment, get_topic
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 
 from payout_ledger import LedgerSettings, PayoutLedger, ReleaseRequest
 from payout_ledger.ledger import _LostClaim
@@ -39,34 +39,43 @@ class AsyncOutcomeRecorder(OneRoundTripRecorder):
     already leaves today, and resume() settles it with the same idempotency key.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def _add_function(self, suffix: str, *, params: list[str], **kwargs: Any) -> Composed:
+        # Next to each shipped function, a wrapper that relaxes the commit and calls it.
+        shipped = super()._add_function(suffix, params=params, **kwargs)
         schema = Identifier(self.datastore.schema)
-        shipped = Identifier(f"{self.events_table_name}_insert_one_event")
-        relaxed = Identifier(f"{self.events_table_name}_insert_one_event_async")
+        name = f"{self.events_table_name}_{suffix}"
+        args = SQL(", ").join(SQL(p.split()[0]) for p in params)
         self.sql_create_statements.append(
             SQL(
-                "CREATE OR REPLACE FUNCTION {schema}.{relaxed}("
-                "id uuid, version bigint, topic text, state bytea) "
+                "CREATE OR REPLACE FUNCTION {schema}.{relaxed}({params}) "
                 "RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ BEGIN "
                 "PERFORM set_config('synchronous_commit', 'off', true); "
-                "RETURN QUERY SELECT * FROM {schema}.{shipped}(id, version, topic, state); "
-                "END; $BODY$"
-            ).format(schema=schema, relaxed=relaxed, shipped=shipped)
+                "RETURN QUERY SELECT * FROM {schema}.{shipped}({args}); END; $BODY$"
+            ).format(
+                schema=schema,
+                relaxed=Identifier(name + "_async"),
+                params=SQL(", ".join(params)),
+                shipped=Identifier(name),
+                args=args,
+            )
         )
-        self._insert_relaxed = SQL("SELECT * FROM {schema}.{relaxed}(%s, %s, %s, %s)").format(
-            schema=schema, relaxed=relaxed
+        relaxed = SQL("SELECT * FROM {schema}.{relaxed}({placeholders})").format(
+            schema=schema,
+            relaxed=Identifier(name + "_async"),
+            placeholders=SQL(", ".join(["%s"] * len(params))),
         )
+        self.__dict__.setdefault("_relaxed", {})[id(shipped)] = relaxed
+        return shipped
 
     def _insert_statement(self, stored_events: Sequence[Any]) -> tuple[Any, tuple[Any, ...]]:
         statement, params = super()._insert_statement(stored_events)
-        if len(stored_events) != 1 or stored_events[0].topic == _STARTED_TOPIC:
+        if any(e.topic == _STARTED_TOPIC for e in stored_events):
             return statement, params  # claims stay durable
-        return self._insert_relaxed, params
+        return self.__dict__["_relaxed"][id(statement)], params
 
 
 class NoTableLockRecorder(OneRoundTripRecorder):
-    """The shipped recorder's single-event insert without ``LOCK TABLE`` and ``NOTIFY``.
+    """The shipped recorder's scalar inserts without ``LOCK TABLE`` and ``NOTIFY``.
 
     The (originator_id, originator_version) primary key still makes the claim a save.
     What is lost is eventsourcing's promise that notification ids commit in order: a
@@ -74,16 +83,20 @@ class NoTableLockRecorder(OneRoundTripRecorder):
     later.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._plain_insert = SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-            "VALUES (%s, %s, %s, %s) RETURNING notification_id"
-        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
-
     def _insert_statement(self, stored_events: Sequence[Any]) -> tuple[Any, tuple[Any, ...]]:
         statement, params = super()._insert_statement(stored_events)
-        return (self._plain_insert if len(stored_events) == 1 else statement), params
+        if len(stored_events) not in self._insert_rows:
+            return statement, params
+        rows = ", ".join(["(%s, %s, %s, %s)"] * len(stored_events))
+        plain = SQL(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
+            "VALUES {rows} RETURNING notification_id"
+        ).format(
+            schema=Identifier(self.datastore.schema),
+            table=Identifier(self.events_table_name),
+            rows=SQL(rows),
+        )
+        return plain, params
 
 
 @dataclass(frozen=True)

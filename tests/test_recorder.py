@@ -1,0 +1,71 @@
+"""The PostgreSQL recorder: every arity saves atomically, in order, once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from eventsourcing.persistence import IntegrityError, StoredEvent
+
+from payout_ledger import LedgerSettings, PayoutLedger
+from payout_ledger.recorders import OneRoundTripRecorder
+from payout_ledger.testing import InMemoryProviderDirectory
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def recorder(postgres_url: str) -> Iterator[OneRoundTripRecorder]:
+    with PayoutLedger(
+        settings=LedgerSettings(store_url=postgres_url, stripe_enabled=False),
+        providers=InMemoryProviderDirectory([]),
+    ) as ledger:
+        assert isinstance(ledger.recorder, OneRoundTripRecorder)
+        yield ledger.recorder
+
+
+def _events(originator: uuid.UUID, first: int, count: int) -> list[StoredEvent]:
+    return [
+        StoredEvent(
+            originator_id=originator,
+            originator_version=first + i,
+            topic=f"topic_{first + i}",
+            state=f"state {first + i}".encode(),
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_a_save_of_any_size_stores_every_event_in_order(
+    recorder: OneRoundTripRecorder, count: int
+) -> None:
+    """One, two (scalar calls) and more (array call): all stored, ids ascending."""
+    originator = uuid.uuid4()
+    ids = recorder.insert_events(_events(originator, 1, count))
+
+    assert ids is not None and len(ids) == count and list(ids) == sorted(ids)
+    stored = recorder.select_events(originator)
+    assert [(e.originator_version, e.topic, e.state) for e in stored] == [
+        (e.originator_version, e.topic, e.state) for e in _events(originator, 1, count)
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("taken", ["first", "last"])
+def test_a_save_meeting_a_stored_version_is_refused_whole(
+    recorder: OneRoundTripRecorder, count: int, taken: str
+) -> None:
+    """A conflict on the first version (checked early) or a later one stores nothing."""
+    originator = uuid.uuid4()
+    batch = _events(originator, 1, count)
+    clash = batch[0] if taken == "first" else batch[-1]
+    recorder.insert_events([clash])
+
+    with pytest.raises(IntegrityError):
+        recorder.insert_events(batch)
+
+    assert [e.originator_version for e in recorder.select_events(originator)] == [
+        clash.originator_version
+    ]
