@@ -52,7 +52,7 @@ def test_demo_command_prints_the_tables(tmp_path: Path) -> None:
     assert "Releases" in result.output
     assert "onboarding_required" in result.output
     assert "Event history of es_1003" in result.output
-    assert "release_payment:es_1003:attempt:2" in result.output
+    assert "release_payment.attempt2:es_1003" in result.output
 
 
 def test_console_script_is_installed() -> None:

@@ -31,6 +31,6 @@ def test_stripe_host_example_runs_the_real_gateway_against_the_fake() -> None:
     assert "first release: released" in out
     assert "second release: already_released" in out
     assert "lost response: outcome_unknown" in out
-    assert "resumed: es_43 released retried with the same key" in out
+    assert "resumed: es_43 released found at Stripe" in out
     assert "transfers at Stripe: 2" in out
     assert "books agree with Stripe: True" in out

@@ -15,6 +15,7 @@ def test_public_names_are_pinned() -> None:
         "InvalidRequestError",
         "LedgerBusyError",
         "LedgerSettings",
+        "LivemodeMismatchError",
         "Money",
         "PayoutAggregate",
         "PayoutLedger",
@@ -27,6 +28,7 @@ def test_public_names_are_pinned() -> None:
         "ReleaseOutcome",
         "ReleaseRequest",
         "ReleaseResult",
+        "SendWindowClosed",
         "ServiceProvider",
         "TransferDeclined",
         "TransferGateway",
@@ -34,6 +36,7 @@ def test_public_names_are_pinned() -> None:
         "TransferOutcomeUnknown",
         "TransferRequest",
         "TransferResult",
+        "check_send_window",
         "idempotency_key",
     ]
     for name in payout_ledger.__all__:

@@ -6,10 +6,12 @@ from payout_ledger.errors import (
     InvalidMoneyError,
     InvalidRequestError,
     LedgerBusyError,
+    LivemodeMismatchError,
     PayoutLedgerError,
     PayoutNotFoundError,
     ProviderNotFoundError,
     ReleaseConflictError,
+    SendWindowClosed,
     TransferDeclined,
     TransferNotExecuted,
     TransferOutcomeUnknown,
@@ -23,6 +25,7 @@ from payout_ledger.ports import (
     TransferGateway,
     TransferRequest,
     TransferResult,
+    check_send_window,
 )
 from payout_ledger.release import ReleaseOutcome, ReleaseRequest, ReleaseResult
 from payout_ledger.settings import LedgerSettings
@@ -34,6 +37,7 @@ __all__ = [
     "InvalidRequestError",
     "LedgerBusyError",
     "LedgerSettings",
+    "LivemodeMismatchError",
     "Money",
     "PayoutAggregate",
     "PayoutLedger",
@@ -46,6 +50,7 @@ __all__ = [
     "ReleaseOutcome",
     "ReleaseRequest",
     "ReleaseResult",
+    "SendWindowClosed",
     "ServiceProvider",
     "TransferDeclined",
     "TransferGateway",
@@ -53,5 +58,6 @@ __all__ = [
     "TransferOutcomeUnknown",
     "TransferRequest",
     "TransferResult",
+    "check_send_window",
     "idempotency_key",
 ]

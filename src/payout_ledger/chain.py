@@ -8,12 +8,26 @@ zeros) for the first. The link is injected centrally, in ``trigger_event`` and
 ``_create``, so command methods do not mention it and ``apply`` methods stay
 pure assignments.
 
-An event's digest is the SHA-256 of canonical JSON (sorted keys, no spaces,
-UTF-8) of its topic, originator id, version, class version and fields
-(timestamp and ``previous_hash`` included) **as stored**: an event that was
-upcast on the way in keeps the fields it was stored with (see
-[`keeps_stored_form`][payout_ledger.chain.keeps_stored_form]), so a future
-upcaster cannot make yesterday's chain look broken.
+An event's digest covers the event **exactly as stored**: it is the SHA-256 of
+its topic, originator id, version and stored state *bytes*, the plaintext the
+transcoder wrote (decrypted and decompressed, not yet decoded), see
+[`state_digest`][payout_ledger.chain.state_digest]. Nothing in the stored data
+can choose what is digested: any change to a stored event, even a re-encoding of
+the same JSON, changes its digest. Upcasting happens after the digest is taken,
+so an upcaster added later never changes yesterday's digests.
+
+[`ChainedMapper`][payout_ledger.chain.ChainedMapper], the ledger's mapper,
+attaches each loaded event's digest, computed from the bytes it decoded. An
+event created in this process has not been stored yet: its digest is computed
+from the bytes the mapper *will* store
+([`stored_state`][payout_ledger.chain.stored_state], with the one transcoder
+from [`ledger_transcoder`][payout_ledger.chain.ledger_transcoder]), so events
+triggered together before one save can be chained.
+
+Stores written by the previous release have links made with the *v1* digest,
+[`legacy_digest`][payout_ledger.chain.legacy_digest] (canonical JSON of the
+decoded fields). [`verify_ledger`][payout_ledger.audit.verify_ledger] still
+accepts those links, counted and only before an aggregate's first v2 link.
 
 A per-aggregate chain cannot notice that the newest events were removed, or
 that the newest event was edited. [`LedgerSeal`][payout_ledger.chain.LedgerSeal]
@@ -24,45 +38,158 @@ itself chained to the previous seal. See ``docs/audit.md`` for the threat model.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, CanInitAggregate, CanMutateAggregate
-from eventsourcing.utils import get_topic
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    Mapper,
+    MapperDeserialisationError,
+    StoredEvent,
+    UUIDAsHex,
+)
+from eventsourcing.utils import get_topic, resolve_topic
 
 __all__ = [
     "GENESIS",
     "LEDGER_SEAL_ID",
-    "STORED_FORM",
+    "AsStored",
     "ChainedAggregate",
+    "ChainedMapper",
     "LedgerSeal",
+    "LedgerTranscoder",
+    "as_stored",
     "canonical_json",
     "create_or_continue",
     "event_digest",
-    "keeps_stored_form",
+    "ledger_transcoder",
+    "legacy_digest",
     "roll",
+    "state_digest",
+    "stored_state",
 ]
 
 GENESIS = "0" * 64
 """The ``previous_hash`` of an aggregate's first event, and the empty log's rolling digest."""
 
-STORED_FORM = "_stored_form"
-"""Key under which an upcast event keeps ``(stored class version, stored fields)``."""
-
 LEDGER_SEAL_ID = UUID("5ea15ea1-0c1d-4b6e-9a2f-000000005ea1")
 """The id of the ledger's one seal aggregate; fixed forever."""
 
-_NOT_FIELDS = frozenset({"originator_id", "originator_version", STORED_FORM})
-_UPCASTER_NAME = re.compile(r"^upcast_v(\d+)_v(\d+)$")
+_AS_STORED = "_as_stored"
+"""The attribute under which the mapper attaches [`AsStored`][payout_ledger.chain.AsStored]."""
+_NOT_STORED = frozenset({"originator_id", "originator_version", _AS_STORED})
+_DIGEST_FRAME = b"payout-ledger event digest v2"
+
+
+class LedgerTranscoder(JSONTranscoder):
+    """JSON with UUIDs, decimals and datetimes, and an error that says why a state is not JSON."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register(UUIDAsHex())
+        self.register(DecimalAsStr())
+        self.register(DatetimeAsISO())
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return super().decode(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(
+                "a stored event is not JSON: the store is encrypted (set cipher_key) "
+                "or the event is damaged"
+            ) from None
+
+
+_TRANSCODER = LedgerTranscoder()
+
+
+def ledger_transcoder() -> LedgerTranscoder:
+    """The transcoder of every ledger, and of [`stored_state`][payout_ledger.chain.stored_state].
+
+    A single (stateless, thread-safe) instance, so the bytes an aggregate
+    predicts for its fresh events and the bytes the mapper stores cannot differ.
+    """
+    return _TRANSCODER
+
+
+def stored_state(event: object) -> bytes:
+    """The plaintext state bytes the ledger's mapper stores for ``event``.
+
+    As eventsourcing's mapper encodes it: every attribute but the originator id
+    and version, then ``class_version`` when above 1.
+    """
+    state = {k: v for k, v in vars(event).items() if k not in _NOT_STORED}
+    class_version = getattr(type(event), "class_version", 1)
+    if class_version > 1:
+        state["class_version"] = class_version
+    return _TRANSCODER.encode(state)
+
+
+def state_digest(topic: str, originator_id: object, originator_version: int, state: bytes) -> str:
+    """Digest v2 of a stored event: SHA-256 (hex) over its columns and plaintext state bytes.
+
+    Each part is prefixed with its length (8 bytes, big-endian): a fixed label,
+    the topic (UTF-8), the originator id as canonical UUID text, the version
+    in decimal, and the state bytes.
+    """
+    oid = originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+    digest = hashlib.sha256()
+    for part in (
+        _DIGEST_FRAME,
+        topic.encode("utf-8", "surrogatepass"),
+        str(oid).encode("ascii"),
+        str(originator_version).encode("ascii"),
+        state,
+    ):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AsStored:
+    """How a loaded event was stored (attached by the mapper when it loads the event)."""
+
+    digest: str
+    """[`state_digest`][payout_ledger.chain.state_digest] of the stored event."""
+    class_version: int
+    """The class version it was stored with (before upcasting)."""
+    plaintext: bytes
+    """The stored state bytes, decrypted and decompressed."""
+
+
+def as_stored(event: object) -> AsStored | None:
+    """How ``event`` was stored, or None for an event created in this process."""
+    found = vars(event).get(_AS_STORED)
+    return found if isinstance(found, AsStored) else None
+
+
+def event_digest(event: object) -> str:
+    """The digest of ``event`` as stored: the next event's ``previous_hash``.
+
+    The digest the mapper attached when it loaded the event, or, for an event
+    created in this process, the digest of the bytes the mapper will store.
+    """
+    stored = as_stored(event)
+    if stored is not None:
+        return stored.digest
+    state = vars(event)
+    return state_digest(
+        get_topic(type(event)),
+        state["originator_id"],
+        state["originator_version"],
+        stored_state(event),
+    )
 
 
 def _json_default(value: object) -> object:
@@ -90,43 +217,26 @@ def canonical_json(value: object) -> bytes:
     ).encode("utf-8")
 
 
-def _digest(
-    topic: str,
-    originator_id: object,
-    originator_version: int,
-    class_version: int,
-    fields: Mapping[str, Any],
+def legacy_digest(
+    topic: str, originator_id: object, originator_version: int, state: Mapping[str, Any]
 ) -> str:
+    """Digest v1, the previous release's, from an event's stored state as decoded (not upcast).
+
+    ``sha256(canonical_json({topic, originator_id, originator_version,
+    class_version, fields}))`` where ``class_version`` is the stored one (1 if
+    absent) and ``fields`` every other stored key. Only verify uses it, for
+    links and seals written by the previous release.
+    """
+    fields = dict(state)
+    class_version = fields.pop("class_version", 1)
     envelope = {
         "topic": topic,
         "originator_id": str(originator_id),
         "originator_version": originator_version,
         "class_version": class_version,
-        "fields": {k: v for k, v in fields.items() if k not in _NOT_FIELDS},
+        "fields": fields,
     }
     return hashlib.sha256(canonical_json(envelope)).hexdigest()
-
-
-def event_digest(event: object) -> str:
-    """The SHA-256 (hex) that the aggregate's next event records as ``previous_hash``.
-
-    Covers the topic, originator id, version, class version and every field as
-    the event was stored (an upcast event's original fields, see
-    [`keeps_stored_form`][payout_ledger.chain.keeps_stored_form]).
-    """
-    state = vars(event)
-    stored = state.get(STORED_FORM)
-    if stored is not None:
-        class_version, fields = stored
-    else:
-        class_version, fields = getattr(type(event), "class_version", 1), state
-    return _digest(
-        get_topic(type(event)),
-        state["originator_id"],
-        state["originator_version"],
-        class_version,
-        fields,
-    )
 
 
 def roll(rolling: str, notification_id: int, digest: str) -> str:
@@ -138,30 +248,83 @@ def roll(rolling: str, notification_id: int, digest: str) -> str:
     ).hexdigest()
 
 
-_F = TypeVar("_F", bound=Callable[[dict[str, Any]], None])
+class ChainedMapper(Mapper[UUID]):
+    """The ledger's mapper: stores [`stored_state`][payout_ledger.chain.stored_state] and
+    attaches each loaded event's digest.
 
-
-def keeps_stored_form(upcaster: _F) -> _F:
-    """Decorate an ``upcast_vN_vM`` function so the event remembers how it was stored.
-
-    The first upcaster to run copies the stored fields (and the stored class
-    version ``N``) under [`STORED_FORM`][payout_ledger.chain.STORED_FORM]; the
-    digest is computed over that copy. Chained event classes refuse upcasters
-    without this decorator.
+    The digest is computed from the plaintext bytes before they are decoded and
+    attached after the event is built, so no stored key can set it.
     """
-    match = _UPCASTER_NAME.match(upcaster.__name__)
-    if match is None:
-        raise TypeError(f"an upcaster is named upcast_vN_vM, not {upcaster.__name__}")
-    stored_version = int(match.group(1))
 
-    @functools.wraps(upcaster)
-    def upcast(state: dict[str, Any]) -> None:
-        if STORED_FORM not in state:
-            state[STORED_FORM] = (stored_version, dict(state))
-        upcaster(state)
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        state = stored_state(domain_event)
+        if self.compressor:
+            state = self.compressor.compress(state)
+        if self.cipher:
+            state = self.cipher.encrypt(state)
+        return StoredEvent(
+            originator_id=domain_event.originator_id,
+            originator_version=domain_event.originator_version,
+            topic=get_topic(type(domain_event)),
+            state=state,
+        )
 
-    upcast.keeps_stored_form = True  # type: ignore[attr-defined]
-    return upcast  # type: ignore[return-value]
+    def plaintext(self, stored_event: StoredEvent) -> bytes:
+        """The stored state, decrypted and decompressed."""
+        state = stored_event.state
+        try:
+            if self.cipher:
+                state = self.cipher.decrypt(state)
+            if self.compressor:
+                state = self.compressor.decompress(state)
+        except Exception as exc:
+            raise MapperDeserialisationError(_cannot_read(stored_event, exc)) from exc
+        return state
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        return self.from_plaintext(stored_event, self.plaintext(stored_event))
+
+    def from_plaintext(self, stored_event: StoredEvent, plaintext: bytes) -> Any:
+        """The event, from its :meth:`plaintext`, upcast, with its digest attached."""
+        topic = stored_event.topic
+        digest = state_digest(
+            topic, stored_event.originator_id, stored_event.originator_version, plaintext
+        )
+        cls = resolve_topic(topic)
+        try:
+            state = self.transcoder.decode(plaintext)
+        except Exception as exc:
+            raise MapperDeserialisationError(_cannot_read(stored_event, exc)) from exc
+        if not isinstance(state, dict):
+            raise MapperDeserialisationError(
+                _cannot_read(stored_event, "the state is not a JSON object")
+            )
+        stored_version = version = state.pop("class_version", 1)
+        if type(stored_version) is not int:
+            raise MapperDeserialisationError(
+                _cannot_read(stored_event, f"class_version {stored_version!r} is not an int")
+            )
+        originator_id = stored_event.originator_id
+        state["originator_id"] = (
+            originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+        )
+        state["originator_version"] = stored_event.originator_version
+        class_version = getattr(cls, "class_version", 1)
+        while version < class_version:
+            getattr(cls, f"upcast_v{version}_v{version + 1}")(state)
+            version += 1
+        event = object.__new__(cls)
+        object.__setattr__(event, "__dict__", state)
+        state[_AS_STORED] = AsStored(digest, stored_version, plaintext)
+        return event
+
+
+def _cannot_read(stored_event: StoredEvent, why: object) -> str:
+    return (
+        f"Failed to deserialise state of stored event with topic '{stored_event.topic}', "
+        f"originator_id '{stored_event.originator_id}' and originator_version "
+        f"{stored_event.originator_version}: {why}"
+    )
 
 
 class ChainedAggregate(Aggregate):
@@ -175,13 +338,6 @@ class ChainedAggregate(Aggregate):
     class Event(Aggregate.Event):
         previous_hash: str | None = field(default=None, kw_only=True)
         """The digest of the aggregate's previous event; GENESIS for the first; None if legacy."""
-
-        def __init_subclass__(cls) -> None:
-            super().__init_subclass__()
-            for name in vars(cls):
-                upcaster = getattr(cls, name)
-                if _UPCASTER_NAME.match(name) and not getattr(upcaster, "keeps_stored_form", False):
-                    raise TypeError(f"{cls.__qualname__}.{name} needs @keeps_stored_form")
 
         def mutate(self, aggregate: Any) -> Any:
             mutated = super().mutate(aggregate)
@@ -249,12 +405,21 @@ class LedgerSeal(ChainedAggregate):
         """The log up to ``through_notification_id`` had ``event_count`` events and ``log_digest``.
 
         It creates the seal aggregate the first time and extends it afterwards.
+        Version 2: ``log_digest`` rolls over v2 digests (of the stored bytes).
+        Version 1 seals, written by the previous release, roll over v1 digests
+        ([`legacy_digest`][payout_ledger.chain.legacy_digest]); their fields
+        are the same, so the upcaster changes nothing.
         """
 
         TOPIC = "payout_ledger:Sealed"
+        class_version = 2
         through_notification_id: int
         event_count: int
         log_digest: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Nothing to change: only the meaning of ``log_digest`` differs."""
 
         def mutate(self, aggregate: Any) -> Any:
             return create_or_continue(self, aggregate)

@@ -162,17 +162,23 @@ StoreOption = Annotated[
 def resume(store_url: StoreOption = None) -> None:
     """Settle every payout left in flight; exit 1 if any is still unsettled."""
     with _operator_ledger(store_url) as ledger:
-        results = ledger.resume_in_flight()
+        try:
+            results = ledger.resume_in_flight()
+        except ConfigurationError as exc:
+            _fail(f"configuration: {_first_line(exc)}")
     table = Table(title=f"Resumed {len(results)} in-flight payouts", title_justify="left")
     for column in ("service", "outcome", "attempt", "transfer", "how"):
         table.add_column(column)
     for r in results:
+        how = r.detail or r.error_code or ""
+        if r.error_code == "cannot_resume":
+            how = f"cannot resume: {r.error_message}"
         table.add_row(
             r.event_service_id,
             f"[{_STYLE[r.outcome]}]{r.outcome.value}[/]",
             str(r.attempt),
             r.transfer_id or "-",
-            r.detail or r.error_code or "",
+            how,
         )
     Console().print(table)
     if any(r.in_flight for r in results):
@@ -532,8 +538,13 @@ def export_command(
     progress: ProgressOption = True,
     store_url: StoreOption = None,
 ) -> None:
-    """Export the log for auditors, as JSON Lines or CSV."""
+    """Export the log for auditors, as JSON Lines or CSV; exit 1 if an event cannot be read.
+
+    Events that cannot be read or are ill-typed are exported with ``error``
+    set (payouts: left out of the rows), and named on stderr.
+    """
     export = export_events if what is ExportWhat.EVENTS else export_payouts
+    errors: list[tuple[int, str]] = []
     target: Any = (
         output.open("w", encoding="utf-8", newline="") if output else nullcontext(sys.stdout)
     )
@@ -548,9 +559,16 @@ def export_command(
             fmt="csv" if fmt is ExportFormat.CSV else "jsonl",
             page_size=page_size,
             on_page=on_page,
+            on_error=lambda nid, error: errors.append((nid, error)),
         )
     if output is not None:
         Console(stderr=True).print(f"Wrote {count} {what.value} to {output}.")
+    if errors:
+        nid, error = errors[0]
+        _fail(
+            f"{len(errors)} event(s) could not be read; first: notification {nid}: {error}",
+            code=1,
+        )
 
 
 def _utc(moment: datetime | None) -> datetime | None:

@@ -3,7 +3,8 @@
 ```text
 PayoutLedgerError
 ├── InvalidRequestError          bad input; nothing was recorded      (also ValueError)
-│   └── InvalidMoneyError        float, bool, zero/negative amount, unknown currency
+│   ├── InvalidMoneyError        float, bool, zero/negative amount, unknown currency
+│   └── LivemodeMismatchError    a Stripe event of the other mode (test vs live)
 ├── ConfigurationError           settings that cannot work (e.g. Stripe off in production)
 ├── ProviderNotFoundError        the ProviderDirectory has no such provider
 ├── PayoutNotFoundError          no payout has been recorded for that event service
@@ -13,6 +14,7 @@ PayoutLedgerError
     ├── TransferDeclined         definite refusal: nothing moved, a new attempt needs a new key
     ├── TransferNotExecuted      not executed (rate limited): retry later with the same key
     └── TransferOutcomeUnknown   timeout, dropped connection, 5xx: money may have moved
+        └── SendWindowClosed     the attempt's send window closed before this HTTP attempt
 ```
 
 Business outcomes of a release (already released, in progress, onboarding
@@ -31,10 +33,12 @@ __all__ = [
     "InvalidMoneyError",
     "InvalidRequestError",
     "LedgerBusyError",
+    "LivemodeMismatchError",
     "PayoutLedgerError",
     "PayoutNotFoundError",
     "ProviderNotFoundError",
     "ReleaseConflictError",
+    "SendWindowClosed",
     "TransferDeclined",
     "TransferNotExecuted",
     "TransferOutcomeUnknown",
@@ -51,6 +55,13 @@ class InvalidRequestError(PayoutLedgerError, ValueError):
 
 class InvalidMoneyError(InvalidRequestError):
     """An amount or currency is not acceptable money."""
+
+
+class LivemodeMismatchError(InvalidRequestError):
+    """A Stripe event of the other mode: a test-mode event at a live ledger, or the reverse.
+
+    Nothing is recorded; the webhook endpoint answers 400 ``livemode_mismatch``.
+    """
 
 
 class ConfigurationError(PayoutLedgerError):
@@ -144,3 +155,20 @@ class TransferOutcomeUnknown(GatewayError):  # noqa: N818
     The payout stays in flight until it is settled by retrying with the same
     key inside Stripe's idempotency window, or by looking the transfer up.
     """
+
+
+class SendWindowClosed(TransferOutcomeUnknown):
+    """The attempt's send window closed: this HTTP attempt was not sent.
+
+    A claim (or a resume's lookup at Stripe) opens a window of
+    ``settings.stripe_idempotency_window`` seconds, measured on the process's
+    monotonic clock, in which the attempt's request may be sent. Gateways check
+    it immediately before every HTTP attempt (see
+    [`check_send_window`][payout_ledger.ports.check_send_window]), so no request
+    can reach Stripe once its key may have been pruned. Earlier HTTP attempts of
+    the same call may have reached Stripe, so the outcome is unknown: the payout
+    stays in flight and is settled by a resume (a lookup first).
+    """
+
+    def __init__(self, message: str = "the attempt's send window closed") -> None:
+        super().__init__(message, code="send_window_closed")

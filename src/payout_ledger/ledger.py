@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import random
 import time
@@ -29,7 +28,6 @@ from eventsourcing.persistence import (
     Cipher,
     IntegrityError,
     InternalError,
-    JSONTranscoder,
     Mapper,
     MapperDeserialisationError,
     Transcoder,
@@ -41,11 +39,14 @@ from eventsourcing.postgres import (
 )
 from eventsourcing.utils import Environment, get_topic
 
+from payout_ledger.chain import ChainedMapper, LedgerSeal, ledger_transcoder
 from payout_ledger.errors import (
     ConfigurationError,
     GatewayError,
     InvalidRequestError,
     LedgerBusyError,
+    LivemodeMismatchError,
+    PayoutLedgerError,
     PayoutNotFoundError,
     ProviderNotFoundError,
     ReleaseConflictError,
@@ -56,17 +57,21 @@ from payout_ledger.payout import PayoutAggregate, PayoutStatus
 from payout_ledger.ports import (
     Clock,
     ProviderDirectory,
+    SendWindow,
     ServiceProvider,
     StripeTransfer,
     SystemClock,
     TransferGateway,
     TransferRequest,
     TransferResult,
+    monotonic_of,
+    sending_within,
     string_metadata,
 )
 from payout_ledger.recorders import OneRoundTripRecorder
 from payout_ledger.release import ReleaseOutcome, ReleaseRequest, ReleaseResult
-from payout_ledger.settings import LedgerSettings, store_environment
+from payout_ledger.settings import LedgerSettings, livemode_of_key, store_environment
+from payout_ledger.store_mode import StoreMode, StoreModeRecord
 from payout_ledger.stripe_events import (
     CapturedPayment,
     StripeEventOutcome,
@@ -82,7 +87,8 @@ __all__ = ["PayoutLedger"]
 logger = logging.getLogger("payout_ledger")
 
 _PAGE = 500
-_SIMULATED_PREFIX = "sim_"
+SIMULATED_PREFIX = "sim_"
+"""Transfer ids of simulated transfers (Stripe disabled) start with it."""
 _TRANSFER_EVENTS = frozenset({"transfer.created", "transfer.updated", "transfer.reversed"})
 
 _DDL_ATTEMPTS = 6
@@ -129,8 +135,17 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         self._providers = providers
         self._gateway = gateway
         self._clock: Clock = clock or SystemClock()
+        self._monotonic = monotonic_of(self._clock)
+        self.store_mode = StoreMode.STRIPE if settings.stripe_enabled else StoreMode.SIMULATED
+        """Whether this ledger moves money (``stripe``) or simulates it (``simulated``)."""
         super().__init__(env={**store_environment(settings), **_cipher_environment(settings)})
         self._check_cipher()
+        # A store that has its mode already needs no check on the write path; a
+        # mismatch is refused on the first money event (reading stays possible).
+        try:
+            self._store_mode_settled = self._recorded_store_mode() is self.store_mode
+        except ConfigurationError:
+            self._store_mode_settled = False  # said again, and refused, on the first write
 
     def construct_env(self, name: str, env: Any = None) -> Environment:
         # Only what the host passed in: os.environ must not pick the store.
@@ -163,12 +178,14 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         return recorder
 
     def construct_transcoder(self) -> Transcoder:
-        transcoder = _LedgerTranscoder()
-        self.register_transcodings(transcoder)
-        return transcoder
+        # The one transcoder chain.stored_state() also uses: aggregates predict
+        # the stored bytes of their fresh events to chain them (see chain.py).
+        return ledger_transcoder()
 
     def construct_mapper(self) -> Mapper[UUID]:
-        mapper: Mapper[UUID] = super().construct_mapper()
+        mapper: Mapper[UUID] = self.factory.mapper(
+            transcoder=self.construct_transcoder(), mapper_class=ChainedMapper
+        )
         if mapper.cipher is not None:
             mapper.cipher = _ExplainedCipher(mapper.cipher)
         return mapper
@@ -193,6 +210,71 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             raise ConfigurationError(
                 f"the stored events cannot be read with these settings: {cause}"
             ) from errors[0]
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        """Save aggregates' new events in one transaction (eventsourcing's ``save``).
+
+        The first save of money events (anything but a seal) checks, and on a new
+        store records, that the store's mode is this ledger's (see
+        [`store_mode`][payout_ledger.store_mode]).
+        """
+        if not self._store_mode_settled and any(_is_money(o) for o in objs):
+            self._settle_store_mode()
+        return super().save(*objs, **kwargs)
+
+    def _settle_store_mode(self) -> None:
+        recorded, inferred = self._recorded_store_mode(), None
+        if recorded is None:
+            inferred = self._inferred_store_mode()
+            # Written with a store's first money event, the record precedes the events
+            # inferred from: a record written meanwhile by another process wins.
+            recorded = self._recorded_store_mode()
+        if recorded is None:
+            if inferred is not None and inferred is not self.store_mode:
+                raise self._mode_refused(inferred, "its events say so")
+            try:
+                self.save(StoreModeRecord.declare(self.store_mode))
+            except IntegrityError:  # another process declared it first
+                recorded = self._recorded_store_mode()
+                if recorded is None:
+                    raise
+        if recorded is not None and recorded is not self.store_mode:
+            raise self._mode_refused(recorded, "it was recorded with its first money event")
+        self._store_mode_settled = True
+
+    def _recorded_store_mode(self) -> StoreMode | None:
+        try:
+            record = cast(StoreModeRecord, self.repository.get(StoreModeRecord.create_id()))
+            return StoreMode(record.mode)
+        except AggregateNotFoundError:
+            return None
+        except Exception as exc:
+            raise ConfigurationError(
+                f"the store's mode record cannot be read ({type(exc).__name__}): "
+                "run payout-ledger verify"
+            ) from exc
+
+    def _inferred_store_mode(self) -> StoreMode | None:
+        """A store written before modes were recorded: its first transfer tells."""
+        transfers = self.recorder.select_notifications(
+            None, 1, topics=[PayoutAggregate.TransferSucceeded.TOPIC]
+        )
+        for notification in transfers:
+            event = self.mapper.to_domain_event(notification)
+            simulated = getattr(event, "simulated", False)
+            return StoreMode.SIMULATED if simulated else StoreMode.STRIPE
+        started = self.recorder.select_notifications(
+            None, 1, topics=[PayoutAggregate.PayoutStarted.TOPIC]
+        )
+        # Claims without any transfer yet: real unless proven otherwise.
+        return StoreMode.STRIPE if started else None
+
+    def _mode_refused(self, store: StoreMode, why: str) -> ConfigurationError:
+        settings = "stripe_enabled=False" if store is StoreMode.STRIPE else "stripe_enabled=True"
+        return ConfigurationError(
+            f"this store is {store.value} ({why}); a ledger with {settings} "
+            "must not record money events in it: point it at a store of its own"
+        )
 
     def __enter__(self) -> PayoutLedger:
         return self
@@ -243,7 +325,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         decided = self._decide(req, self._provider(req))
         if isinstance(decided, ReleaseResult):
             return decided
-        return self._conclude(decided, self._call_gateway(decided))
+        return self._conclude(decided.payout, self._call_gateway(decided.payout, decided.window))
 
     async def release_payment_async(
         self, request: ReleaseRequest | Mapping[str, Any]
@@ -259,92 +341,49 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         decided = await asyncio.to_thread(self._decide, req, provider)
         if isinstance(decided, ReleaseResult):
             return decided
-        outcome = await self._call_gateway_async(decided)
-        return await asyncio.to_thread(self._conclude, decided, outcome)
+        outcome = await self._call_gateway_async(decided.payout, decided.window)
+        return await asyncio.to_thread(self._conclude, decided.payout, outcome)
 
     def resume_in_flight(self) -> list[ReleaseResult]:
         """Settle every payout left in flight (a crash, a timeout, a lost response).
 
         See [`resume`][payout_ledger.PayoutLedger.resume]. Safe to run at any
-        time, from any number of processes.
+        time, from any number of processes. Each payout is settled on its own:
+        one that cannot be (unreadable, or claimed without a destination) is
+        answered ``outcome_unknown`` with ``error_code="cannot_resume"`` and
+        logged, and the others go on.
         """
-        return [self.resume(event_service_id) for event_service_id in self.in_flight()]
+        return [self._resume_isolated(payout_id) for payout_id in self._in_flight_ids()]
 
     def resume(self, event_service_id: str) -> ReleaseResult:
         """Settle one in-flight payout without ever making a second transfer.
 
-        While the attempt's idempotency key is younger than
-        ``settings.stripe_idempotency_window`` the same request is sent again
-        with the same key: Stripe answers with the transfer it made, or makes
-        it now. Past that window Stripe may have forgotten the key, so the
-        transfer is first looked up by its ``transfer_group`` and metadata; it
-        is recorded if found, and only when Stripe has none is a new attempt
-        started with a new key.
+        Stripe is asked first: the attempt's transfer is looked up by its
+        ``transfer_group`` and metadata. If Stripe has it, it is recorded. If
+        not, the same request is sent again with the attempt's own key, inside
+        a send window that opened before the lookup: Stripe makes the transfer
+        now, or answers with the one it made meanwhile. A resume never starts a
+        new attempt and never relies on any host's clock (docs/concepts.md
+        gives the argument). The payout is read again after the lookup, so a
+        resume that raced another one answers what the store now says.
         """
-        payout = self.get_payout(event_service_id)
-        if payout.status is not PayoutStatus.IN_FLIGHT:
-            return _result(payout, _OUTCOME_OF_STATUS[payout.status], detail="nothing in flight")
-        age = (self._clock.now() - payout.attempt_started_at).total_seconds()
-        if age < self.settings.stripe_idempotency_window:
-            outcome = self._call_gateway(payout)
-            return self._conclude(payout, outcome, detail="retried with the same key")
-        try:
-            found = self._find_transfers(payout)
-        except GatewayError as exc:
-            return _result(payout, ReleaseOutcome.OUTCOME_UNKNOWN, exc, detail="lookup failed")
-        current = [t for t in found if t.metadata.get("attempt") == str(payout.attempt)]
-        if current:
-            payout.record_transfer(transfer_id=current[0].id, request_id=None)
-            return self._save_outcome(payout, ReleaseOutcome.RELEASED, detail="found at Stripe")
-        if found:
-            # A transfer of an attempt recorded as failed: the books disagree with
-            # Stripe. Paying again could only make it worse; reconcile reports it.
-            return _result(
-                payout,
-                ReleaseOutcome.OUTCOME_UNKNOWN,
-                detail=f"Stripe has transfer {found[0].id} of another attempt",
-            )
-        payout.record_failure(
-            code="not_found_after_key_window",
-            message="no transfer at Stripe after the idempotency key window",
-            request_id=None,
-        )
-        payout.start_next_attempt(
-            payee_user_id=payout.payee_user_id,
-            destination_account=payout.destination_account,
-            started_at=self._clock.now(),
-        )
-        try:
-            self.save(payout)
-        except IntegrityError:
-            return _result(self.get_payout(event_service_id), ReleaseOutcome.IN_PROGRESS)
-        return self._conclude(payout, self._call_gateway(payout), detail="new attempt")
+        return self._resume(self.get_payout(event_service_id))
 
     def in_flight(self) -> list[str]:
         """Event services whose payout has an attempt without an outcome.
 
         Reads the log once, in pages, keeping only each payout's last outcome.
+        A payout whose events cannot be read is logged and left out (see
+        [`resume_in_flight`][payout_ledger.PayoutLedger.resume_in_flight], which
+        reports it).
         """
-        topics = [
-            PayoutAggregate.PayoutStarted.TOPIC,
-            PayoutAggregate.TransferFailed.TOPIC,
-            PayoutAggregate.TransferSucceeded.TOPIC,
-        ]
-        last: dict[UUID, str] = {}
-        start = 1
-        while True:
-            page = self.recorder.select_notifications(start, _PAGE, topics=topics)
-            if not page:
-                break
-            for notification in page:
-                last[UUID(str(notification.originator_id))] = notification.topic
-            start = page[-1].id + 1
-        started = PayoutAggregate.PayoutStarted.TOPIC
-        return sorted(
-            self.get_payout_by_id(payout_id).event_service_id
-            for payout_id, topic in last.items()
-            if topic == started
-        )
+        services = []
+        for payout_id in self._in_flight_ids():
+            try:
+                services.append(self.get_payout_by_id(payout_id).event_service_id)
+            except Exception:
+                logger.exception("in-flight payout %s cannot be read", payout_id)
+        return sorted(services)
 
     def seal(self) -> SealInfo:
         """Seal the log: record its event count and rolling digest up to now.
@@ -374,12 +413,25 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
 
         ``transfer.created``/``transfer.updated``/``transfer.reversed`` settle an
         in-flight payout whose response was lost and record reversals (the
-        cumulative amount, so out-of-order deliveries add up);
-        ``payment_intent.succeeded`` records the payment as captured; every other
-        type is kept for audit only. The record and its effect are saved in one
-        transaction, so a duplicate delivery has no second effect.
+        cumulative amount, so out-of-order deliveries add up), but only when the
+        transfer is the one claimed: same payout, attempt, amount, currency and
+        destination. ``payment_intent.succeeded`` records the payment as
+        captured. Events of connected accounts (with a top-level ``account``)
+        are the connected accounts' business, never the platform's: they are
+        recorded for audit and change nothing. Every other type is kept for
+        audit only. The record and its effect are saved in one transaction, so
+        a duplicate delivery has no second effect.
+
+        Raises [`LivemodeMismatchError`][payout_ledger.LivemodeMismatchError]
+        (nothing recorded) for an event of the other mode than this ledger's
+        [`livemode`][payout_ledger.PayoutLedger.livemode], and
+        [`InvalidRequestError`][payout_ledger.InvalidRequestError] for an event
+        without a string ``id``, ``type``, ``data.object``, or with an
+        ``account`` or ``livemode`` of the wrong type.
         """
         event_id, event_type, obj = _parse_stripe_event(event)
+        account, livemode = _event_account(event), _event_livemode(event)
+        self.check_livemode(livemode)
         try:
             body = raw_body.decode("utf-8")
         except UnicodeDecodeError:
@@ -387,12 +439,18 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         for _ in range(self.settings.claim_attempts):
             if self.has_stripe_event(event_id):
                 return StripeEventReceipt(event_id, event_type, StripeEventOutcome.DUPLICATE)
-            changed, outcome, event_service_id, detail = self._effect_of(event_id, event_type, obj)
+            if account is None:
+                changed, outcome, event_service_id, detail = self._effect_of(
+                    event_id, event_type, obj
+                )
+            else:
+                changed, outcome, event_service_id = [], StripeEventOutcome.RECORDED, None
+                detail = "a connected account's event: recorded only"
             record = StripeEventRecord.receive(
                 stripe_event_id=event_id,
                 event_type=event_type,
-                livemode=bool(event.get("livemode", False)),
-                account=_optional_str(event.get("account")),
+                livemode=bool(livemode),
+                account=account,
                 stripe_created=_optional_int(event.get("created")),
                 raw_body=body,
                 headers={str(k).lower(): str(v) for k, v in headers.items()},
@@ -406,6 +464,38 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             return StripeEventReceipt(event_id, event_type, outcome, event_service_id, detail)
         raise LedgerBusyError(event_id, self.settings.claim_attempts)
 
+    @property
+    def livemode(self) -> bool | None:
+        """Whether this ledger's Stripe events are live (True) or test (False).
+
+        Read from ``settings.stripe_api_key`` (``sk_live_``/``rk_live_`` or
+        ``sk_test_``/``rk_test_``), else from the gateway's ``livemode``
+        (the Stripe gateway knows its key; the in-memory one is a test double);
+        a ledger with Stripe disabled takes test events. ``None`` when it cannot
+        be told (a host's own gateway without ``livemode``): then no event is
+        refused for its mode.
+        """
+        key = self.settings.stripe_api_key
+        if key is not None:
+            from_key = livemode_of_key(key.get_secret_value())
+            if from_key is not None:
+                return from_key
+        if not self.settings.stripe_enabled:
+            return False
+        mode = getattr(self._gateway, "livemode", None)
+        return mode if isinstance(mode, bool) else None
+
+    def check_livemode(self, livemode: bool | None) -> None:
+        """Raise [`LivemodeMismatchError`][payout_ledger.LivemodeMismatchError] for
+        an event whose ``livemode`` is not this ledger's (``None``: not stated)."""
+        expected = self.livemode
+        if livemode is not None and expected is not None and livemode is not expected:
+            raise LivemodeMismatchError(
+                f"a {'live' if livemode else 'test'}-mode event reached a "
+                f"{'live' if expected else 'test'}-mode ledger: check which webhook "
+                "endpoint and secret deliver to this ledger"
+            )
+
     def captured_payment(self, payment_intent_id: str) -> CapturedPayment | None:
         """The captured payment recorded for a PaymentIntent, if any."""
         try:
@@ -415,6 +505,90 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         return cast(CapturedPayment, payment)
 
     # Internals.
+
+    def _in_flight_ids(self) -> list[UUID]:
+        topics = [
+            PayoutAggregate.PayoutStarted.TOPIC,
+            PayoutAggregate.TransferFailed.TOPIC,
+            PayoutAggregate.TransferSucceeded.TOPIC,
+        ]
+        last: dict[UUID, str] = {}
+        start = 1
+        while True:
+            page = self.recorder.select_notifications(start, _PAGE, topics=topics)
+            if not page:
+                break
+            for notification in page:
+                last[UUID(str(notification.originator_id))] = notification.topic
+            start = page[-1].id + 1
+        started = PayoutAggregate.PayoutStarted.TOPIC
+        return [payout_id for payout_id, topic in last.items() if topic == started]
+
+    def _resume_isolated(self, payout_id: UUID) -> ReleaseResult:
+        """Resume one payout; whatever goes wrong stays with that payout."""
+        payout: PayoutAggregate | None = None
+        try:
+            payout = self.get_payout_by_id(payout_id)
+            return self._resume(payout)
+        except ConfigurationError:
+            raise  # the ledger cannot work on this store at all: not one payout's trouble
+        except Exception as exc:
+            logger.exception("payout %s could not be resumed", payout_id)
+            return ReleaseResult(
+                event_service_id=payout.event_service_id if payout else f"(payout {payout_id})",
+                payout_id=payout_id,
+                outcome=ReleaseOutcome.OUTCOME_UNKNOWN,
+                attempt=payout.attempt if payout else None,
+                error_code="cannot_resume",
+                error_message=f"{type(exc).__name__}: {_first_cause(exc)}"[:500],
+                detail="cannot resume",
+            )
+
+    def _resume(self, payout: PayoutAggregate) -> ReleaseResult:
+        if payout.status is not PayoutStatus.IN_FLIGHT:
+            return _result(payout, _OUTCOME_OF_STATUS[payout.status], detail="nothing in flight")
+        if self._gateway is None or not self.settings.stripe_enabled:
+            return self._conclude(payout, _simulated(payout), detail="simulated")
+        window = self._open_window()
+        try:
+            found = self._find_transfers(payout)
+        except GatewayError as exc:
+            return _result(payout, ReleaseOutcome.OUTCOME_UNKNOWN, exc, detail="lookup failed")
+        # Decide on the store as it is after the lookup: another resume, a webhook
+        # or a release may have settled the payout while this one was asking.
+        payout = self.get_payout_by_id(payout.id)
+        if payout.status is not PayoutStatus.IN_FLIGHT:
+            return _result(payout, _OUTCOME_OF_STATUS[payout.status], detail="settled meanwhile")
+        current = [t for t in found if t.metadata.get("attempt") == str(payout.attempt)]
+        if current:
+            differs = claim_differences(payout, current[0])
+            if differs:
+                return _result(
+                    payout,
+                    ReleaseOutcome.OUTCOME_UNKNOWN,
+                    detail=f"Stripe's transfer {current[0].id} differs from the claim: {differs}",
+                )
+            payout.record_transfer(transfer_id=current[0].id, request_id=None)
+            return self._save_outcome(payout, ReleaseOutcome.RELEASED, detail="found at Stripe")
+        if found:
+            # A transfer of an attempt recorded as failed: the books disagree with
+            # Stripe. Paying again could only make it worse; reconcile reports it.
+            return _result(
+                payout,
+                ReleaseOutcome.OUTCOME_UNKNOWN,
+                detail=f"Stripe has transfer {found[0].id} of another attempt",
+            )
+        return self._conclude(
+            payout, self._call_gateway(payout, window), detail="retried with the same key"
+        )
+
+    def _open_window(self) -> SendWindow:
+        """A send window opening now: take it before the claim or lookup it covers."""
+        return SendWindow(
+            opened=self._monotonic(),
+            seconds=self.settings.stripe_idempotency_window,
+            monotonic=self._monotonic,
+        )
 
     def get_payout_by_id(self, payout_id: UUID) -> PayoutAggregate:
         """A payout by its own id."""
@@ -429,9 +603,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             raise ProviderNotFoundError(req.provider_id)
         return provider
 
-    def _decide(
-        self, req: ReleaseRequest, provider: ServiceProvider
-    ) -> ReleaseResult | PayoutAggregate:
+    def _decide(self, req: ReleaseRequest, provider: ServiceProvider) -> ReleaseResult | _Claimed:
         """Claim the payout (and return it) or give the final answer.
 
         Most releases are first releases, so the claim of attempt 1 is tried
@@ -442,7 +614,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         can_pay = provider.stripe_account_id is not None or not self.settings.stripe_enabled
         if can_pay:
             claim = self._claim(None, req, provider)
-            if isinstance(claim, PayoutAggregate):
+            if isinstance(claim, _Claimed):
                 return claim
             payout = claim.stored
         else:
@@ -463,7 +635,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
                     error_message=f"provider {provider.id!r} has no Stripe account",
                 )
             claim = self._claim(payout, req, provider)
-            if isinstance(claim, PayoutAggregate):
+            if isinstance(claim, _Claimed):
                 return claim
             payout = claim.stored
             logger.info("release of %s lost the claim race", req.event_service_id)
@@ -481,8 +653,12 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         payout: PayoutAggregate | None,
         req: ReleaseRequest,
         provider: ServiceProvider,
-    ) -> PayoutAggregate | _LostClaim:
-        """Save the next attempt's ``PayoutStarted``: the claimed payout, or what beat it."""
+    ) -> _Claimed | _LostClaim:
+        """Save the next attempt's ``PayoutStarted``: the claimed payout, or what beat it.
+
+        The attempt's send window opens before the save, so it is open no longer
+        than the claim has existed.
+        """
         if payout is None:
             payout = PayoutAggregate.start(
                 event_service_id=req.event_service_id,
@@ -499,6 +675,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
                 destination_account=provider.stripe_account_id,
                 started_at=self._clock.now(),
             )
+        window = self._open_window()
         try:
             self.save(payout)
         except IntegrityError:
@@ -513,14 +690,18 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
                     "claim of %s was stored before its acknowledgement was lost",
                     req.event_service_id,
                 )
-                return stored
+                return _Claimed(stored, window)
             return _LostClaim(stored)
-        return payout
+        return _Claimed(payout, window)
 
     def _transfer_request(self, payout: PayoutAggregate) -> TransferRequest:
         # Everything here comes from the recorded PayoutStarted, so a retry of
         # the attempt sends exactly the parameters Stripe stored under the key.
-        assert payout.destination_account is not None  # onboarding was checked
+        if payout.destination_account is None:
+            raise PayoutLedgerError(
+                f"payout of {payout.event_service_id!r} was claimed without a connected "
+                "account (Stripe was disabled): it cannot be sent to Stripe"
+            )
         return TransferRequest(
             amount=payout.amount,
             currency=payout.currency,
@@ -534,23 +715,32 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             },
         )
 
-    def _call_gateway(self, payout: PayoutAggregate) -> TransferResult | GatewayError:
+    def _call_gateway(
+        self, payout: PayoutAggregate, window: SendWindow
+    ) -> TransferResult | GatewayError:
         if self._gateway is None or not self.settings.stripe_enabled:
             return _simulated(payout)
         try:
-            return self._gateway.create_transfer(self._transfer_request(payout))
+            request = self._transfer_request(payout)
+            window.check()
+            with sending_within(window):
+                return self._gateway.create_transfer(request)
         except GatewayError as exc:
             return exc
 
-    async def _call_gateway_async(self, payout: PayoutAggregate) -> TransferResult | GatewayError:
+    async def _call_gateway_async(
+        self, payout: PayoutAggregate, window: SendWindow
+    ) -> TransferResult | GatewayError:
         if self._gateway is None or not self.settings.stripe_enabled:
             return _simulated(payout)
-        request = self._transfer_request(payout)
         create_async = getattr(self._gateway, "create_transfer_async", None)
         try:
-            if create_async is not None:
-                return cast(TransferResult, await create_async(request))
-            return await asyncio.to_thread(self._gateway.create_transfer, request)
+            request = self._transfer_request(payout)
+            window.check()
+            with sending_within(window):
+                if create_async is not None:
+                    return cast(TransferResult, await create_async(request))
+                return await asyncio.to_thread(self._gateway.create_transfer, request)
         except GatewayError as exc:
             return exc
 
@@ -573,7 +763,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             payout.record_transfer(
                 transfer_id=outcome.transfer_id,
                 request_id=outcome.request_id,
-                simulated=outcome.transfer_id.startswith(_SIMULATED_PREFIX),
+                simulated=outcome.transfer_id.startswith(SIMULATED_PREFIX),
             )
             return self._save_outcome(payout, ReleaseOutcome.RELEASED, detail=detail)
         if isinstance(outcome, TransferDeclined):
@@ -583,6 +773,10 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             return self._save_outcome(payout, ReleaseOutcome.FAILED, outcome, detail)
         if isinstance(outcome, TransferNotExecuted):
             return _result(payout, ReleaseOutcome.NOT_EXECUTED, outcome, detail)
+        stored = self._load(payout.event_service_id)
+        if stored is not None and stored.status is not PayoutStatus.IN_FLIGHT:
+            # Another process (a resume, a webhook) settled it while we waited.
+            return _result(stored, _OUTCOME_OF_STATUS[stored.status], detail="settled meanwhile")
         logger.warning(
             "transfer outcome unknown for %s (attempt %d); payout left in flight",
             payout.event_service_id,
@@ -635,10 +829,17 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         payout = self._load(event_service_id) if event_service_id else None
         if payout is None or transfer.metadata.get("payout_id") != str(payout.id):
             return [], StripeEventOutcome.RECORDED, None, "not a transfer of this ledger"
+        differs = claim_differences(payout, transfer)
+        if differs:
+            logger.warning(
+                "Stripe reports transfer %s for %s unlike its claim: %s",
+                transfer.id,
+                event_service_id,
+                differs,
+            )
+            return [], StripeEventOutcome.RECORDED, event_service_id, f"not the claim: {differs}"
         settled = False
         if payout.status is PayoutStatus.IN_FLIGHT:
-            if transfer.metadata.get("attempt") != str(payout.attempt):
-                return [], StripeEventOutcome.RECORDED, event_service_id, "another attempt"
             payout.record_transfer(transfer_id=transfer.id, request_id=None)
             settled = True
         if payout.transfer_id != transfer.id:
@@ -713,17 +914,9 @@ class _ExplainedCipher(Cipher):
             ) from None
 
 
-class _LedgerTranscoder(JSONTranscoder):
-    """JSON, with an error that says why a stored event is not JSON."""
-
-    def decode(self, data: bytes) -> Any:
-        try:
-            return super().decode(data)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(
-                "a stored event is not JSON: the store is encrypted (set cipher_key) "
-                "or the event is damaged"
-            ) from None
+def _is_money(obj: object) -> bool:
+    """Whether saving ``obj`` records money events (anything but a seal or the mode)."""
+    return obj is not None and not isinstance(obj, LedgerSeal | StoreModeRecord)
 
 
 def _first_cause(exc: BaseException) -> str:
@@ -742,6 +935,14 @@ _OUTCOME_OF_STATUS = {
 
 
 @dataclass(frozen=True)
+class _Claimed:
+    """A claim this caller saved, and the window in which it may send its request."""
+
+    payout: PayoutAggregate
+    window: SendWindow
+
+
+@dataclass(frozen=True)
 class _LostClaim:
     """A claim refused by the store, with the payout stored instead (if readable)."""
 
@@ -756,6 +957,34 @@ def _same_claim(stored: PayoutAggregate, ours: PayoutAggregate) -> bool:
         and stored.attempt_started_at == ours.attempt_started_at
         and stored.modified_on == ours.modified_on
     )
+
+
+def claim_differences(payout: PayoutAggregate, transfer: StripeTransfer) -> str | None:
+    """What a transfer at Stripe has that the payout's current claim does not, or None.
+
+    A transfer settles a payout only when it is of the claimed attempt and has
+    the claimed amount, currency and destination.
+    """
+    claimed = {
+        "attempt": str(payout.attempt),
+        "amount": payout.amount,
+        "currency": payout.currency,
+        "destination": payout.destination_account,
+        "payout_id": str(payout.id),
+    }
+    reported = {
+        "attempt": transfer.metadata.get("attempt"),
+        "amount": transfer.amount,
+        "currency": transfer.currency,
+        "destination": transfer.destination,
+        "payout_id": transfer.metadata.get("payout_id"),
+    }
+    differing = [
+        f"{name} {reported[name]!r} (claimed {value!r})"
+        for name, value in claimed.items()
+        if reported[name] != value
+    ]
+    return ", ".join(differing) or None
 
 
 def _check_same_release(payout: PayoutAggregate, req: ReleaseRequest) -> None:
@@ -791,7 +1020,7 @@ def _result(
 
 def _simulated(payout: PayoutAggregate) -> TransferResult:
     # Stripe disabled (local development): nothing moves.
-    return TransferResult(transfer_id=f"{_SIMULATED_PREFIX}{payout.id.hex}_{payout.attempt}")
+    return TransferResult(transfer_id=f"{SIMULATED_PREFIX}{payout.id.hex}_{payout.attempt}")
 
 
 def _parse_stripe_event(event: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
@@ -806,8 +1035,21 @@ def _parse_stripe_event(event: Mapping[str, Any]) -> tuple[str, str, Mapping[str
     return event_id, event_type, obj
 
 
-def _optional_str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+def _event_account(event: Mapping[str, Any]) -> str | None:
+    """The connected account an event belongs to (None: the platform's own)."""
+    account = event.get("account")
+    if account is None:
+        return None
+    if not isinstance(account, str) or not account:
+        raise InvalidRequestError("a Stripe event's account is a connected account id")
+    return account
+
+
+def _event_livemode(event: Mapping[str, Any]) -> bool | None:
+    livemode = event.get("livemode")
+    if livemode is not None and not isinstance(livemode, bool):
+        raise InvalidRequestError("a Stripe event's livemode is true or false")
+    return livemode
 
 
 def _optional_int(value: object) -> int | None:

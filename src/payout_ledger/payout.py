@@ -20,6 +20,7 @@ classes can be renamed without breaking replay.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -27,22 +28,54 @@ from uuid import UUID, uuid5
 
 from eventsourcing.utils import get_topic
 
-from payout_ledger.chain import ChainedAggregate, create_or_continue, keeps_stored_form
+from payout_ledger.chain import ChainedAggregate, create_or_continue
 
-__all__ = ["PAYOUT_NAMESPACE", "PayoutAggregate", "PayoutStatus", "idempotency_key"]
+__all__ = [
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
+    "PAYOUT_NAMESPACE",
+    "PayoutAggregate",
+    "PayoutStatus",
+    "idempotency_key",
+    "parse_idempotency_key",
+]
 
 PAYOUT_NAMESPACE = UUID("6f1c3c52-5d0e-4b8e-9a4f-3f0c2b7d9e11")
 """Namespace of the uuid5 payout ids; fixed forever, or ids would change."""
+
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+"""Stripe's limit on an idempotency key's length."""
+
+_FIRST_ATTEMPT_PREFIX = "release_payment:"
+_LATER_ATTEMPT = re.compile(r"release_payment\.attempt([1-9][0-9]*):")
 
 
 def idempotency_key(event_service_id: str, attempt: int) -> str:
     """The Stripe idempotency key of one attempt.
 
     The first attempt's key is ``release_payment:{event_service_id}``. Stripe
-    caches a refusal under its key, so each later attempt gets its own.
+    caches a refusal under its key, so each later attempt gets its own:
+    ``release_payment.attempt{N}:{event_service_id}``. The part before the first
+    ``:`` names the attempt and everything after it the service, so no two
+    (service, attempt) pairs share a key whatever the service ids contain
+    ([`parse_idempotency_key`][payout_ledger.payout.parse_idempotency_key]
+    inverts it).
     """
-    base = f"release_payment:{event_service_id}"
-    return base if attempt == 1 else f"{base}:attempt:{attempt}"
+    if attempt < 1:
+        raise ValueError(f"attempts are numbered from 1, not {attempt}")
+    if attempt == 1:
+        return f"{_FIRST_ATTEMPT_PREFIX}{event_service_id}"
+    return f"release_payment.attempt{attempt}:{event_service_id}"
+
+
+def parse_idempotency_key(key: str) -> tuple[str, int] | None:
+    """The (event service id, attempt) a key was made for, or None if it is not one."""
+    if key.startswith(_FIRST_ATTEMPT_PREFIX):
+        return key[len(_FIRST_ATTEMPT_PREFIX) :], 1
+    match = _LATER_ATTEMPT.match(key)
+    if match is None or int(match.group(1)) < 2:
+        return None
+    return key[match.end() :], int(match.group(1))
 
 
 def transfer_group(event_service_id: str) -> str:
@@ -102,7 +135,6 @@ class PayoutAggregate(ChainedAggregate):
         """The ledger clock's time at the claim: Stripe's key window is measured from it."""
 
         @staticmethod
-        @keeps_stored_form
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state.setdefault("started_at", state["timestamp"])
 

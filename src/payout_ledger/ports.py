@@ -8,17 +8,23 @@ is implemented by the Stripe gateway in production and by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints
 
+from payout_ledger.errors import SendWindowClosed
+
 __all__ = [
     "Clock",
     "Identifier",
     "ProviderDirectory",
+    "SendWindow",
     "ServiceProvider",
     "StripeAccountId",
     "StripeTransfer",
@@ -26,6 +32,9 @@ __all__ = [
     "TransferGateway",
     "TransferRequest",
     "TransferResult",
+    "check_send_window",
+    "monotonic_of",
+    "sending_within",
     "string_metadata",
 ]
 
@@ -143,9 +152,11 @@ class StripeTransfer:
 class TransferGateway(Protocol):
     """Creates transfers, idempotently by ``request.idempotency_key``.
 
-    Implementations raise [`TransferDeclined`][payout_ledger.TransferDeclined]
-    for a definite refusal, [`TransferNotExecuted`][payout_ledger.TransferNotExecuted]
-    when the request was not executed, and
+    Implementations call [`check_send_window`][payout_ledger.ports.check_send_window]
+    immediately before each HTTP attempt of ``create_transfer``, and raise
+    [`TransferDeclined`][payout_ledger.TransferDeclined] for a definite refusal,
+    [`TransferNotExecuted`][payout_ledger.TransferNotExecuted] when the request
+    was not executed, and
     [`TransferOutcomeUnknown`][payout_ledger.TransferOutcomeUnknown] when the
     transfer may exist but no answer came back.
     """
@@ -170,7 +181,14 @@ class TransferGateway(Protocol):
 
 
 class Clock(Protocol):
-    """Tells the time; tests move it to cross Stripe's 24-hour key window."""
+    """Tells the time: when a claim was made, for people and reports.
+
+    No safety decision depends on it (see docs/concepts.md): hosts' clocks may
+    disagree by hours. A clock may also have a ``monotonic()`` method (seconds,
+    only ever moving forward, like ``time.monotonic``): the ledger measures its
+    send windows with it, and tests give one that moves with their fake time.
+    Without one the ledger uses ``time.monotonic``.
+    """
 
     def now(self) -> datetime:
         """The current time, timezone-aware."""
@@ -178,7 +196,72 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real time in UTC."""
+    """The real time in UTC, and the process's monotonic clock."""
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def monotonic_of(clock: Clock) -> Callable[[], float]:
+    """The clock's ``monotonic()``, or ``time.monotonic`` if it has none."""
+    monotonic = getattr(clock, "monotonic", None)
+    return monotonic if callable(monotonic) else time.monotonic
+
+
+@dataclass(frozen=True)
+class SendWindow:
+    """When the ledger may still send one attempt's transfer request to Stripe.
+
+    It opens *before* the claim is saved (or before a resume asks Stripe for the
+    attempt's transfer) and lasts ``seconds``, measured with ``monotonic``.
+    Every request with the attempt's key is started inside a window whose
+    opening came before any transfer made under that key, so no request can
+    reach Stripe after the key may have been pruned (24 hours); see
+    docs/concepts.md for the argument.
+    """
+
+    opened: float
+    seconds: float
+    monotonic: Callable[[], float]
+
+    def remaining(self) -> float:
+        """Seconds left; zero or less once it has closed."""
+        return self.seconds - (self.monotonic() - self.opened)
+
+    def check(self) -> None:
+        """Raise [`SendWindowClosed`][payout_ledger.SendWindowClosed] once it has closed."""
+        if self.remaining() <= 0:
+            raise SendWindowClosed(
+                f"the attempt's send window of {self.seconds:g} s closed; "
+                "the payout stays in flight for a resume"
+            )
+
+
+_send_window: ContextVar[SendWindow | None] = ContextVar("payout_ledger_send_window", default=None)
+
+
+@contextmanager
+def sending_within(window: SendWindow) -> Iterator[None]:
+    """Run a gateway call inside ``window`` (the ledger does this around each call)."""
+    token = _send_window.set(window)
+    try:
+        yield
+    finally:
+        _send_window.reset(token)
+
+
+def check_send_window() -> None:
+    """Call immediately before each HTTP attempt that may create a transfer.
+
+    Raises [`SendWindowClosed`][payout_ledger.SendWindowClosed] when the
+    ledger's window for this attempt has closed; does nothing outside a ledger
+    call. [`StripeTransferGateway`][payout_ledger.stripe.StripeTransferGateway]
+    calls it before every try of the SDK, retries included; a host's own
+    gateway with retries of its own must call it too.
+    """
+    window = _send_window.get()
+    if window is not None:
+        window.check()

@@ -17,7 +17,7 @@ from typing import Any, cast
 from uuid import UUID
 
 from payout_ledger.errors import ConfigurationError
-from payout_ledger.ledger import PayoutLedger
+from payout_ledger.ledger import SIMULATED_PREFIX, PayoutLedger
 from payout_ledger.payout import PayoutAggregate, PayoutStatus, transfer_group
 from payout_ledger.ports import StripeTransfer
 
@@ -40,6 +40,9 @@ class MismatchKind(StrEnum):
     """Stripe shows more reversed than the ledger has recorded."""
     DUPLICATE_TRANSFER = "duplicate_transfer"
     """Stripe has more than one transfer for one payout."""
+    SIMULATED = "simulated"
+    """The ledger records a simulated transfer (Stripe was disabled): the payout
+    counts as released, but no money moved. A real store must have none."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,6 @@ def reconcile(
 def _compare(payout: PayoutAggregate, transfers: list[StripeTransfer]) -> list[Mismatch]:
     es = payout.event_service_id
     recorded = payout.transfer_id if payout.is_paid else None
-    simulated = bool(recorded and recorded.startswith("sim_"))
     found: list[Mismatch] = []
     if len(transfers) > 1:
         found.append(
@@ -157,7 +159,10 @@ def _compare(payout: PayoutAggregate, transfers: list[StripeTransfer]) -> list[M
             found.append(
                 Mismatch(MismatchKind.MISSING_IN_LEDGER, es, t.id, payout.status.value, _summary(t))
             )
-    if recorded is None or simulated:
+    if recorded is None:
+        return found
+    if recorded.startswith(SIMULATED_PREFIX):
+        found.append(Mismatch(MismatchKind.SIMULATED, es, recorded, recorded, None))
         return found
     if match is None:
         found.append(Mismatch(MismatchKind.MISSING_AT_STRIPE, es, recorded, recorded, None))

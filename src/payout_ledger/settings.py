@@ -23,14 +23,22 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from payout_ledger.errors import ConfigurationError
 
-__all__ = ["LedgerSettings", "redact_url", "store_environment"]
+__all__ = ["LedgerSettings", "livemode_of_key", "redact_url", "store_environment"]
 
 Environment = Literal["development", "test", "staging", "production"]
+
+STRIPE_KEY_RETENTION = 24 * 3600
+"""Stripe may prune an idempotency key once it is this many seconds old."""
+SEND_MARGIN = 3600
+"""Kept free below the key retention: Stripe may still be executing a request
+after the client gave up on it, and clocks run at slightly different rates."""
+MAX_STRIPE_TIMEOUT = 600.0
+"""The longest accepted ``stripe_timeout`` (Stripe's own SDKs use 80 s)."""
 
 
 class LedgerSettings(BaseSettings):
@@ -56,16 +64,22 @@ class LedgerSettings(BaseSettings):
     stripe_api_base: str | None = None
     """Another Stripe API address (the fake Stripe server in tests)."""
 
-    stripe_timeout: float = Field(default=30.0, gt=0)
+    stripe_timeout: float = Field(default=30.0, gt=0, le=MAX_STRIPE_TIMEOUT)
     """Seconds per Stripe HTTP request; a timeout is an unknown outcome."""
 
     stripe_max_network_retries: int = Field(default=2, ge=0, le=5)
     """The SDK's own retries of connection errors and 5xx, with the same key."""
 
-    stripe_idempotency_window: int = Field(default=23 * 3600, ge=60, le=24 * 3600)
-    """Seconds during which an in-flight attempt is retried with its own key.
-    Stripe may prune keys once they are 24 hours old; past this window a payout
-    is settled by looking its transfer up first."""
+    stripe_idempotency_window: int = Field(
+        default=3600, ge=60, le=STRIPE_KEY_RETENTION - SEND_MARGIN
+    )
+    """Seconds after a claim (or after a resume asked Stripe) during which that
+    attempt's request may still be sent; every HTTP try, the SDK's retries
+    included, checks it first on the process's monotonic clock. Together with
+    one request's ``stripe_timeout`` it must stay within 23 hours, well inside
+    the 24 hours after which Stripe may prune a key, so no request can reach
+    Stripe after its key may be gone. A request not sent in time leaves the
+    payout in flight for a resume, which asks Stripe first."""
 
     stripe_webhook_secrets: tuple[SecretStr, ...] = ()
     """Webhook signing secrets (``whsec_...``); several during a rotation. Never logged."""
@@ -113,6 +127,17 @@ class LedgerSettings(BaseSettings):
             )
         return url
 
+    @model_validator(mode="after")
+    def _requests_end_before_keys_may_be_pruned(self) -> LedgerSettings:
+        latest = self.stripe_idempotency_window + self.stripe_timeout
+        if latest > STRIPE_KEY_RETENTION - SEND_MARGIN:
+            raise ValueError(
+                "stripe_idempotency_window + stripe_timeout must not exceed "
+                f"{STRIPE_KEY_RETENTION - SEND_MARGIN} s (23 hours): a request started at "
+                f"the end of the window could reach Stripe {latest:g} s after its claim"
+            )
+        return self
+
     def check(self) -> None:
         """Raise [`ConfigurationError`][payout_ledger.ConfigurationError] for
         combinations that cannot be used."""
@@ -120,6 +145,15 @@ class LedgerSettings(BaseSettings):
             raise ConfigurationError(
                 "stripe_enabled=False simulates transfers and is refused in production"
             )
+
+
+def livemode_of_key(api_key: str) -> bool | None:
+    """True for a live Stripe key, False for a test key, None if the key says neither."""
+    if api_key.startswith(("sk_live_", "rk_live_")):
+        return True
+    if api_key.startswith(("sk_test_", "rk_test_")):
+        return False
+    return None
 
 
 def store_environment(settings: LedgerSettings) -> dict[str, str]:

@@ -113,6 +113,22 @@ class RawStore:
                  row.state),
             )  # fmt: skip
 
+    def restore(self, rows: list[RawRow]) -> None:
+        """Make the table hold exactly ``rows`` again, under their own notification ids."""
+        with self._cursor() as c:
+            c.execute(self._sql("DELETE FROM {t}"))
+            c.executemany(
+                self._sql(
+                    "INSERT INTO {t} ({id}, originator_id, originator_version, topic, state) "
+                    "VALUES (%s, %s, %s, %s, %s)"
+                ),
+                [
+                    (r.notification_id, self._oid(r.originator_id), r.originator_version, r.topic,
+                     r.state)
+                    for r in rows
+                ],
+            )  # fmt: skip
+
     def swap(self, first: int, second: int) -> None:
         """Exchange two events' places in the log (their notification ids)."""
         parking = -1_000_000

@@ -161,6 +161,15 @@ def plant_outcome_without_attempt(
     return "es_v", payout.version
 
 
+def plant_simulated_in_real_store(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway
+) -> tuple[str, int]:
+    payout = _in_flight(ledger, gateway, "es_v")
+    payout.record_transfer(transfer_id="sim_forged", request_id=None, simulated=True)
+    ledger.save(payout)
+    return "es_v", payout.version - 1  # the TransferSucceeded, before its Released
+
+
 PLANTERS: dict[ViolationKind, Planter] = {
     ViolationKind.DOUBLE_TRANSFER: plant_double_transfer,
     ViolationKind.TRANSFER_ID_REUSED: plant_transfer_id_reused,
@@ -169,12 +178,21 @@ PLANTERS: dict[ViolationKind, Planter] = {
     ViolationKind.REVERSAL_WITHOUT_TRANSFER: plant_reversal_without_transfer,
     ViolationKind.ATTEMPT_WITHOUT_OUTCOME: plant_attempt_without_outcome,
     ViolationKind.OUTCOME_WITHOUT_ATTEMPT: plant_outcome_without_attempt,
+    ViolationKind.SIMULATED_IN_REAL_STORE: plant_simulated_in_real_store,
 }
 
 
 def test_every_rule_has_a_planted_violation() -> None:
-    """Only UNDECODABLE (a damaged row, tested on its own) lacks a domain-level planter."""
-    assert set(PLANTERS) | {ViolationKind.UNDECODABLE} == set(ViolationKind)
+    """Only damaged rows (tested on their own) and a simulated store's rule lack a planter.
+
+    REAL_IN_SIMULATED_STORE needs a simulated store: tests/test_store_mode.py plants it.
+    """
+    unplanted = {
+        ViolationKind.UNDECODABLE,
+        ViolationKind.ILL_TYPED,
+        ViolationKind.REAL_IN_SIMULATED_STORE,
+    }
+    assert set(PLANTERS) | unplanted == set(ViolationKind)
 
 
 def test_a_clean_history_has_no_violations(
@@ -243,7 +261,7 @@ def test_a_malformed_event_is_a_violation_not_a_crash(
     gateway: InMemoryTransferGateway,
     durable_store_url: str,
 ) -> None:
-    """Valid JSON without a field the rules need is reported at its notification."""
+    """Valid JSON without a field the rules need is reported at its notification (ill-typed)."""
     run_scenario(durable_ledger, gateway)
     released = notification_ids(durable_ledger, durable_ledger.payout_id("es_paid"))[-1]
     RawStore(durable_store_url).edit(released, lambda state: state.pop("transfer_id"))
@@ -251,9 +269,9 @@ def test_a_malformed_event_is_a_violation_not_a_crash(
     report = audit_ledger(durable_ledger, decode=decode)
 
     assert [(v.kind, v.notification_id) for v in report.violations] == [
-        (ViolationKind.UNDECODABLE, released)
+        (ViolationKind.ILL_TYPED, released)
     ]
-    assert "transfer_id" in report.violations[0].detail
+    assert "transfer_id is missing" in report.violations[0].detail
 
 
 def test_totals_per_currency_and_provider_match_the_transfers_made(

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
-import pytest
+from eventsourcing.persistence import StoredEvent
 
 from payout_ledger import PayoutAggregate, PayoutLedger
 from payout_ledger.chain import (
     GENESIS,
     ChainedAggregate,
     LedgerSeal,
+    as_stored,
     canonical_json,
     event_digest,
-    keeps_stored_form,
+    state_digest,
 )
+from payout_ledger.store_mode import StoreModeRecord
 from payout_ledger.stripe_events import CapturedPayment, StripeEventRecord
 from payout_ledger.testing import InMemoryTransferGateway
 from tests.audit.scenario import run_scenario
@@ -49,14 +53,20 @@ def test_each_event_names_the_digest_of_the_one_before() -> None:
 def test_every_aggregate_the_ledger_stores_is_chained(
     ledger: PayoutLedger, gateway: InMemoryTransferGateway
 ) -> None:
-    """Payouts, Stripe event records, captured payments and seals all carry previous_hash."""
+    """Payouts, Stripe event records, captured payments, seals and the store's mode are chained."""
     run_scenario(ledger, gateway)
     ledger.seal()
 
     aggregates = replay_all(ledger).values()
 
     kinds = {type(a) for a in aggregates}
-    assert kinds == {PayoutAggregate, StripeEventRecord, CapturedPayment, LedgerSeal}
+    assert kinds == {
+        PayoutAggregate,
+        StripeEventRecord,
+        CapturedPayment,
+        LedgerSeal,
+        StoreModeRecord,
+    }
     assert all(isinstance(a, ChainedAggregate) for a in aggregates)
     for aggregate in aggregates:
         assert aggregate.chain_head == event_digest(aggregate._chain_last)
@@ -112,23 +122,62 @@ def test_a_replayed_payout_continues_the_chain_where_it_stopped(
     assert history[len(history) - 3].previous_hash == event_digest(stored_last)
 
 
-def test_an_upcaster_that_would_hide_the_stored_form_is_refused() -> None:
-    """A chained event class refuses an upcast_vN_vM without @keeps_stored_form."""
-    with pytest.raises(TypeError, match="keeps_stored_form"):
+def test_a_fresh_events_digest_is_that_of_the_bytes_it_is_stored_as(
+    ledger: PayoutLedger,
+) -> None:
+    """Chained before saving (TransferSucceeded, Released together); loaded: the same digest."""
+    events: list[Any] = list(_payout().collect_events())
 
-        class Careless(ChainedAggregate.Event):  # defining it is the test
-            class_version = 2
+    for event in events:
+        stored = ledger.mapper.to_stored_event(event)
+        loaded = ledger.mapper.to_domain_event(stored)
+        assert event_digest(loaded) == event_digest(event)
+        assert event_digest(event) == state_digest(
+            stored.topic, stored.originator_id, stored.originator_version, stored.state
+        )
+        assert b"_as_stored" not in stored.state
+        assert ledger.mapper.to_stored_event(loaded).state == stored.state  # never stored
 
-            @staticmethod
-            def upcast_v1_v2(state: dict[str, Any]) -> None:
-                state["note"] = ""
 
-    class Careful(ChainedAggregate.Event):
-        class_version = 2
+def test_a_stored_key_cannot_choose_what_is_digested(ledger: PayoutLedger) -> None:
+    """Keys named like the attached digest, or the old ``_stored_form``, are just stored bytes."""
+    [started] = PayoutAggregate.start(
+        event_service_id="es_keys",
+        provider_id="prov_alice",
+        payee_user_id="user_alice",
+        destination_account="acct_alice",
+        amount=5000,
+        currency="usd",
+        started_at=datetime.now(UTC),
+    ).collect_events()
+    stored = ledger.mapper.to_stored_event(started)
+    state = json.loads(stored.state)
+    state["_as_stored"] = {"digest": event_digest(started)}
+    state["_stored_form"] = [2, json.loads(stored.state)]
+    forged = StoredEvent(
+        stored.originator_id, stored.originator_version, stored.topic, json.dumps(state).encode()
+    )
 
-        @staticmethod
-        @keeps_stored_form
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
-            state["note"] = ""
+    loaded = ledger.mapper.to_domain_event(forged)
 
-    assert Careful.class_version == 2
+    assert event_digest(loaded) != event_digest(started)
+    assert event_digest(loaded) == state_digest(
+        forged.topic, forged.originator_id, forged.originator_version, forged.state
+    )
+    stored_as = as_stored(loaded)
+    assert stored_as is not None and stored_as.plaintext == forged.state
+
+
+def test_the_digest_frames_its_parts() -> None:
+    """Moving bytes between the topic, the id, the version and the state changes the digest."""
+    oid = uuid4()
+
+    digests = {
+        state_digest("a:B", oid, 1, b"{}"),
+        state_digest("a:B", oid, 11, b"}"),
+        state_digest("a:B", str(oid), 1, b"{} "),
+        state_digest("a:Bx", oid, 1, b"{}"),
+    }
+
+    assert len(digests) == 4
+    assert state_digest("a:B", oid, 1, b"{}") == state_digest("a:B", oid.hex, 1, b"{}")

@@ -9,16 +9,28 @@ anchor kept outside the database (see docs/audit.md, "Threat model").
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from typer.testing import CliRunner
 
 from payout_ledger import PayoutAggregate, PayoutLedger
-from payout_ledger.audit import ProblemKind, SealInfo, VerifyReport, verify_ledger
-from payout_ledger.chain import LEDGER_SEAL_ID
+from payout_ledger.audit import (
+    ProblemKind,
+    SealInfo,
+    VerifyReport,
+    audit_ledger,
+    iter_notifications,
+    verify_ledger,
+)
+from payout_ledger.audit.seal import chained_mapper, notification_digest
+from payout_ledger.chain import GENESIS, LEDGER_SEAL_ID, roll
 from payout_ledger.cli import app
 from payout_ledger.testing import InMemoryTransferGateway
 from tests.audit.scenario import release, run_scenario
@@ -269,3 +281,115 @@ def test_seal_prints_the_digest_that_verify_finds_from_an_anchor_file(
     report = json.loads(verified.stdout)
     assert report["anchors_found"] == [sealed.seal_digest, second["seal_digest"]]
     assert report["latest_seal"]["seal_digest"] == second["seal_digest"]
+
+
+def _stored_fields(row: RawRow) -> dict[str, Any]:
+    """A row's stored JSON state without its class version: what the attacker copies."""
+    state = row.json()
+    state.pop("class_version", None)
+    return state
+
+
+def test_a_forged_payout_started_cannot_claim_its_original_fields(
+    ledger: PayoutLedger, sealed: SealInfo, raw: RawStore
+) -> None:
+    """A stored ``_stored_form`` key names no fields to digest: the forged values are digested."""
+    started = ids(ledger, "es_paid")[0]
+    original = raw.row(started)
+
+    def forge(state: dict[str, Any]) -> None:
+        state.update(amount=999_999, currency="usd", destination_account="acct_mallory")
+        state["_stored_form"] = [2, _stored_fields(original)]
+
+    raw.edit(started, forge)
+
+    assert ledger.get_payout("es_paid").amount == 999_999  # what the ledger now believes
+    report = verify_ledger(ledger, anchors=[sealed.seal_digest])
+    assert not report.ok
+    assert ProblemKind.BROKEN_LINK in kinds(report)
+    assert ProblemKind.SEAL_MISMATCH in kinds(report)
+
+
+def _reseal_with_stored_form(
+    ledger: PayoutLedger, raw: RawStore, seal_row: int, sealed: SealInfo
+) -> None:
+    """Rewrite a seal's count and log digest for the log as it is now, claiming its old form."""
+    original = raw.row(seal_row)
+    count, rolling = 0, GENESIS
+    for n in iter_notifications(ledger, stop=sealed.through_notification_id):
+        digest, _, _ = notification_digest(chained_mapper(ledger), n)
+        rolling = roll(rolling, n.id, digest)
+        count += 1
+
+    def forge(state: dict[str, Any]) -> None:
+        state.update(event_count=count, log_digest=rolling)
+        state["_stored_form"] = [1, _stored_fields(original)]
+
+    raw.edit(seal_row, forge)
+
+
+@pytest.mark.parametrize("change", ["delete", "insert"])
+def test_a_forged_seal_cannot_claim_its_original_fields(
+    change: str, ledger: PayoutLedger, sealed: SealInfo, raw: RawStore
+) -> None:
+    """Events removed from (or slipped under) an anchored seal, the seal rewritten to match."""
+    if change == "delete":
+        raw.delete(sealed.through_notification_id)  # a single-event aggregate: no chain notices
+    else:
+        fake = PayoutAggregate.start(
+            event_service_id="es_fake",
+            provider_id="prov_mallory",
+            payee_user_id="user_mallory",
+            destination_account="acct_mallory",
+            amount=99_999,
+            currency="usd",
+            started_at=datetime.now(UTC),
+        )
+        stored = ledger.mapper.to_stored_event(fake.collect_events()[0])
+        raw.insert(0, RawRow(0, fake.id, 1, stored.topic, stored.state))
+    [seal_row] = ids_of_seals(ledger)
+
+    _reseal_with_stored_form(ledger, raw, seal_row, sealed)
+
+    report = verify_ledger(ledger, anchors=[sealed.seal_digest])
+    assert not report.ok
+    assert ProblemKind.ANCHOR_NOT_FOUND in kinds(report) or ProblemKind.SEAL_MISMATCH in kinds(
+        report
+    )
+
+
+def test_a_topic_naming_the_event_class_by_another_path_is_undecodable(
+    ledger: PayoutLedger, sealed: SealInfo, raw: RawStore
+) -> None:
+    """eventsourcing resolves ``module:Class.Event`` too; verify accepts only the class's topic."""
+    *_, released = ids(ledger, "es_after_seal")  # after the seal: only this check can see it
+    rows = raw.rows()
+    alias = "payout_ledger.payout:PayoutAggregate.Released"
+    raw.restore([replace(r, topic=alias) if r.notification_id == released else r for r in rows])
+
+    assert ledger.get_payout("es_after_seal").is_paid  # the repository still applies it
+    report = verify_ledger(ledger, anchors=[sealed.seal_digest])
+    assert at(report, ProblemKind.UNDECODABLE) == [released]
+    assert alias in report.problems[0].detail
+
+
+@pytest.mark.parametrize("durable_store_url", ["sqlite"], indirect=True)  # uuid on PostgreSQL
+@pytest.mark.parametrize(
+    "spelling", [str.upper, lambda hex_id: str(UUID(hex_id))], ids=["upper", "hyphens"]
+)
+def test_an_originator_id_respelt_in_sqlite_is_ill_typed(
+    spelling: Callable[[str], str], ledger: PayoutLedger, sealed: SealInfo, store_url: str
+) -> None:
+    """The same UUID spelt otherwise hides the event from its payout; verify names the row."""
+    *_, released = ids(ledger, "es_paid")
+    payout_id = ledger.payout_id("es_paid")
+    with sqlite3.connect(store_url.removeprefix("sqlite:///")) as conn:
+        conn.execute(
+            "UPDATE stored_events SET originator_id = ? WHERE rowid = ?",
+            (spelling(payout_id.hex), released),
+        )
+
+    assert not ledger.get_payout("es_paid").is_paid  # the ledger no longer sees the release
+    report = verify_ledger(ledger, anchors=[sealed.seal_digest])
+    assert at(report, ProblemKind.ILL_TYPED) == [released]
+    assert audit_ledger(ledger) == audit_ledger(ledger, decode="mapper")

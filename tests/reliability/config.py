@@ -39,6 +39,8 @@ class Sizes:
     """Releases running while the database is restarted."""
     fuzz_examples: int
     """Hypothesis examples per bad-input door."""
+    tamper_examples: int
+    """Hypothesis examples of one mutation under an anchored seal, per store (tests/audit)."""
 
 
 DEFAULT = Sizes(
@@ -52,6 +54,7 @@ DEFAULT = Sizes(
     kill_budget=6,
     db_fault_releases=12,
     fuzz_examples=150,
+    tamper_examples=150,
 )
 
 LONG = Sizes(
@@ -65,6 +68,7 @@ LONG = Sizes(
     kill_budget=40,
     db_fault_releases=40,
     fuzz_examples=1500,
+    tamper_examples=1500,
 )
 
 

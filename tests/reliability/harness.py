@@ -41,6 +41,7 @@ class HookedGateway:
     def __init__(self, inner: Any, hook: Hook) -> None:
         self.inner = inner
         self.hook = hook
+        self.livemode = getattr(inner, "livemode", None)
 
     def create_transfer(self, request: TransferRequest) -> TransferResult:
         result: TransferResult = self.hook(

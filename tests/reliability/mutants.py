@@ -2,7 +2,7 @@
 
     python -m tests.reliability.mutants [--out PATH] [NAME ...]
 
-Each mutant is a copy of ``src/`` with one change to ``ledger.py``; the suite
+Each mutant is a copy of ``src/`` with one change to one module; the suite
 runs against it (``PYTHONPATH`` puts the copy first, worker processes
 included) and every failing test is recorded. The working tree is never
 touched. A mutant whose pattern is not found (the code moved on) is reported,
@@ -23,39 +23,56 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-MUTANTS: dict[str, tuple[str, str, str]] = {
+MUTANTS: dict[str, tuple[str, str, str, str]] = {
+    # name: (what it breaks, module under src/payout_ledger, text, replacement)
     "claim_ignores_conflict": (
         "a release that loses the claim race carries on as if it had won",
+        "ledger.py",
         "            return _LostClaim(stored)\n",
-        "            return payout\n",
+        "            return _Claimed(payout, window)\n",
     ),
     "unknown_is_failure": (
         "a timeout or a 5xx is recorded as a refusal (TransferFailed)",
+        "ledger.py",
         "        if isinstance(outcome, TransferDeclined):\n",
         "        if not isinstance(outcome, TransferNotExecuted):\n",
     ),
     "resume_skips_lookup": (
-        "past the key window, resume starts a new attempt without looking at Stripe",
+        "resume sends the attempt's key again without asking Stripe first",
+        "ledger.py",
         "            found = self._find_transfers(payout)\n",
         "            found = []\n",
     ),
-    "resume_ignores_key_window": (
-        "resume never retries with the same key: it always looks up, then starts a new attempt",
-        "        if age < self.settings.stripe_idempotency_window:\n",
+    "send_window_never_closes": (
+        "a request is sent however long after its claim or lookup",
+        "ports.py",
+        "        if self.remaining() <= 0:\n",
         "        if False:\n",
+    ),
+    "transfer_report_ignores_claim": (
+        "a transfer report settles a payout whatever its amount, currency or destination",
+        "ledger.py",
+        "        differs = claim_differences(payout, transfer)\n",
+        "        differs = None\n",
+    ),
+    "connected_account_events_applied": (
+        "a connected account's event settles and captures like the platform's",
+        "ledger.py",
+        "            if account is None:\n",
+        "            if True:\n",
     ),
 }
 
 
 def run(name: str, folder: Path, extra: list[str]) -> dict[str, object]:
-    what, old, new = MUTANTS[name]
+    what, module, old, new = MUTANTS[name]
     copy = folder / name
     shutil.copytree(REPO / "src", copy / "src")
-    ledger = copy / "src" / "payout_ledger" / "ledger.py"
-    text = ledger.read_text()
+    target = copy / "src" / "payout_ledger" / module
+    text = target.read_text()
     if text.count(old) != 1:
         return {"mutant": name, "what": what, "applied": False, "caught_by": []}
-    ledger.write_text(text.replace(old, new))
+    target.write_text(text.replace(old, new))
     env = {
         **os.environ,
         "PYTHONPATH": str(copy / "src"),

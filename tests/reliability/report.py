@@ -94,6 +94,12 @@ def render(document: dict[str, Any]) -> str:
             ],
             ["hypothesis examples: bad input at the public doors", fuzz_examples],
             [
+                "hypothesis examples: one mutation under an anchored seal, all caught "
+                "(tests/audit)",
+                sum(f.prefixed("tamper", "examples: ").values())
+                or "- (tests/audit was not part of the run)",
+            ],
+            [
                 "interleavings explored (classes, sleep-set reduction), all scenarios",
                 sum(r["runs"] for r in reduced),
             ],
@@ -121,6 +127,16 @@ def render(document: dict[str, Any]) -> str:
                 "webhooks delivered / of them forged (all refused, nothing changed)",
                 f"{f.count(sm, 'webhooks_delivered') + f.count(sm, 'webhooks_forged')} / "
                 f"{f.count(sm, 'webhooks_forged')}",
+            ],
+            [
+                "signed events of connected accounts, unlike the claim, or of the other "
+                "mode (none changed the books)",
+                f.count(sm, "foreign_events_delivered"),
+            ],
+            [
+                "hosts' clocks: largest disagreement between two callers / clock steps",
+                f"{f.count(sm, 'max_clock_disagreement_between_callers_s') / 3600:.1f} h / "
+                f"{f.count(sm, 'host_clock_steps')}",
             ],
             [
                 "processes started / killed with SIGKILL",
@@ -160,6 +176,7 @@ def render(document: dict[str, Any]) -> str:
     out += _table(
         [
             "scenario",
+            "clocks",
             "actors",
             "crash budget",
             "store",
@@ -174,6 +191,7 @@ def render(document: dict[str, Any]) -> str:
         [
             [
                 r["scenario"],
+                r.get("clocks", "one clock"),
                 r["actors"],
                 r["crash_budget"],
                 r["store"],
@@ -191,7 +209,8 @@ def render(document: dict[str, Any]) -> str:
     out += [
         "",
         "The *stalled claimant* row is the documented limit: every double transfer "
-        "it finds is a release whose decision and Stripe commit straddle the 24-hour jump.",
+        "it finds is a request Stripe received before the 24-hour jump and executed "
+        "after it (Stripe holding one request for a day).",
         "",
     ]
     controls = f.prefixed("interleavings", "positive control: ")
@@ -261,6 +280,18 @@ def render(document: dict[str, Any]) -> str:
                 f"{f.count(sm, 'webhooks_duplicate')}, {f.count(sm, 'webhooks_out_of_order')}",
             ],
             ["forged webhooks by kind", ", ".join(f"{k} {v}" for k, v in sorted(forged.items()))],
+            [
+                "connected-account and other-mode events by kind",
+                ", ".join(f"{k} {v}" for k, v in sorted(f.prefixed(sm, "foreign ").items())),
+            ],
+            [
+                "callers' drawn settings: total / window under 1 h / with SDK retries; "
+                "callers 3 h or more off",
+                f"{f.count(sm, 'callers_with_drawn_settings')} / "
+                f"{f.count(sm, 'callers_with_window_under_an_hour')} / "
+                f"{f.count(sm, 'callers_with_sdk_retries')}; "
+                f"{f.count(sm, 'callers_with_a_clock_off_by_3h_or_more')}",
+            ],
             [
                 "clock jumps (past 24 h)",
                 f"{f.count(sm, 'clock_jumps')} ({f.count(sm, 'clock_jumps_past_24h')})",

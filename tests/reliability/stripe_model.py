@@ -7,9 +7,10 @@ first finished, the same key replays its answer for 24 hours; after that the
 key is pruned and the same request *executes again*. So a second transfer for
 a service is never hidden by the explorer: it shows up in ``transfers``.
 
-Two I/O points: ``stripe.send`` (the request leaves the caller; crashing here
-means it was never sent) and ``stripe.commit`` (Stripe executes; crashing here
-means Stripe executed and the caller died before reading the answer).
+Two I/O points: ``stripe.send`` (the request leaves the caller, after checking
+its send window as a gateway does; crashing here means it was never sent) and
+``stripe.commit`` (Stripe executes; crashing here means Stripe executed and the
+caller died before reading the answer).
 ``stripe.list`` is the lookup by ``transfer_group``.
 """
 
@@ -19,7 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from payout_ledger import TransferOutcomeUnknown, TransferRequest, TransferResult
+from payout_ledger import (
+    TransferOutcomeUnknown,
+    TransferRequest,
+    TransferResult,
+    check_send_window,
+)
 from payout_ledger.ports import StripeTransfer
 from payout_ledger.testing.memory import newest_matching
 from tests.reliability.system import SimulatedCrash, Transfer
@@ -35,6 +41,9 @@ class ModelClock:
 
     def now(self) -> datetime:
         return self.moment
+
+    def monotonic(self) -> float:
+        return self.moment.timestamp()
 
     def advance(self, seconds: float) -> None:
         self.moment += timedelta(seconds=seconds)
@@ -63,6 +72,9 @@ class ModelStripe:
     def create_transfer(self, request: TransferRequest) -> TransferResult:
         if self.point("stripe.send"):
             raise SimulatedCrash("before stripe.send")
+        # A gateway checks the send window right before the bytes go out (the
+        # documented assumption: a request then reaches Stripe within its timeout).
+        check_send_window()
         if self.refuse_next_request:  # set-up: the request never reached Stripe
             self.refuse_next_request = False
             raise TransferOutcomeUnknown("timeout before Stripe")

@@ -9,7 +9,7 @@ and Stripe's transfers.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -46,8 +46,29 @@ class LedgerClock:
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.fake_clock.now(), UTC)
 
+    def monotonic(self) -> float:
+        return self.fake_clock.now()
+
     def advance(self, seconds: float) -> None:
         self.fake_clock.advance(seconds)
+
+
+class HostClock:
+    """One host's clocks: a wall clock ``error`` seconds off true time, and a
+    monotonic clock that measures true elapsed time (as a process's does).
+
+    ``error`` may change between calls: a host whose clock is stepped by NTP.
+    """
+
+    def __init__(self, true_seconds: Callable[[], float], error: float = 0.0) -> None:
+        self._true = true_seconds
+        self.error = error
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._true() + self.error, UTC)
+
+    def monotonic(self) -> float:
+        return self._true()
 
 
 def provider(account_id: str) -> ServiceProvider:
@@ -62,10 +83,12 @@ def release_request(event_service_id: str) -> dict[str, Any]:
     }
 
 
-def stripe_gateway(fake: FakeStripe, *, timeout: float = 10.0) -> StripeTransferGateway:
-    """The production gateway pointed at the fake, without the SDK's own retries."""
+def stripe_gateway(
+    fake: FakeStripe, *, timeout: float = 10.0, retries: int = 0
+) -> StripeTransferGateway:
+    """The production gateway pointed at the fake (without the SDK's own retries by default)."""
     return StripeTransferGateway(
-        fake.api_key, api_base=fake.url, timeout=timeout, max_network_retries=0
+        fake.api_key, api_base=fake.url, timeout=timeout, max_network_retries=retries
     )
 
 

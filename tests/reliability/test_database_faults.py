@@ -251,7 +251,8 @@ def test_an_outcome_save_terminated_on_every_retry_is_settled_by_resume_without_
     [resumed] = ledger.resume_in_flight()
 
     assert resumed.outcome is ReleaseOutcome.RELEASED
-    assert resumed.detail == "retried with the same key"
+    assert resumed.detail == "found at Stripe"  # asked first: nothing sent again
+    assert transfer_posts(fake) == posts
     settle_and_audit(ledger, fake, ["es_warm_up", "es_1"])
     count("outcome saves lost, settled by resume")
 
@@ -298,11 +299,14 @@ def test_a_claim_whose_commit_acknowledgement_was_lost_still_pays_at_once(
 ) -> None:
     """The caller whose claim is stored is the claimant, even if the commit's ack was lost."""
     with build_ledger(postgres_url, account, stripe_gateway(fake)) as ledger:
+        # The store's mode is recorded with its first money event; the lost
+        # acknowledgement below is the claim's.
+        assert ledger.release_payment(release_request("es_warm_up")).success
         with lost_acknowledgement(ledger):
             result = ledger.release_payment(release_request("es_1"))
         assert result.outcome is ReleaseOutcome.RELEASED, result
         assert ledger.resume_in_flight() == []
-        settle_and_audit(ledger, fake, ["es_1"])
+        settle_and_audit(ledger, fake, ["es_warm_up", "es_1"])
     count("lost commit acknowledgements, paid at once")
 
 
@@ -312,6 +316,7 @@ def test_the_simulated_lost_acknowledgement_makes_the_stores_retry_meet_a_confli
 ) -> None:
     """Guard for the test above: the retry after the lost ack meets a conflict."""
     with build_ledger(postgres_url, "acct_x", None, stripe_enabled=False) as ledger:
+        assert ledger.release_payment(release_request("es_warm_up")).success
         saved: list[Any] = []
         original = ledger.save
 

@@ -2,19 +2,25 @@
 
 A hypothesis state machine drives several callers (separate ledgers on one
 store, as separate processes would be) against the fake Stripe server over
-HTTP, with the production gateway. Rules release by any caller, program
-gateway faults (timeout before or after Stripe commits, a stored 5xx, a 429, a
-refusal for lack of funds, failed lookups), crash a caller at any I/O step of a
-release or a resume (then restart it), deliver Stripe's webhooks (in any order,
-duplicated) and forged ones, resume, reconcile and move the clock past Stripe's
-24-hour key pruning. After every step:
+HTTP, with the production gateway. Each caller is a host of its own: its wall
+clock is off true time by its own error (up to 12 hours either way, and it can
+be stepped by hours between operations), and its settings are drawn from the
+whole space ``LedgerSettings`` accepts (send window, timeout, the SDK's retries,
+claim attempts, lock timeout). Rules release by any caller, program gateway
+faults (timeout before or after Stripe commits, a stored 5xx, a 429, a refusal
+for lack of funds, failed lookups), crash a caller at any I/O step of a release
+or a resume (then restart it), deliver Stripe's webhooks (in any order,
+duplicated), forged ones, connected accounts' events and events of the other
+mode, resume, reconcile and move true time past Stripe's 24-hour key pruning.
+After every step:
 
 * at most one transfer per event service at Stripe, and each belongs to the
   payout's current attempt; a paid payout records exactly Stripe's transfer, a
   failed or absent one has none (``check_agreement``);
 * every payout's log is whole and well formed, and a fresh ledger replaying it
   sees what each caller's live ledger sees;
-* a forged webhook changed nothing (checked in its rule).
+* a forged webhook, a connected account's event or an event of the other mode
+  changed no payout and captured no payment (checked in its rules).
 
 ``settle_everything`` then proves liveness: faults cleared, resumed (past the
 key window if need be) and released again, every service is paid exactly once
@@ -23,6 +29,7 @@ and ``reconcile`` is clean.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import shutil
@@ -31,13 +38,16 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import psycopg
 import pytest
+import stripe
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -47,6 +57,7 @@ from hypothesis.stateful import (
 from payout_ledger import PayoutLedger, PayoutStatus, ReleaseOutcome, ReleaseResult
 from payout_ledger.errors import TransferOutcomeUnknown
 from payout_ledger.reconcile import MismatchKind, reconcile
+from payout_ledger.settings import MAX_STRIPE_TIMEOUT, SEND_MARGIN, STRIPE_KEY_RETENTION
 from payout_ledger.stripe.webhooks import WebhookHandler
 from payout_ledger.testing.fake_stripe import FakeStripe, faults, sign_payload
 from tests.conftest import _conninfo, with_query
@@ -55,6 +66,7 @@ from tests.reliability.figures import FIGURES
 from tests.reliability.harness import CrashPlan, HookedGateway, SwitchableHook, instrument_recorder
 from tests.reliability.system import (
     DAY_AND_A_BIT,
+    HostClock,
     LedgerClock,
     SimulatedCrash,
     build_ledger,
@@ -84,7 +96,33 @@ LOOKUP_FAULTS: dict[str, Callable[[], faults.Fault]] = {
 }
 CLOCK_JUMPS = [3600, 23 * 3600 + 1800, DAY_AND_A_BIT]
 FORGERIES = ["wrong_secret", "tampered_body", "stale_signature", "unsigned", "fabricated"]
+FOREIGN_EVENTS = [
+    "connected_transfer_copy",
+    "connected_transfer_forgery",
+    "connected_payment",
+    "platform_transfer_unlike_claim",
+    "other_mode",
+]
+HOUR = 3600
+MAX_CLOCK_ERROR = 12 * HOUR
+CLOCK_ERRORS = st.sampled_from([-12 * HOUR, -3 * HOUR, -2 * HOUR, 0, 2 * HOUR, 3 * HOUR, 12 * HOUR])
+CLOCK_ERRORS = CLOCK_ERRORS | st.integers(-MAX_CLOCK_ERROR, MAX_CLOCK_ERROR)
 SECTION = "state_machine"
+
+
+@st.composite
+def accepted_settings(draw: st.DrawFn) -> dict[str, Any]:
+    """Settings from the whole space LedgerSettings accepts (timeouts from 0.5 s)."""
+    timeout = draw(st.floats(min_value=0.5, max_value=MAX_STRIPE_TIMEOUT), label="timeout")
+    longest_window = int(STRIPE_KEY_RETENTION - SEND_MARGIN - timeout)
+    return {
+        "stripe_timeout": timeout,
+        "stripe_idempotency_window": draw(st.integers(60, longest_window), label="window"),
+        "stripe_max_network_retries": draw(st.integers(0, 5), label="retries"),
+        "claim_attempts": draw(st.integers(1, 10), label="claim_attempts"),
+        "sqlite_lock_timeout": draw(st.integers(1, 30), label="sqlite_lock_timeout"),
+    }
+
 
 StoreFactory = Callable[[], tuple[str, Callable[[], None]]]
 
@@ -110,13 +148,25 @@ def step(method: Callable[..., None]) -> Callable[..., None]:
 
 
 class Caller:
-    """One host process: its own ledger on the shared store, crashable at any I/O step."""
+    """One host process: its own ledger, clock and settings on the shared store,
+    crashable at any I/O step."""
 
-    def __init__(self, system: WholeSystem) -> None:
+    def __init__(
+        self, system: WholeSystem, clock: HostClock, overrides: dict[str, Any] | None = None
+    ) -> None:
         self.hook = SwitchableHook()
-        gateway = HookedGateway(stripe_gateway(system.fake), self.hook)
+        self.clock = clock
+        self.overrides = dict(overrides or {})
+        gateway = HookedGateway(
+            stripe_gateway(
+                system.fake,
+                timeout=self.overrides.get("stripe_timeout", 10.0),
+                retries=self.overrides.get("stripe_max_network_retries", 0),
+            ),
+            self.hook,
+        )
         self.ledger = build_ledger(
-            system.store_url, system.account, gateway, clock=system.clock_for_ledgers
+            system.store_url, system.account, gateway, clock=clock, **self.overrides
         )
         instrument_recorder(self.ledger, self.hook)
 
@@ -141,7 +191,7 @@ class WholeSystem(RuleBasedStateMachine):
         self.fake = FakeStripe().start()
         self.account = str(self.fake.client().v1.accounts.create({"type": "express"}).id)
         self.clock_for_ledgers = LedgerClock(self.fake.clock)
-        self.callers = [Caller(self) for _ in range(CALLERS)]
+        self.callers = [Caller(self, self._host_clock(0)) for _ in range(CALLERS)]
         # The auditor reads the log as a separate process would; the webhook
         # endpoint runs in yet another one.
         self.auditor = build_ledger(
@@ -183,7 +233,47 @@ class WholeSystem(RuleBasedStateMachine):
             self.fake.stop()
             self._drop_store()
 
+    @initialize(
+        errors=st.lists(CLOCK_ERRORS, min_size=CALLERS, max_size=CALLERS),
+        drawn=st.lists(accepted_settings(), min_size=CALLERS, max_size=CALLERS),
+    )
+    @step
+    def hosts(self, errors: list[int], drawn: list[dict[str, Any]]) -> None:
+        """Each caller a host of its own: its clock's error and its settings."""
+        for index, (error, overrides) in enumerate(zip(errors, drawn, strict=True)):
+            self.callers[index].ledger.close()
+            self.callers[index] = Caller(self, self._host_clock(error), overrides)
+        spread = max(errors) - min(errors)
+        FIGURES.maximum(SECTION, "max_clock_disagreement_between_callers_s", spread)
+        count("callers_with_a_clock_off_by_3h_or_more", sum(abs(e) >= 3 * HOUR for e in errors))
+        count("callers_with_drawn_settings", len(drawn))
+        count(
+            "callers_with_window_under_an_hour",
+            sum(o["stripe_idempotency_window"] < HOUR for o in drawn),
+        )
+        count("callers_with_sdk_retries", sum(o["stripe_max_network_retries"] > 0 for o in drawn))
+
     # -- helpers -----------------------------------------------------------------
+
+    def _host_clock(self, error: float) -> HostClock:
+        return HostClock(self.fake.clock.now, error)
+
+    def _books(self) -> dict[str, object]:
+        """What money-moving state each service is in, and the captured payments."""
+        books: dict[str, object] = {}
+        for service in SERVICES:
+            payout = self.auditor.find_payout(service)
+            books[service] = (
+                None
+                if payout is None
+                else (
+                    payout.status,
+                    payout.attempt,
+                    payout.transfer_id,
+                    payout.amount_reversed,
+                )
+            )
+        return books
 
     def _paid(self, service: str) -> bool:
         payout = self.auditor.find_payout(service)
@@ -193,8 +283,9 @@ class WholeSystem(RuleBasedStateMachine):
         return self.auditor.recorder.max_notification_id() or 0
 
     def _restart(self, index: int) -> None:
-        self.callers[index].ledger.close()
-        self.callers[index] = Caller(self)
+        old = self.callers[index]
+        old.ledger.close()
+        self.callers[index] = Caller(self, old.clock, old.overrides)
         count("restarts")
 
     def _check_result(self, result: ReleaseResult) -> None:
@@ -316,6 +407,17 @@ class WholeSystem(RuleBasedStateMachine):
 
     @rule(
         caller=st.integers(0, CALLERS - 1),
+        hours=st.sampled_from([-12, -3, -2, -1, 1, 2, 3, 12]),
+    )
+    @step
+    def step_host_clock(self, caller: int, hours: int) -> None:
+        """A host's wall clock is stepped (NTP, a VM resumed), within the documented errors."""
+        clock = self.callers[caller].clock
+        clock.error = max(-MAX_CLOCK_ERROR, min(MAX_CLOCK_ERROR, clock.error + hours * HOUR))
+        count("host_clock_steps")
+
+    @rule(
+        caller=st.integers(0, CALLERS - 1),
         crash=st.none() | st.tuples(st.integers(0, 8), st.booleans()),
     )
     @step
@@ -407,6 +509,99 @@ class WholeSystem(RuleBasedStateMachine):
             return body, sign_payload(body, SECRET, now - 3600)
         return body, None  # unsigned
 
+    @rule(kind=st.sampled_from(FOREIGN_EVENTS), data=st.data())
+    @step
+    def deliver_foreign_event(self, kind: str, data: st.DataObject) -> None:
+        """Correctly signed, but a connected account's, unlike the claim, or of the other mode.
+
+        None of them may settle, reverse or capture anything; the other mode is
+        refused outright.
+        """
+        books, stored_before = self._books(), self._stored()
+        event = self._foreign(kind, data)
+        body = json.dumps(event).encode()
+        response = self.webhooks.handle(
+            body, {"Stripe-Signature": sign_payload(body, SECRET, int(time.time()))}
+        )
+        if kind == "other_mode":
+            assert response.status == 400, response
+            assert response.body == {"error": "livemode_mismatch"}
+            assert self._stored() == stored_before
+        else:
+            assert response.status == 200, (kind, response)
+            assert response.body.get("outcome", "duplicate") in ("recorded", "duplicate")
+        assert self._books() == books, kind
+        if kind == "connected_payment":
+            intent = event["data"]["object"]["id"]
+            assert self.auditor.captured_payment(intent) is None
+        count("foreign_events_delivered")
+        count(f"foreign {kind}")
+
+    def _foreign(self, kind: str, data: st.DataObject) -> dict[str, Any]:
+        new_id = f"evt_foreign_{uuid.uuid4().hex[:12]}"
+        if kind == "connected_payment":
+            intent = {
+                "id": f"pi_conn_{uuid.uuid4().hex[:8]}",
+                "object": "payment_intent",
+                "amount": 5000,
+                "currency": "usd",
+                "metadata": {"event_service_id": SERVICES[0]},
+            }
+            return {
+                "id": new_id,
+                "type": "payment_intent.succeeded",
+                "account": "acct_connected_other",
+                "livemode": False,
+                "data": {"object": intent},
+            }
+        transfers = [e for e in self.fake.events() if e["type"].startswith("transfer.")]
+        if kind == "other_mode":
+            source = (
+                data.draw(st.sampled_from(self.fake.events()), label="event")
+                if self.fake.events()
+                else self._claimed_transfer_event(data, new_id)
+            )
+            flipped = copy.deepcopy(source)
+            flipped["id"], flipped["livemode"] = new_id, True
+            return flipped
+        if kind == "connected_transfer_copy" and transfers:
+            copied = copy.deepcopy(data.draw(st.sampled_from(transfers), label="event"))
+            copied["id"], copied["account"] = new_id, "acct_connected_other"
+            return copied
+        event = self._claimed_transfer_event(data, new_id)
+        obj = event["data"]["object"]
+        if kind == "platform_transfer_unlike_claim":
+            field = data.draw(st.sampled_from(["amount", "currency", "destination"]), label="f")
+            obj[field] = {"amount": 100, "currency": "eur", "destination": "acct_mallory"}[field]
+        else:  # a connected account's transfer dressed as the claim (the trial's case)
+            obj["amount"], obj["destination"] = 100, "acct_mallory"
+            event["account"] = "acct_mallory"
+        return event
+
+    def _claimed_transfer_event(self, data: st.DataObject, event_id: str) -> dict[str, Any]:
+        """A transfer.created naming a drawn service's current claim."""
+        service = data.draw(st.sampled_from(SERVICES), label="service")
+        payout = self.auditor.find_payout(service)
+        obj = {
+            "id": f"tr_foreign_{uuid.uuid4().hex[:12]}",
+            "object": "transfer",
+            "amount": 5000,
+            "currency": "usd",
+            "destination": self.account,
+            "transfer_group": f"event_service:{service}",
+            "metadata": {
+                "event_service_id": service,
+                "payout_id": str(PayoutLedger.payout_id(service)),
+                "attempt": str(payout.attempt if payout else 1),
+            },
+        }
+        return {
+            "id": event_id,
+            "type": "transfer.created",
+            "livemode": False,
+            "data": {"object": obj},
+        }
+
     @rule()
     @step
     def reconcile_now(self) -> None:
@@ -491,6 +686,17 @@ def _run(store: str, factory: StoreFactory, examples: int) -> None:
     FIGURES.note(SECTION, "steps_per_example", SIZES.machine_steps)
     FIGURES.note(SECTION, "callers", CALLERS)
     FIGURES.note(SECTION, "services", len(SERVICES))
+    FIGURES.note(SECTION, "max_clock_error_per_host_s", MAX_CLOCK_ERROR)
+    # The SDK's retries sleep 0.5-5 s between tries; here a few milliseconds, so
+    # drawing up to 5 retries per call keeps an example fast.
+    retry_delays = mock.patch.multiple(
+        stripe._http_client.HTTPClient, INITIAL_DELAY=0.001, MAX_DELAY=0.005
+    )
+    with retry_delays:
+        _run_machine(machine, examples)
+
+
+def _run_machine(machine: type[WholeSystem], examples: int) -> None:
     run_state_machine_as_test(
         machine,
         settings=settings(

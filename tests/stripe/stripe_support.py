@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from payout_ledger import LedgerSettings, PayoutLedger, ServiceProvider
+from payout_ledger.payout import parse_idempotency_key
 from payout_ledger.stripe import StripeTransferGateway
 from payout_ledger.testing import InMemoryProviderDirectory
 from payout_ledger.testing.fake_stripe import FakeStripe, RecordedRequest
@@ -71,9 +72,10 @@ def build_ledger(
     *,
     clock: Any = None,
     ledger_class: type[PayoutLedger] = PayoutLedger,
+    **settings: Any,
 ) -> PayoutLedger:
     return ledger_class(
-        settings=LedgerSettings(store_url=store_url),
+        settings=LedgerSettings(store_url=store_url, **settings),
         providers=InMemoryProviderDirectory([provider_for(account_id)]),
         gateway=gateway,
         clock=clock,
@@ -106,15 +108,13 @@ def transfer_posts(fake: FakeStripe, event_service_id: str | None = None) -> lis
     posts = [r for r in fake.requests if r.method == "POST" and r.path == "/v1/transfers"]
     if event_service_id is None:
         return posts
-    key = f"release_payment:{event_service_id}"
 
     def names_service(r: RecordedRequest) -> bool:
         metadata = r.params.get("metadata")
         if isinstance(metadata, dict):
             return metadata.get("event_service_id") == event_service_id
-        return r.idempotency_key is not None and (
-            r.idempotency_key == key or r.idempotency_key.startswith(key + ":attempt:")
-        )
+        parsed = None if r.idempotency_key is None else parse_idempotency_key(r.idempotency_key)
+        return parsed is not None and parsed[0] == event_service_id
 
     return [r for r in posts if names_service(r)]
 

@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from payout_ledger.audit.replay import PayoutSummary, audit_ledger
-from payout_ledger.audit.seal import notification_digest
+from payout_ledger.audit.replay import PayoutSummary, ViolationKind, audit_ledger
+from payout_ledger.audit.seal import chained_mapper, read_notification
 from payout_ledger.audit.stream import DEFAULT_PAGE_SIZE, PageCallback, iter_notifications
+from payout_ledger.audit.typecheck import type_check
 from payout_ledger.chain import canonical_json
 
 if TYPE_CHECKING:
     from payout_ledger.ledger import PayoutLedger
 
-__all__ = ["EVENT_COLUMNS", "PAYOUT_COLUMNS", "ExportFormat", "export_events", "export_payouts"]
+__all__ = [
+    "EVENT_COLUMNS",
+    "PAYOUT_COLUMNS",
+    "ErrorCallback",
+    "ExportFormat",
+    "export_events",
+    "export_payouts",
+]
 
 ExportFormat = Literal["jsonl", "csv"]
 
@@ -63,28 +72,45 @@ _ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "prev
 _FLAT = ("event_service_id", "attempt", "amount", "currency", "transfer_id", "amount_reversed")
 
 
+ErrorCallback = Callable[[int, str], None]
+"""Called with (notification id, error) for each event exported with an error."""
+
+
 def _event_rows(
     ledger: PayoutLedger, page_size: int, on_page: PageCallback | None
 ) -> Iterator[dict[str, Any]]:
+    mapper = chained_mapper(ledger)
     for n in iter_notifications(ledger, page_size=page_size, on_page=on_page):
-        digest, event, error = notification_digest(ledger.mapper, n)
+        read = read_notification(mapper, n)
         row: dict[str, Any] = {
             "notification_id": n.id,
             "originator_id": str(n.originator_id),
             "originator_version": n.originator_version,
             "event_type": n.topic.rsplit(":", 1)[-1],
             "topic": n.topic,
-            "digest": digest,
+            "digest": read.digest,
         }
+        event = read.event
         if event is None:
-            row["error"] = str(error)
+            row["error"] = f"undecodable: {read.error}"
             yield row
             continue
         state = vars(event)
+        why = type_check(type(event))(state)
+        if why is not None:
+            row["error"] = f"ill-typed: {why}"
         fields = {k: v for k, v in state.items() if k not in _ENVELOPE and not k.startswith("_")}
-        row["timestamp"] = event.timestamp.isoformat()
-        row["previous_hash"] = event.previous_hash
+        timestamp, previous_hash = state.get("timestamp"), state.get("previous_hash")
+        row["timestamp"] = timestamp.isoformat() if isinstance(timestamp, datetime) else None
+        row["previous_hash"] = previous_hash if isinstance(previous_hash, str) else None
         row["fields"] = json.loads(canonical_json(fields))
+        yield row
+
+
+def _reporting(rows: Iterable[dict[str, Any]], on_error: ErrorCallback) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        if row.get("error"):
+            on_error(row["notification_id"], row["error"])
         yield row
 
 
@@ -95,9 +121,17 @@ def export_events(
     fmt: ExportFormat = "jsonl",
     page_size: int = DEFAULT_PAGE_SIZE,
     on_page: PageCallback | None = None,
+    on_error: ErrorCallback | None = None,
 ) -> int:
-    """Write every stored event to ``out``; returns how many were written."""
+    """Write every stored event to ``out``; returns how many were written.
+
+    An event that cannot be read, or whose fields do not have their declared
+    types, is written with ``error`` set (``undecodable: ...``,
+    ``ill-typed: ...``) and reported to ``on_error``.
+    """
     rows: Iterable[dict[str, Any]] = _event_rows(ledger, page_size, on_page)
+    if on_error is not None:
+        rows = _reporting(rows, on_error)
     if fmt != "jsonl":
         rows = map(_flattened, rows)
     return _write(out, fmt, rows, EVENT_COLUMNS)
@@ -118,10 +152,19 @@ def export_payouts(
     fmt: ExportFormat = "jsonl",
     page_size: int = DEFAULT_PAGE_SIZE,
     on_page: PageCallback | None = None,
+    on_error: ErrorCallback | None = None,
 ) -> int:
-    """Write one row per payout, replayed from the log as the audit sees it."""
+    """Write one row per payout, replayed from the log as the audit sees it.
+
+    Events the audit cannot fold (undecodable or ill-typed) are left out of
+    the rows and reported to ``on_error``.
+    """
     kept: dict[int, PayoutSummary] = {}
-    audit_ledger(ledger, page_size=page_size, on_page=on_page, keep_summaries=kept.update)
+    report = audit_ledger(ledger, page_size=page_size, on_page=on_page, keep_summaries=kept.update)
+    if on_error is not None:
+        for v in report.violations:
+            if v.kind in (ViolationKind.UNDECODABLE, ViolationKind.ILL_TYPED):
+                on_error(v.notification_id, f"{v.kind.value}: {v.detail}")
     return _write(out, fmt, (summary.as_dict() for summary in kept.values()), PAYOUT_COLUMNS)
 
 

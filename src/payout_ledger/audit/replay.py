@@ -14,6 +14,9 @@ notification order, a page at a time. It keeps a compact summary per payout
 | an attempt is concluded before the next one starts | ``attempt_without_outcome`` |
 | an outcome concludes the attempt in flight | ``outcome_without_attempt`` |
 | every stored event can be read | ``undecodable`` |
+| every field the audit folds has its declared type | ``ill_typed`` |
+| a real store (Stripe enabled) records no simulated transfer | ``simulated_in_real_store`` |
+| a simulated store records no real transfer | ``real_in_simulated_store`` |
 
 A payout whose last attempt has no outcome yet is not a violation: it is
 reported as in flight. Totals are given per currency and per provider.
@@ -28,14 +31,19 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
+from eventsourcing.utils import get_topic
+
 from payout_ledger.audit.stream import (
     DEFAULT_PAGE_SIZE,
+    ILL_TYPED_ROW,
     PageCallback,
     StateDecoder,
     iter_notifications,
     iter_states,
 )
+from payout_ledger.audit.typecheck import TypeCheck, type_check
 from payout_ledger.payout import PayoutAggregate, PayoutStatus
+from payout_ledger.store_mode import StoreMode, StoreModeRecord
 from payout_ledger.stripe_events import CapturedPayment
 
 if TYPE_CHECKING:
@@ -72,6 +80,16 @@ class ViolationKind(StrEnum):
     """A failure or success recorded for an attempt that is not in flight."""
     UNDECODABLE = "undecodable"
     """A stored event that cannot be read (damaged, or the wrong cipher key)."""
+    SIMULATED_IN_REAL_STORE = "simulated_in_real_store"
+    """A simulated transfer (Stripe disabled: no money moved) in a store whose
+    money is real: a payout counted as released that nobody was paid. A store
+    that never recorded its mode is judged by its first transfer."""
+    REAL_IN_SIMULATED_STORE = "real_in_simulated_store"
+    """A real transfer in a store recorded as simulated (development)."""
+    ILL_TYPED = "ill_typed"
+    """A stored event whose folded fields do not have their declared types (an
+    amount that is a string, an attempt that is a float or a bool...): it is
+    left out of the payout's summary and the totals."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +266,26 @@ class AuditReport:
 _Handler = Callable[[dict[str, Any], int, int, int], None]
 """A rule-checking fold step: (event state, notification id, payout id as int, version)."""
 
+_Fold = tuple[TypeCheck, _Handler]
+"""The type check of the fields a fold step reads, and the step."""
+
+_FOLDED: dict[type, tuple[str, ...]] = {
+    PayoutAggregate.PayoutStarted: (
+        "event_service_id",
+        "provider_id",
+        "amount",
+        "currency",
+        "attempt",
+    ),
+    PayoutAggregate.TransferFailed: ("attempt",),
+    PayoutAggregate.TransferSucceeded: ("attempt", "transfer_id", "simulated"),
+    PayoutAggregate.Released: ("transfer_id",),
+    PayoutAggregate.TransferReversed: ("transfer_id", "amount_reversed"),
+    CapturedPayment.PaymentCaptured: ("currency", "amount"),
+    StoreModeRecord.ModeDeclared: ("mode",),
+}
+"""The fields each fold step reads: checked before it runs, so nothing ill-typed is folded."""
+
 
 class _Auditor:
     """Folds event states into per-payout summaries and records violations.
@@ -265,13 +303,19 @@ class _Auditor:
         """Each transfer id's payout (the summary itself: no second copy of the key)."""
         self.violations: list[Violation] = []
         self.captured: dict[str, list[int]] = {}
-        self.handlers: dict[str, _Handler] = {
-            PayoutAggregate.PayoutStarted.TOPIC: self.started,
-            PayoutAggregate.TransferFailed.TOPIC: self.failed,
-            PayoutAggregate.TransferSucceeded.TOPIC: self.succeeded,
-            PayoutAggregate.Released.TOPIC: self.released,
-            PayoutAggregate.TransferReversed.TOPIC: self.reversed,
-            CapturedPayment.PaymentCaptured.TOPIC: self.captured_payment,
+        steps: dict[type, _Handler] = {
+            PayoutAggregate.PayoutStarted: self.started,
+            PayoutAggregate.TransferFailed: self.failed,
+            PayoutAggregate.TransferSucceeded: self.succeeded,
+            PayoutAggregate.Released: self.released,
+            PayoutAggregate.TransferReversed: self.reversed,
+            CapturedPayment.PaymentCaptured: self.captured_payment,
+            StoreModeRecord.ModeDeclared: self.mode_declared,
+        }
+        self.simulated: bool | None = None
+        """Whether the store's money is simulated: its recorded mode, else its first transfer."""
+        self.folds: dict[str, _Fold] = {
+            get_topic(cls): (type_check(cls, _FOLDED[cls]), step) for cls, step in steps.items()
         }
 
     def violate(
@@ -345,7 +389,25 @@ class _Auditor:
             p.failed = True
             p.version = version
 
+    def mode_declared(self, e: dict[str, Any], nid: int, key: int, version: int) -> None:
+        self.simulated = e["mode"] == StoreMode.SIMULATED.value
+
     def succeeded(self, e: dict[str, Any], nid: int, key: int, version: int) -> None:
+        simulated = e.get("simulated", False)
+        if self.simulated is None:
+            self.simulated = simulated
+        elif simulated != self.simulated:
+            self.violate(
+                ViolationKind.SIMULATED_IN_REAL_STORE
+                if simulated
+                else ViolationKind.REAL_IN_SIMULATED_STORE,
+                "TransferSucceeded",
+                nid,
+                key,
+                version,
+                f"transfer {e['transfer_id']} is {'simulated' if simulated else 'real'} in a "
+                f"{'simulated' if self.simulated else 'real'} store",
+            )
         p = self._concludes(e, "TransferSucceeded", nid, key, version)
         if p is None:
             return
@@ -456,36 +518,52 @@ def audit_ledger(
     ``decode="mapper"`` builds every event with ``ledger.mapper.to_domain_event``.
     """
     auditor = _Auditor(keep_service_ids=keep_summaries is not None)
-    handlers = auditor.handlers
+    folds = auditor.folds
     by_topic: dict[str, int] = {}
     report = AuditReport()
-    undecodable = auditor.violations.append
+    finding = auditor.violations.append
     if decode == "mapper":
         for nid, key, version, topic, state in _mapper_states(ledger, page_size, on_page):
             report.events += 1
             report.last_notification_id = nid
             by_topic[topic] = by_topic.get(topic, 0) + 1
-            if isinstance(state, Exception):
-                undecodable(_undecodable(nid, key, version, topic, state))
+            if topic == ILL_TYPED_ROW:
+                finding(_ill_typed(nid, key, version, topic, _BAD_COLUMNS))
+            elif isinstance(state, Exception):
+                finding(_undecodable(nid, key, version, topic, state))
             elif state is not None:
+                check, step = folds[topic]
+                why = check(state)
+                if why is not None:
+                    finding(_ill_typed(nid, key, version, topic, why))
+                    continue
                 try:
-                    handlers[topic](state, nid, key, version)
+                    step(state, nid, key, version)
                 except (KeyError, TypeError) as exc:  # a malformed event is a finding
-                    undecodable(_undecodable(nid, key, version, topic, exc))
+                    finding(_undecodable(nid, key, version, topic, exc))
     else:
         # The hot loop: one page of tuples at a time, no per-event objects but the state.
         decode_state = StateDecoder(ledger).decode
         for page in iter_states(ledger, page_size=page_size, on_page=on_page):
             for nid, oid, version, topic, stored in page:
                 by_topic[topic] = by_topic.get(topic, 0) + 1
-                handler = handlers.get(topic)
-                if handler is None:
+                fold = folds.get(topic)
+                if fold is None:
+                    if topic == ILL_TYPED_ROW:
+                        finding(_ill_typed(nid, int(oid, 16), version, topic, _BAD_COLUMNS))
                     continue
-                key = int(oid, 16)
+                key = 0
                 try:
-                    handler(decode_state(topic, stored), nid, key, version)
+                    # 32 hex digits as written; SQLite text could be spelt otherwise.
+                    key = int(oid, 16) if len(oid) == 32 else UUID(oid).int
+                    state = decode_state(topic, stored)
+                    why = fold[0](state)
+                    if why is None:
+                        fold[1](state, nid, key, version)
+                    else:
+                        finding(_ill_typed(nid, key, version, topic, why))
                 except Exception as exc:  # a damaged or malformed event is a finding
-                    undecodable(_undecodable(nid, key, version, topic, exc))
+                    finding(_undecodable(nid, key, version, topic, exc))
             report.events += len(page)
             report.last_notification_id = page[-1][0]
 
@@ -529,7 +607,23 @@ def _named(ledger: PayoutLedger, violation: Violation) -> Violation:
     except Exception:
         return violation
     service = getattr(first, "event_service_id", None)
-    return replace(violation, event_service_id=service) if service else violation
+    return replace(violation, event_service_id=service) if isinstance(service, str) else violation
+
+
+_BAD_COLUMNS = "the stored row's columns have impossible types (an edited SQLite file)"
+
+
+def _ill_typed(nid: int, key: int, version: int, topic: str, why: str) -> Violation:
+    event_type = topic.rsplit(":", 1)[-1]
+    return Violation(
+        kind=ViolationKind.ILL_TYPED,
+        notification_id=nid,
+        payout_id=str(UUID(int=key)),
+        originator_version=version,
+        event_type=event_type,
+        event_service_id=None,
+        detail=f"{event_type} is not folded: {why}",
+    )
 
 
 def _undecodable(nid: int, key: int, version: int, topic: str, exc: Exception) -> Violation:
@@ -552,6 +646,7 @@ _AUDITED_TOPICS = frozenset(
         PayoutAggregate.Released.TOPIC,
         PayoutAggregate.TransferReversed.TOPIC,
         CapturedPayment.PaymentCaptured.TOPIC,
+        StoreModeRecord.ModeDeclared.TOPIC,
     }
 )
 

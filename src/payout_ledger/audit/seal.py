@@ -12,21 +12,46 @@ seal: that is what an attacker with write access cannot rewrite.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError, Mapper, Notification
+from eventsourcing.persistence import IntegrityError, Notification, StoredEvent
+from eventsourcing.utils import get_topic
 
 from payout_ledger.audit.stream import DEFAULT_PAGE_SIZE, iter_notifications, last_notification_id
-from payout_ledger.chain import GENESIS, LEDGER_SEAL_ID, LedgerSeal, event_digest, roll
+from payout_ledger.audit.typecheck import type_check
+from payout_ledger.chain import (
+    GENESIS,
+    LEDGER_SEAL_ID,
+    ChainedAggregate,
+    ChainedMapper,
+    LedgerSeal,
+    as_stored,
+    event_digest,
+    ledger_transcoder,
+    legacy_digest,
+    roll,
+    state_digest,
+)
 from payout_ledger.errors import PayoutLedgerError
 
 if TYPE_CHECKING:
     from payout_ledger.ledger import PayoutLedger
 
-__all__ = ["SealInfo", "latest_seal", "notification_digest", "seal_ledger"]
+__all__ = [
+    "SealInfo",
+    "StoredRead",
+    "chained_mapper",
+    "latest_seal",
+    "notification_digest",
+    "read_notification",
+    "seal_ledger",
+]
+
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -40,7 +65,8 @@ class SealInfo:
     log_digest: str
     seal_digest: str
     """The digest of the ``Sealed`` event itself: it covers the log digest and,
-    through ``previous_hash``, every earlier seal."""
+    through ``previous_hash``, every earlier seal. For a seal written by the
+    previous release (class version 1), its v1 digest: the one printed then."""
     sealed_at: datetime
 
     @classmethod
@@ -50,7 +76,7 @@ class SealInfo:
             through_notification_id=event.through_notification_id,
             event_count=event.event_count,
             log_digest=event.log_digest,
-            seal_digest=event_digest(event),
+            seal_digest=_seal_digest(event),
             sealed_at=event.timestamp,
         )
 
@@ -58,28 +84,114 @@ class SealInfo:
         return {**asdict(self), "sealed_at": self.sealed_at.isoformat()}
 
 
+def _seal_digest(event: LedgerSeal.Sealed) -> str:
+    stored = as_stored(event)
+    if stored is None or stored.class_version != 1:
+        return event_digest(event)
+    return legacy_digest(
+        get_topic(type(event)),
+        event.originator_id,
+        event.originator_version,
+        ledger_transcoder().decode(stored.plaintext),
+    )
+
+
+@dataclass(frozen=True)
+class StoredRead:
+    """One stored event as verify and export read it."""
+
+    digest: str
+    """Its digest over the stored bytes (of the raw bytes, marked, if they cannot be decrypted)."""
+    event: Any
+    """The event, or None if it cannot be read."""
+    error: Exception | None
+    """Why it cannot be read."""
+    plaintext: bytes | None
+    """The stored state decrypted, if it could be."""
+
+
+def chained_mapper(ledger: PayoutLedger) -> ChainedMapper:
+    """The ledger's mapper, which computes digests over the stored bytes."""
+    mapper = ledger.mapper
+    if not isinstance(mapper, ChainedMapper):
+        raise PayoutLedgerError(
+            f"the ledger's mapper is a {type(mapper).__name__}: tamper evidence needs "
+            "payout_ledger.chain.ChainedMapper"
+        )
+    return mapper
+
+
+def read_notification(mapper: ChainedMapper, notification: Notification) -> StoredRead:
+    """Decrypt, digest and decode one stored event; never raises."""
+    try:
+        plaintext = mapper.plaintext(notification)
+    except Exception as exc:  # the caller reports it
+        return StoredRead(_undecodable_digest(notification), None, exc, None)
+    try:
+        event = mapper.from_plaintext(notification, plaintext)
+        if not isinstance(event, ChainedAggregate.Event):
+            raise ValueError(f"topic {notification.topic} names no event of the ledger")
+        canonical = get_topic(type(event))
+        if canonical != notification.topic:
+            raise ValueError(
+                f"topic {notification.topic} names {type(event).__qualname__}, "
+                f"whose topic is {canonical}"
+            )
+    except Exception as exc:  # the caller reports it
+        digest = _plaintext_digest(notification, plaintext)
+        return StoredRead(digest, None, exc, plaintext)
+    stored = as_stored(event)
+    assert stored is not None
+    return StoredRead(stored.digest, event, None, plaintext)
+
+
+def _plaintext_digest(notification: StoredEvent, plaintext: bytes) -> str:
+    return state_digest(
+        notification.topic, notification.originator_id, notification.originator_version, plaintext
+    )
+
+
+def _undecodable_digest(notification: StoredEvent) -> str:
+    """The digest of an event that cannot be decrypted: over its raw bytes, marked."""
+    raw = _plaintext_digest(notification, notification.state)
+    return hashlib.sha256(b"undecodable:" + raw.encode("ascii")).hexdigest()
+
+
 def notification_digest(
-    mapper: Mapper[Any], notification: Notification
+    mapper: ChainedMapper, notification: Notification
 ) -> tuple[str, Any, Exception | None]:
     """The stored event's digest, the decoded event, and why it could not be decoded.
 
     An event that cannot be decoded (event None) still gets a digest, of its
-    raw bytes, so seals over a damaged log are still compared, and still differ.
+    bytes, so seals over a damaged log are still compared, and still differ.
     """
+    read = read_notification(mapper, notification)
+    return read.digest, read.event, read.error
+
+
+def stored_digest(mapper: ChainedMapper, notification: StoredEvent) -> str:
+    """The stored event's digest, without decoding it (sealing needs nothing more)."""
     try:
-        event = mapper.to_domain_event(notification)
-    except Exception as exc:  # the caller reports it
-        raw = hashlib.sha256(b"undecodable:" + notification.state).hexdigest()
-        return raw, None, exc
-    return event_digest(event), event, None
+        plaintext = mapper.plaintext(notification)
+    except Exception:
+        return _undecodable_digest(notification)
+    return _plaintext_digest(notification, plaintext)
 
 
 def latest_seal(ledger: PayoutLedger) -> SealInfo | None:
-    """The newest seal, or None if the log was never sealed."""
+    """The newest seal, or None if the log was never sealed.
+
+    Raises ``PayoutLedgerError`` if the seal chain cannot be read or its newest
+    seal is ill-typed (``payout-ledger verify`` names the event).
+    """
     seal = _load_seal(ledger)
     if seal is None:
         return None
-    return SealInfo.of(cast(LedgerSeal.Sealed, seal.__dict__["_chain_last"]))
+    last = cast(LedgerSeal.Sealed, seal.__dict__["_chain_last"])
+    why = type_check(LedgerSeal.Sealed)(vars(last))
+    if why is not None:
+        raise PayoutLedgerError(f"the newest seal is ill-typed ({why}): run payout-ledger verify")
+    return SealInfo.of(last)
 
 
 def _load_seal(ledger: PayoutLedger) -> LedgerSeal | None:
@@ -87,6 +199,26 @@ def _load_seal(ledger: PayoutLedger) -> LedgerSeal | None:
         return cast(LedgerSeal, ledger.repository.get(LEDGER_SEAL_ID))
     except AggregateNotFoundError:
         return None
+    except Exception as exc:
+        raise PayoutLedgerError(
+            f"the seal chain cannot be read ({type(exc).__name__}: {exc}): run payout-ledger verify"
+        ) from exc
+
+
+def _continues_from(seal: LedgerSeal) -> bool:
+    """Whether a new seal can continue from the newest one's count and digest.
+
+    Not from a seal of the previous release (its digest rolls over v1
+    digests), nor from one whose fields are ill-typed: then the new seal rolls
+    over the whole log.
+    """
+    last = seal.__dict__["_chain_last"]
+    stored = as_stored(last)
+    return (
+        (stored is None or stored.class_version == LedgerSeal.Sealed.class_version)
+        and type_check(LedgerSeal.Sealed)(vars(last)) is None
+        and _HEX_DIGEST.fullmatch(last.log_digest) is not None
+    )
 
 
 def seal_ledger(ledger: PayoutLedger, *, page_size: int = DEFAULT_PAGE_SIZE) -> SealInfo:
@@ -94,29 +226,53 @@ def seal_ledger(ledger: PayoutLedger, *, page_size: int = DEFAULT_PAGE_SIZE) -> 
 
     Only events after the previous seal are read: the previous seal is trusted
     here, and checked by [`verify_ledger`][payout_ledger.audit.verify_ledger].
-    Concurrent sealers conflict on the seal chain; the loser starts again.
+    After a seal of the previous release, or an ill-typed one, the new seal
+    rolls over the whole log again; so it does, chained to the newest stored
+    seal's bytes, when the seal chain cannot be read at all. Events are
+    digested over their stored bytes and never decoded, so damaged or
+    ill-typed events are sealed too. Concurrent sealers conflict on the seal
+    chain; the loser starts again.
     """
+    mapper = chained_mapper(ledger)
     for _ in range(ledger.settings.claim_attempts):
-        seal = _load_seal(ledger)
-        if seal is None:
-            start, count, rolling = None, 0, GENESIS
+        damaged: tuple[int, str] | None = None
+        try:
+            seal = _load_seal(ledger)
+        except PayoutLedgerError:
+            seal, damaged = None, _newest_stored_seal(ledger, mapper)
+        if seal is None or not _continues_from(seal):
+            start, count, rolling, through = None, 0, GENESIS, 0
         else:
             start = seal.through_notification_id + 1
             count, rolling = seal.event_count, seal.log_digest
+            through = seal.through_notification_id
         stop = last_notification_id(ledger)
-        through = seal.through_notification_id if seal is not None else 0
         for n in iter_notifications(ledger, start=start, stop=stop, page_size=page_size):
-            digest, _, _ = notification_digest(ledger.mapper, n)
-            rolling = roll(rolling, n.id, digest)
+            rolling = roll(rolling, n.id, stored_digest(mapper, n))
             count += 1
             through = n.id
-        if seal is None:
-            seal = LedgerSeal.first(
-                through_notification_id=through, event_count=count, log_digest=rolling
-            )
-        else:
-            seal.extend(through_notification_id=through, event_count=count, log_digest=rolling)
+        sealed: dict[str, Any] = {
+            "through_notification_id": through,
+            "event_count": count,
+            "log_digest": rolling,
+        }
         try:
+            if damaged is not None:
+                version, previous_hash = damaged
+                event = LedgerSeal.Sealed(  # type: ignore[call-arg]
+                    originator_id=LEDGER_SEAL_ID,
+                    originator_version=version + 1,
+                    timestamp=LedgerSeal.Sealed.create_timestamp(),
+                    originator_topic=get_topic(LedgerSeal),
+                    previous_hash=previous_hash,
+                    **sealed,
+                )
+                ledger.events.put([event])
+                return SealInfo.of(event)
+            if seal is None:
+                seal = LedgerSeal.first(**sealed)
+            else:
+                seal.extend(**sealed)
             ledger.save(seal)
         except IntegrityError:
             continue  # another process sealed first: seal again on top of its seal
@@ -124,3 +280,9 @@ def seal_ledger(ledger: PayoutLedger, *, page_size: int = DEFAULT_PAGE_SIZE) -> 
     raise PayoutLedgerError(
         f"the seal chain kept changing under {ledger.settings.claim_attempts} attempts to seal"
     )
+
+
+def _newest_stored_seal(ledger: PayoutLedger, mapper: ChainedMapper) -> tuple[int, str]:
+    """The version and digest of the newest stored seal, read without decoding it."""
+    [newest] = ledger.recorder.select_events(LEDGER_SEAL_ID, desc=True, limit=1)
+    return newest.originator_version, stored_digest(mapper, newest)

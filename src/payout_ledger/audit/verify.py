@@ -3,20 +3,42 @@
 [`verify_ledger`][payout_ledger.audit.verify_ledger] recomputes everything from
 the stored events, in one pass in notification order:
 
+* each stored event can be read, and its fields have the types its class
+  declares (``undecodable``, ``ill_typed``);
 * each aggregate's versions follow 1, 2, 3... in notification order;
 * each event's ``previous_hash`` is the digest of the aggregate's previous
-  event (``GENESIS`` for version 1);
+  event as stored (``GENESIS`` for version 1);
 * each seal's event count and rolling digest equal the recomputed ones at its
   ``through_notification_id``;
 * each anchored seal digest (``--anchor``) belongs to a seal in the log.
 
+| finding | kind |
+|---|---|
+| a stored event cannot be read | ``undecodable`` |
+| a field does not have its declared type (or a respelt id) | ``ill_typed`` |
+| versions skip or go back | ``version_out_of_sequence`` |
+| ``previous_hash`` is not the previous event's digest | ``broken_link`` |
+| no ``previous_hash`` after chained events | ``unchained_after_chained`` |
+| the log differs from what a seal recorded | ``seal_mismatch`` |
+| a seal that cannot be right | ``seal_invalid`` |
+| an anchored digest is no seal's | ``anchor_not_found`` |
+| (``strict`` only) an event stored before chaining | ``legacy_unchained`` |
+| (``strict`` only) a link with the previous release's v1 digest | ``v1_link`` |
+
 Events stored before chaining existed (``previous_hash`` missing) are a legacy
 prefix: allowed only before an aggregate's first chained event, counted, and
-protected by seals alone (``strict=True`` refuses them).
+protected by seals alone. Links written by the previous release name the v1
+digest of the event before ([`legacy_digest`][payout_ledger.chain.legacy_digest],
+computed here from that event's stored state): accepted and counted until the
+aggregate's first v2 link; after it, a v1 link is a ``broken_link``. Seals
+of class version 1 are checked against a rolling digest of v1 digests,
+computed only up to the last such seal.
+``strict=True`` reports every legacy event and v1 link.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -24,9 +46,12 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from payout_ledger.audit.seal import SealInfo, notification_digest
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+
+from payout_ledger.audit.seal import SealInfo, StoredRead, chained_mapper, read_notification
 from payout_ledger.audit.stream import DEFAULT_PAGE_SIZE, PageCallback, iter_notifications
-from payout_ledger.chain import GENESIS, LedgerSeal, roll
+from payout_ledger.audit.typecheck import type_check
+from payout_ledger.chain import GENESIS, ChainedMapper, LedgerSeal, as_stored, legacy_digest, roll
 
 if TYPE_CHECKING:
     from payout_ledger.ledger import PayoutLedger
@@ -38,7 +63,12 @@ class ProblemKind(StrEnum):
     """What verification can find."""
 
     UNDECODABLE = "undecodable"
-    """A stored event cannot be read: damaged bytes, or the wrong cipher key."""
+    """A stored event cannot be read: damaged bytes, the wrong cipher key, not a
+    JSON object, or a topic that names no event of the ledger."""
+    ILL_TYPED = "ill_typed"
+    """A stored event whose fields do not have the types its class declares (an
+    amount that is a string, an attempt that is a float, a missing field...), or,
+    on SQLite, whose originator id is not spelt as the store writes it."""
     VERSION_OUT_OF_SEQUENCE = "version_out_of_sequence"
     """An aggregate's versions skip or go back: an event was removed, inserted or reordered."""
     BROKEN_LINK = "broken_link"
@@ -48,11 +78,14 @@ class ProblemKind(StrEnum):
     """An event without ``previous_hash`` after chained events of the same aggregate."""
     LEGACY_UNCHAINED = "legacy_unchained"
     """An event stored before chaining (reported only with ``strict``)."""
+    V1_LINK = "v1_link"
+    """A link made by the previous release, with the v1 digest (reported only with ``strict``)."""
     SEAL_MISMATCH = "seal_mismatch"
     """The log up to a seal differs from what the seal recorded: an event in its
     range was edited, removed, inserted or reordered."""
     SEAL_INVALID = "seal_invalid"
-    """A seal that cannot be right (it covers itself, or less than the seal before it)."""
+    """A seal that cannot be right (it covers itself, or less than the seal before
+    it, or has an unknown class version)."""
     ANCHOR_NOT_FOUND = "anchor_not_found"
     """No seal in the log has a digest the operator anchored outside the database."""
 
@@ -78,6 +111,8 @@ class VerifyReport:
     chained_events: int = 0
     legacy_events: int = 0
     """Events stored before chaining existed (covered by seals only)."""
+    v1_links: int = 0
+    """Links written by the previous release (v1 digests), before any v2 link of theirs."""
     last_notification_id: int = 0
     log_digest: str = GENESIS
     """The rolling digest over the whole log as it is now."""
@@ -99,6 +134,7 @@ class VerifyReport:
             "aggregates": self.aggregates,
             "chained_events": self.chained_events,
             "legacy_events": self.legacy_events,
+            "v1_links": self.v1_links,
             "last_notification_id": self.last_notification_id,
             "log_digest": self.log_digest,
             "seals": self.seals,
@@ -113,18 +149,34 @@ class VerifyReport:
 class _Seal:
     notification_id: int
     info: SealInfo
+    class_version: int
 
 
 class _Head:
     """An aggregate's newest event seen so far."""
 
-    __slots__ = ("chained", "digest", "notification_id", "version")
+    __slots__ = ("chained", "digest", "notification_id", "v1", "v2_linked", "version")
 
     def __init__(self, version: int, digest: str, chained: bool, notification_id: int) -> None:
         self.version = version
         self.digest = digest
         self.chained = chained
         self.notification_id = notification_id
+        self.v1: str | None = None
+        """The event's v1 digest, while the aggregate may still have v1 links."""
+        self.v2_linked = False
+        """Whether a link of this aggregate named a v2 digest."""
+
+
+def _legacy(mapper: ChainedMapper, n: Any, read: StoredRead) -> str:
+    """The v1 digest the previous release computed for this stored event."""
+    if read.event is not None and read.plaintext is not None:
+        try:
+            state = mapper.transcoder.decode(read.plaintext)
+            return legacy_digest(n.topic, n.originator_id, n.originator_version, state)
+        except Exception:  # noqa: S110 - the previous release could not read it either
+            pass
+    return hashlib.sha256(b"undecodable:" + n.state).hexdigest()
 
 
 def verify_ledger(
@@ -138,17 +190,21 @@ def verify_ledger(
     """Recompute every chain and seal; see the module docs for what is checked."""
     report = VerifyReport()
     problems = report.problems
-    seals = _read_seals(ledger, report, page_size)
+    mapper = chained_mapper(ledger)
+    seals = _read_seals(ledger, mapper, report, page_size)
     pending = deque(seals)
     heads: dict[UUID, _Head] = {}
-    mapper = ledger.mapper
-    rolling, count = GENESIS, 0
+    rolling, rolling_v1, count = GENESIS, GENESIS, 0
+    v1_through = max(
+        (s.info.through_notification_id for s in seals if s.class_version == 1), default=None
+    )
     previous_through = 0
 
     def check_seal(seal: _Seal) -> None:
         nonlocal previous_through
         info = seal.info
-        if info.event_count != count or info.log_digest != rolling:
+        recomputed = rolling_v1 if seal.class_version == 1 else rolling
+        if info.event_count != count or info.log_digest != recomputed:
             problems.append(
                 ChainProblem(
                     kind=ProblemKind.SEAL_MISMATCH,
@@ -176,19 +232,30 @@ def verify_ledger(
     for n in iter_notifications(ledger, page_size=page_size, on_page=on_page):
         while pending and pending[0].info.through_notification_id < n.id:
             check_seal(pending.popleft())
-        digest, event, error = notification_digest(mapper, n)
-        rolling = roll(rolling, n.id, digest)
+        read = read_notification(mapper, n)
+        rolling = roll(rolling, n.id, read.digest)
         count += 1
+        v1: str | None = None
+        if v1_through is not None and n.id <= v1_through:
+            v1 = _legacy(mapper, n, read)
+            rolling_v1 = roll(rolling_v1, n.id, v1)
         report.last_notification_id = n.id
         if sealed_through is None or n.id > sealed_through:
             report.unsealed_events += 1
+        event = read.event
         if event is None:
-            problems.append(_problem(ProblemKind.UNDECODABLE, n, str(error)))
+            problems.append(_problem(ProblemKind.UNDECODABLE, n, str(read.error)))
             continue
-        _check_link(n, event, digest, heads, report, strict)
+        why = type_check(type(event))(vars(event))
+        if why is not None:
+            problems.append(_problem(ProblemKind.ILL_TYPED, n, f"{type(event).__name__}: {why}"))
+        head = _check_link(n, event, read.digest, heads, report, strict)
+        if not head.v2_linked:  # the aggregate's next link may still be a v1 link
+            head.v1 = v1 if v1 is not None else _legacy(mapper, n, read)
     while pending:
         check_seal(pending.popleft())
 
+    _check_sqlite_ids(ledger, report)
     report.events = count
     report.aggregates = len(heads)
     report.log_digest = rolling
@@ -204,7 +271,8 @@ def _check_link(
     heads: dict[UUID, _Head],
     report: VerifyReport,
     strict: bool,
-) -> None:
+) -> _Head:
+    """Check the event's version and link; returns its aggregate's head, now this event."""
     originator_id = event.originator_id
     head = heads.get(originator_id)
     version = event.originator_version
@@ -240,32 +308,107 @@ def _check_link(
             )
     else:
         report.chained_events += 1
-        expected = GENESIS if head is None else head.digest
-        if previous_hash != expected:
-            what = (
-                "the first event's previous_hash is not GENESIS"
-                if head is None
-                else f"previous_hash does not match version {head.version} "
-                f"(notification {head.notification_id}): that event was edited or "
-                "replaced, or this one was forged"
+        if head is None:
+            if previous_hash != GENESIS:
+                report.problems.append(
+                    _problem(
+                        ProblemKind.BROKEN_LINK, n, "the first event's previous_hash is not GENESIS"
+                    )
+                )
+        elif previous_hash == head.digest:
+            head.v2_linked = True
+        elif head.v1 is not None and previous_hash == head.v1:
+            report.v1_links += 1
+            if strict:
+                report.problems.append(
+                    _problem(ProblemKind.V1_LINK, n, "a link of the previous release (strict)")
+                )
+        else:
+            report.problems.append(
+                _problem(
+                    ProblemKind.BROKEN_LINK,
+                    n,
+                    f"previous_hash does not match version {head.version} "
+                    f"(notification {head.notification_id}): that event was edited or "
+                    "replaced, or this one was forged"
+                    + (
+                        " (a v1 link is accepted only before the aggregate's first v2 link)"
+                        if head.v2_linked
+                        else ""
+                    ),
+                )
             )
-            report.problems.append(_problem(ProblemKind.BROKEN_LINK, n, what))
     if head is None:
-        heads[originator_id] = _Head(version, digest, previous_hash is not None, n.id)
+        head = heads[originator_id] = _Head(version, digest, previous_hash is not None, n.id)
     else:
         head.version = version
         head.digest = digest
         head.chained = head.chained or previous_hash is not None
         head.notification_id = n.id
+    head.v1 = None
+    return head
 
 
-def _read_seals(ledger: PayoutLedger, report: VerifyReport, page_size: int) -> list[_Seal]:
+def _check_sqlite_ids(ledger: PayoutLedger, report: VerifyReport) -> None:
+    """On SQLite, originator ids are text: each must be spelt as the store writes it.
+
+    ``5f0c...`` and ``5F0C...`` or ``5f0c-...`` name the same UUID, so digests
+    and chains do not see the difference, but the ledger loads an aggregate's
+    events by the exact text: a respelt id would hide the event from its
+    aggregate. (PostgreSQL's uuid column has one spelling.)
+    """
+    recorder = ledger.recorder
+    if not isinstance(recorder, SQLiteApplicationRecorder):
+        return
+    statement = (
+        "SELECT rowid, originator_id, originator_version, topic "  # noqa: S608
+        f"FROM {recorder.events_table_name} WHERE typeof(originator_id) != 'text' "
+        "OR length(originator_id) != 32 OR originator_id GLOB '*[^0-9a-f]*' ORDER BY rowid"
+    )
+    with recorder.datastore.transaction(commit=False) as cursor:
+        raw = cursor.sqlite_cursor
+        raw.row_factory = None
+        raw.execute(statement)
+        rows = raw.fetchall()
+    for rowid, originator_id, version, topic in rows:
+        report.problems.append(
+            ChainProblem(
+                kind=ProblemKind.ILL_TYPED,
+                notification_id=rowid,
+                originator_id=str(originator_id),
+                originator_version=version,
+                topic=topic,
+                detail=f"originator_id is stored as {originator_id!r}, not as the 32 "
+                "lower-case hex digits the store writes: the ledger would not load this "
+                "event with its aggregate",
+            )
+        )
+
+
+def _read_seals(
+    ledger: PayoutLedger, mapper: ChainedMapper, report: VerifyReport, page_size: int
+) -> list[_Seal]:
     seals: list[_Seal] = []
     previous = 0
+    check = type_check(LedgerSeal.Sealed)
+    seen_v2 = False
     for n in iter_notifications(ledger, topics=[LedgerSeal.Sealed.TOPIC], page_size=page_size):
-        _, event, _ = notification_digest(ledger.mapper, n)
-        if event is None:
-            continue  # reported as undecodable by the main pass
+        event = read_notification(mapper, n).event
+        if event is None or check(vars(event)) is not None:
+            continue  # reported as undecodable or ill-typed by the main pass
+        stored = as_stored(event)
+        class_version = stored.class_version if stored is not None else 0
+        if class_version not in (1, 2) or (class_version == 1 and seen_v2):
+            report.problems.append(
+                _problem(
+                    ProblemKind.SEAL_INVALID,
+                    n,
+                    f"a seal of class version {class_version!r}"
+                    + (" after a seal of class version 2" if class_version == 1 else ""),
+                )
+            )
+            continue
+        seen_v2 = seen_v2 or class_version == 2
         info = SealInfo.of(event)
         if info.through_notification_id >= n.id or info.through_notification_id < previous:
             report.problems.append(
@@ -279,7 +422,7 @@ def _read_seals(ledger: PayoutLedger, report: VerifyReport, page_size: int) -> l
             )
             continue
         previous = info.through_notification_id
-        seals.append(_Seal(n.id, info))
+        seals.append(_Seal(n.id, info, class_version))
     report.seals = len(seals)
     return seals
 

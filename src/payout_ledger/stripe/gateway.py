@@ -12,6 +12,11 @@ How Stripe's errors become ledger outcomes (the docs' "Stripe" page explains why
 
 The idempotency key goes in the request *options*: inside the params dict the
 SDK would send it as a form field and invent a random key of its own.
+
+Every try of a POST, the SDK's own retries included, first checks the
+attempt's send window ([`check_send_window`][payout_ledger.ports.check_send_window]):
+once it has closed nothing more is sent and the call ends as
+[`SendWindowClosed`][payout_ledger.SendWindowClosed], an unknown outcome.
 """
 
 from __future__ import annotations
@@ -29,8 +34,13 @@ from payout_ledger.errors import (
     TransferNotExecuted,
     TransferOutcomeUnknown,
 )
-from payout_ledger.ports import StripeTransfer, TransferRequest, TransferResult
-from payout_ledger.settings import LedgerSettings
+from payout_ledger.ports import (
+    StripeTransfer,
+    TransferRequest,
+    TransferResult,
+    check_send_window,
+)
+from payout_ledger.settings import LedgerSettings, livemode_of_key
 
 __all__ = ["StripeTransfer", "StripeTransferGateway", "classify_error"]
 
@@ -80,8 +90,10 @@ class StripeTransferGateway:
     ) -> None:
         if not api_key.startswith(("sk_", "rk_")):
             raise ConfigurationError("a Stripe secret key (sk_... or rk_...) is required")
-        http_client = stripe.RequestsClient(
-            timeout=timeout, async_fallback_client=stripe.HTTPXClient(timeout=timeout)
+        self.livemode = livemode_of_key(api_key)
+        """True for a live key, False for a test key (which webhooks' ``livemode`` must match)."""
+        http_client = _WindowedRequestsClient(
+            timeout=timeout, async_fallback_client=_WindowedHTTPXClient(timeout=timeout)
         )
         self.client = stripe.StripeClient(
             api_key,
@@ -167,6 +179,24 @@ class StripeTransferGateway:
                 request_id=exc.request_id,
                 http_status=exc.http_status,
             ) from exc
+
+
+class _WindowedRequestsClient(stripe.RequestsClient):
+    """The SDK's requests transport, checking the send window before every POST."""
+
+    def request(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method.lower() == "post":
+            check_send_window()
+        return super().request(method, *args, **kwargs)
+
+
+class _WindowedHTTPXClient(stripe.HTTPXClient):
+    """The SDK's async transport (httpx), checking the send window before every POST."""
+
+    async def request_async(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method.lower() == "post":
+            check_send_window()
+        return await super().request_async(method, *args, **kwargs)
 
 
 def _result(transfer: stripe.Transfer) -> TransferResult:

@@ -15,6 +15,7 @@ ASGI. The rules, in the order they are applied:
 | the signature's timestamp is older than ``tolerance`` seconds (a replay) | 403 |
 | no secret configured outside production | verification skipped, WARNING logged |
 | the body is not JSON, or not a Stripe event object | 400 |
+| ``livemode`` is not the ledger's (test event, live ledger, or the reverse) | 400, nothing runs |
 | the event id was recorded before | 200, ``"duplicate": true``, nothing runs |
 | the host callback raises | 500, nothing recorded (Stripe retries) |
 | the ledger's store fails | 500 (Stripe retries) |
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import stripe
 
-from payout_ledger.errors import ConfigurationError, InvalidRequestError
+from payout_ledger.errors import ConfigurationError, InvalidRequestError, LivemodeMismatchError
 from payout_ledger.stripe_events import StripeEventOutcome, StripeEventReceipt
 
 if TYPE_CHECKING:
@@ -135,8 +136,9 @@ class WebhookHandler:
     empty, and then every request is processed unverified with a WARNING.
 
     Callbacks run before the event is recorded and are called at least once per
-    event: ``on_payment_succeeded(payment_intent)`` for
-    ``payment_intent.succeeded``, ``on_account_updated(account_id,
+    event: ``on_payment_succeeded(payment_intent)`` for the platform's own
+    ``payment_intent.succeeded`` (never a connected account's: those carry a
+    top-level ``account`` and are recorded only), ``on_account_updated(account_id,
     payouts_enabled, account)`` for ``account.updated``. If one raises, the
     response is a 500, nothing is recorded and Stripe delivers the event again.
 
@@ -308,6 +310,16 @@ class WebhookHandler:
     ) -> WebhookResponse:
         event_id: str = event["id"]
         event_type: str = event["type"]
+        expected = getattr(self._ledger, "livemode", None)
+        if isinstance(expected, bool) and event.get("livemode", expected) is not expected:
+            logger.warning(
+                "stripe event %s (%s) rejected (400): livemode %r, the ledger is %s",
+                event_id,
+                event_type,
+                event.get("livemode"),
+                "live" if expected else "test",
+            )
+            return _reject(400, "livemode_mismatch")
         try:
             seen = self._ledger.has_stripe_event(event_id)
         except Exception:
@@ -327,6 +339,9 @@ class WebhookHandler:
             receipt = self._ledger.record_stripe_event(
                 event=event, raw_body=raw_body, headers=audit_headers
             )
+        except LivemodeMismatchError:
+            logger.warning("stripe event %s (%s): livemode mismatch (400)", event_id, event_type)
+            return _reject(400, "livemode_mismatch")
         except InvalidRequestError:
             logger.warning(
                 "stripe event %s (%s) rejected by the ledger (400)", event_id, event_type
@@ -351,7 +366,7 @@ class WebhookHandler:
         event_type: str = event["type"]
         obj: dict[str, Any] = event["data"]["object"]
         call: Callable[[], None] | None = None
-        if event_type == "payment_intent.succeeded":
+        if event_type == "payment_intent.succeeded" and event.get("account") is None:
             on_payment = self._on_payment_succeeded
             if on_payment is not None:
                 # A copy: a callback that mutates it cannot change what is recorded.

@@ -16,6 +16,7 @@ from payout_ledger.ports import (
     StripeTransfer,
     TransferRequest,
     TransferResult,
+    check_send_window,
 )
 
 __all__ = ["InMemoryProviderDirectory", "InMemoryTransferGateway", "RecordedTransfer"]
@@ -84,6 +85,9 @@ class InMemoryTransferGateway:
     concurrent callers really overlap.
     """
 
+    livemode = False
+    """A test double: it takes test-mode Stripe events."""
+
     def __init__(self, *, latency: float = 0.0) -> None:
         self.latency = latency
         self.calls = 0
@@ -121,6 +125,7 @@ class InMemoryTransferGateway:
         self.fail_next(TransferDeclined(message, code=code, http_status=400))
 
     def create_transfer(self, request: TransferRequest) -> TransferResult:
+        check_send_window()  # one call is one try, as a gateway must check before each
         if self.latency:
             time.sleep(self.latency)
         with self._lock:

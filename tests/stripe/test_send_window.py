@@ -1,0 +1,136 @@
+"""No request reaches Stripe once its idempotency key may have been pruned.
+
+Every HTTP try, the SDK's own retries included, first checks the attempt's send
+window, and the settings refuse a window that, with one request's timeout,
+reaches past 23 hours (the trial's scenario is in test_resume_during_retries.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from payout_ledger import (
+    LedgerSettings,
+    SendWindowClosed,
+    TransferOutcomeUnknown,
+    TransferRequest,
+    TransferResult,
+)
+from payout_ledger.ports import SendWindow, check_send_window, sending_within
+from payout_ledger.settings import MAX_STRIPE_TIMEOUT, STRIPE_KEY_RETENTION
+from payout_ledger.stripe import StripeTransferGateway
+from payout_ledger.testing.fake_stripe import FakeStripe, faults
+from tests.stripe.stripe_support import (
+    transfer_posts,
+)
+
+ES = "es_window"
+WINDOW = 60
+
+
+class FakeTime:
+    """Seconds that move only when a test moves them: both hosts' monotonic clocks."""
+
+    def __init__(self, fake: FakeStripe) -> None:
+        self.fake = fake
+
+    def monotonic(self) -> float:
+        return self.fake.clock.now()
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.fake.clock.now(), UTC)
+
+
+# -- settings -----------------------------------------------------------------------
+
+
+@given(
+    window=st.integers(min_value=-10, max_value=STRIPE_KEY_RETENTION + 10),
+    timeout=st.floats(min_value=0.001, max_value=MAX_STRIPE_TIMEOUT + 10, allow_nan=False),
+    retries=st.integers(min_value=0, max_value=5),
+)
+def test_every_accepted_setting_ends_each_request_before_a_key_can_be_pruned(
+    window: int, timeout: float, retries: int
+) -> None:
+    """The whole accepted space: a try starts inside the window and lasts one timeout."""
+    try:
+        settings = LedgerSettings(
+            store_url="memory://",
+            stripe_idempotency_window=window,
+            stripe_timeout=timeout,
+            stripe_max_network_retries=retries,
+        )
+    except ValidationError:
+        return
+    latest_request_at_stripe = settings.stripe_idempotency_window + settings.stripe_timeout
+    assert latest_request_at_stripe <= STRIPE_KEY_RETENTION - 3600
+
+
+def test_a_window_that_reaches_past_23_hours_with_its_timeout_is_refused() -> None:
+    with pytest.raises(ValidationError, match="must not exceed 82800 s"):
+        LedgerSettings(
+            store_url="memory://", stripe_idempotency_window=23 * 3600, stripe_timeout=30
+        )
+
+
+# -- the gateway checks before every try ------------------------------------------
+
+
+@pytest.fixture
+def gateway_with_retries(fake: FakeStripe) -> StripeTransferGateway:
+    return StripeTransferGateway(fake.api_key, api_base=fake.url, timeout=5, max_network_retries=2)
+
+
+def _request(account: str) -> TransferRequest:
+    return TransferRequest(
+        amount=5000,
+        currency="usd",
+        destination=account,
+        idempotency_key=f"release_payment:{ES}",
+        transfer_group=f"event_service:{ES}",
+        metadata={"event_service_id": ES},
+    )
+
+
+def _closing_window() -> SendWindow:
+    """Open for the first try; closed when the SDK's retry comes round."""
+    readings: Iterator[float] = iter([10.0, 70.0, 80.0, 90.0])
+    return SendWindow(opened=0.0, seconds=WINDOW, monotonic=lambda: next(readings))
+
+
+def test_the_sdks_own_retry_is_not_sent_once_the_window_has_closed(
+    fake: FakeStripe, account: str, gateway_with_retries: StripeTransferGateway
+) -> None:
+    fake.inject(faults.drop_before_commit(), method="POST", path="/v1/transfers")
+
+    with sending_within(_closing_window()), pytest.raises(SendWindowClosed) as raised:
+        gateway_with_retries.create_transfer(_request(account))
+
+    assert raised.value.code == "send_window_closed"
+    assert isinstance(raised.value, TransferOutcomeUnknown)
+    assert len(transfer_posts(fake)) == 1  # the first try only
+
+
+def test_the_async_transport_checks_the_window_before_every_try_too(
+    fake: FakeStripe, account: str, gateway_with_retries: StripeTransferGateway
+) -> None:
+    fake.inject(faults.drop_before_commit(), method="POST", path="/v1/transfers")
+
+    async def call() -> TransferResult:
+        with sending_within(_closing_window()):
+            return await gateway_with_retries.create_transfer_async(_request(account))
+
+    with pytest.raises(SendWindowClosed):
+        asyncio.run(call())
+    assert len(transfer_posts(fake)) == 1
+
+
+def test_outside_a_ledger_call_there_is_no_window_to_check() -> None:
+    check_send_window()  # does nothing
