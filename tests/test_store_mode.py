@@ -60,9 +60,9 @@ def test_a_simulated_ledger_cannot_settle_a_real_stores_in_flight_payout(
 
     with simulated(durable_store_url) as dev:
         assert dev.in_flight() == ["es_1"]  # reading is fine
-        with pytest.raises(ConfigurationError, match="this store is stripe"):
+        with pytest.raises(ConfigurationError, match="this store is test"):
             dev.resume_in_flight()
-        with pytest.raises(ConfigurationError, match="stripe_enabled=False"):
+        with pytest.raises(ConfigurationError, match="this ledger is simulated"):
             dev.release_payment(release("es_2"))
         assert events(dev) == before
 
@@ -96,7 +96,7 @@ def test_the_cli_resume_with_stripe_disabled_refuses_a_real_store(tmp_path: Path
     result = CliRunner().invoke(app, ["resume"], env=env)
 
     assert result.exit_code == 2, result.output
-    assert "this store is stripe" in result.output
+    assert "this store is test" in result.output
     assert "Traceback" not in result.output
     with real(url, gateway) as host:
         assert host.in_flight() == ["es_1"]
@@ -163,7 +163,7 @@ def test_ledgers_of_both_kinds_starting_on_a_new_store_at_once_agree_on_one_mode
 
     winners = [i for i, o in outcomes.items() if not isinstance(o, ConfigurationError)]
     assert len(outcomes) == len(ledgers)
-    expected = list(range(4)) if recorded is StoreMode.STRIPE else list(range(4, 8))
+    expected = list(range(4)) if recorded is StoreMode.TEST else list(range(4, 8))
     assert sorted(winners) == expected
 
 
@@ -187,11 +187,11 @@ def test_the_mode_is_recorded_once_with_the_first_money_event(store_url: str) ->
     from payout_ledger.store_mode import StoreMode
 
     with real(store_url) as host:
-        assert host.store_mode is StoreMode.STRIPE
+        assert host.store_mode is StoreMode.TEST
         assert host._recorded_store_mode() is None  # nothing written yet
         host.release_payment(release("es_1"))
         host.release_payment(release("es_2"))
-        assert host._recorded_store_mode() is StoreMode.STRIPE
+        assert host._recorded_store_mode() is StoreMode.TEST
         topics = [n.topic for n in host.recorder.select_notifications(None, 100)]
     assert topics.count("payout_ledger:StoreModeDeclared") == 1
     assert topics[0] == "payout_ledger:StoreModeDeclared"
@@ -238,3 +238,78 @@ def test_the_audit_flags_a_real_transfer_in_a_simulated_store(sqlite_url: str) -
 
     kinds = [v.kind for v in report.violations]
     assert ViolationKind.REAL_IN_SIMULATED_STORE in kinds
+
+
+class LiveGateway(InMemoryTransferGateway):
+    """A stand-in for a live-mode Stripe gateway."""
+
+    livemode = True
+
+
+def test_a_test_mode_ledger_cannot_resume_a_live_stores_payouts(durable_store_url: str) -> None:
+    """A staging resume with a test key would find nothing in test mode and be refused."""
+    live_gateway = LiveGateway()
+    with real(durable_store_url, live_gateway) as production:
+        assert production.store_mode.value == "live"
+        live_gateway.fail_next(TransferOutcomeUnknown("response lost"), after_commit=True)
+        assert production.release_payment(release("es_1")).in_flight
+        before = events(production)
+
+    staging_gateway = InMemoryTransferGateway()  # a test double: test mode
+    with real(durable_store_url, staging_gateway) as staging:
+        assert staging.store_mode.value == "test"
+        with pytest.raises(ConfigurationError, match="this store is live"):
+            staging.resume_in_flight()
+        assert events(staging) == before
+    assert (staging_gateway.calls, staging_gateway.list_calls) == (0, 0)  # Stripe never asked
+
+    with real(durable_store_url, live_gateway) as production:
+        [result] = production.resume_in_flight()
+    assert result.success and len(live_gateway.transfers) == 1
+
+
+def test_a_failure_recorded_for_an_attempt_that_paid_is_not_paid_again(
+    durable_store_url: str,
+) -> None:
+    """Whatever recorded it (a refusal Stripe did not store, another mode), Stripe is asked."""
+    from payout_ledger import LedgerIntegrityError
+
+    gateway = InMemoryTransferGateway()
+    with real(durable_store_url, gateway) as host:
+        gateway.fail_next(TransferOutcomeUnknown("response lost"), after_commit=True)
+        assert host.release_payment(release("es_1")).in_flight
+        payout = host.get_payout("es_1")
+        payout.record_failure(
+            code="resource_missing", message="No such destination", request_id=None
+        )
+        host.save(payout)
+        before = events(host)
+
+        with pytest.raises(LedgerIntegrityError, match="recorded as failed"):
+            host.release_payment(release("es_1"))
+
+        assert events(host) == before
+    assert len(gateway.transfers) == 1
+
+
+def test_a_later_claim_with_other_terms_written_behind_the_ledger_is_not_paid(
+    sqlite_url: str,
+) -> None:
+    """A database writer appends attempt 2 for 950,000 after the latest seal: resume refuses."""
+    gateway = InMemoryTransferGateway()
+    with real(sqlite_url, gateway) as host:
+        gateway.decline_next()
+        assert host.release_payment(release("es_1")).outcome.value == "failed"
+        payout = host.get_payout("es_1")
+        payout.amount = 950_000
+        payout.start_next_attempt(
+            payee_user_id="user_mallory",
+            destination_account="acct_mallory",
+            started_at=payout.attempt_started_at,
+        )
+        host.save(payout)
+
+        [result] = host.resume_in_flight()
+
+    assert result.error_code == "cannot_resume" and "other terms" in (result.error_message or "")
+    assert gateway.transfers == []

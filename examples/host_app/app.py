@@ -21,6 +21,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 
 from payout_ledger import (
+    ConfigurationError,
     LedgerSettings,
     Money,
     PayoutLedger,
@@ -91,8 +92,10 @@ class Marketplace:
 
 
 def build_gateway(settings: LedgerSettings) -> TransferGateway:
-    """Stripe when an API key is configured, else an in-memory gateway (development)."""
+    """Stripe when an API key is configured, else an in-memory gateway (development only)."""
     if settings.stripe_api_key is None:
+        if settings.environment == "production":
+            raise ConfigurationError("PAYOUT_LEDGER_STRIPE_API_KEY is required in production")
         return InMemoryTransferGateway()
     return StripeTransferGateway(
         settings.stripe_api_key.get_secret_value(),

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -56,6 +56,7 @@ from eventsourcing.persistence import (
     Mapper,
     MapperDeserialisationError,
     StoredEvent,
+    Transcoder,
     UUIDAsHex,
 )
 from eventsourcing.utils import get_topic, resolve_topic
@@ -69,6 +70,7 @@ __all__ = [
     "LedgerSeal",
     "LedgerTranscoder",
     "as_stored",
+    "broken_link",
     "canonical_json",
     "create_or_continue",
     "event_digest",
@@ -291,6 +293,13 @@ class ChainedMapper(Mapper[UUID]):
             topic, stored_event.originator_id, stored_event.originator_version, plaintext
         )
         cls = resolve_topic(topic)
+        if get_topic(cls) != topic:
+            # eventsourcing resolves other import paths to the same class; an event
+            # stored under one is not what the ledger wrote, and readers that
+            # select by topic would not see it.
+            raise MapperDeserialisationError(
+                _cannot_read(stored_event, f"the topic is not {cls.__qualname__}'s own")
+            )
         try:
             state = self.transcoder.decode(plaintext)
         except Exception as exc:
@@ -317,6 +326,53 @@ class ChainedMapper(Mapper[UUID]):
         object.__setattr__(event, "__dict__", state)
         state[_AS_STORED] = AsStored(digest, stored_version, plaintext)
         return event
+
+
+def broken_link(events: Sequence[Any], transcoder: Transcoder) -> str | None:
+    """Why one aggregate's events, oldest first, do not chain, or None if they do.
+
+    The rules verify applies: versions follow 1, 2, 3...; an event without
+    ``previous_hash`` only before the aggregate's first chained event; each
+    ``previous_hash`` the digest of the event before (``GENESIS`` first), or its
+    v1 digest before the aggregate's first v2 link. The ledger checks a payout
+    this way before it pays for a new attempt on it.
+    """
+    previous: Any = None
+    chained = v2_linked = False
+    for event in events:
+        version = event.originator_version
+        expected_version = 1 if previous is None else previous.originator_version + 1
+        if version != expected_version:
+            return f"version {version} follows version {expected_version - 1}"
+        link = getattr(event, "previous_hash", None)
+        if link is None:
+            if chained:
+                return f"version {version} has no previous_hash after chained events"
+        elif previous is None:
+            if link != GENESIS:
+                return "the first event's previous_hash is not GENESIS"
+            chained = True
+        elif link == event_digest(previous):
+            chained = v2_linked = True
+        elif v2_linked or link != _stored_legacy_digest(previous, transcoder):
+            return f"version {version}'s previous_hash is not version {version - 1}'s digest"
+        else:
+            chained = True
+        previous = event
+    return None
+
+
+def _stored_legacy_digest(event: Any, transcoder: Transcoder) -> str | None:
+    stored = as_stored(event)
+    if stored is None:
+        return None
+    try:
+        state = transcoder.decode(stored.plaintext)
+    except Exception:
+        return None
+    return legacy_digest(
+        get_topic(type(event)), event.originator_id, event.originator_version, state
+    )
 
 
 def _cannot_read(stored_event: StoredEvent, why: object) -> str:

@@ -544,7 +544,7 @@ def export_command(
     set (payouts: left out of the rows), and named on stderr.
     """
     export = export_events if what is ExportWhat.EVENTS else export_payouts
-    errors: list[tuple[int, str]] = []
+    errors: list[tuple[int | None, str]] = []
     target: Any = (
         output.open("w", encoding="utf-8", newline="") if output else nullcontext(sys.stdout)
     )
@@ -566,7 +566,9 @@ def export_command(
     if errors:
         nid, error = errors[0]
         _fail(
-            f"{len(errors)} event(s) could not be read; first: notification {nid}: {error}",
+            f"{len(errors)} event(s) could not be read; first: "
+            f"{'a row without a notification id' if nid is None else f'notification {nid}'}: "
+            f"{error}",
             code=1,
         )
 

@@ -10,6 +10,7 @@ PayoutLedgerError
 ├── PayoutNotFoundError          no payout has been recorded for that event service
 ├── ReleaseConflictError         re-release with another amount, currency or provider
 ├── LedgerBusyError              the claim kept losing optimistic-concurrency races
+├── LedgerIntegrityError         the log or Stripe says a failed attempt paid: not paid again
 └── GatewayError                 raised by TransferGateway implementations
     ├── TransferDeclined         definite refusal: nothing moved, a new attempt needs a new key
     ├── TransferNotExecuted      not executed (rate limited): retry later with the same key
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidMoneyError",
     "InvalidRequestError",
     "LedgerBusyError",
+    "LedgerIntegrityError",
     "LivemodeMismatchError",
     "PayoutLedgerError",
     "PayoutNotFoundError",
@@ -113,6 +115,16 @@ class LedgerBusyError(PayoutLedgerError):
             f"under {attempts} attempts to claim it"
         )
         self.event_service_id = event_service_id
+
+
+class LedgerIntegrityError(PayoutLedgerError):
+    """A new attempt would pay again, and the evidence says it must not.
+
+    Raised before a release starts a new attempt on a failed payout when the
+    payout's log does not chain (edited, copied or forged events) or when
+    Stripe already has a transfer of that payout. Nothing is recorded and
+    nothing sent; ``payout-ledger verify`` and ``reconcile`` say more.
+    """
 
 
 class GatewayError(PayoutLedgerError):

@@ -39,12 +39,14 @@ from eventsourcing.postgres import (
 )
 from eventsourcing.utils import Environment, get_topic
 
-from payout_ledger.chain import ChainedMapper, LedgerSeal, ledger_transcoder
+from payout_ledger.audit.stream import iter_notifications
+from payout_ledger.chain import ChainedMapper, LedgerSeal, broken_link, ledger_transcoder
 from payout_ledger.errors import (
     ConfigurationError,
     GatewayError,
     InvalidRequestError,
     LedgerBusyError,
+    LedgerIntegrityError,
     LivemodeMismatchError,
     PayoutLedgerError,
     PayoutNotFoundError,
@@ -136,8 +138,20 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         self._gateway = gateway
         self._clock: Clock = clock or SystemClock()
         self._monotonic = monotonic_of(self._clock)
-        self.store_mode = StoreMode.STRIPE if settings.stripe_enabled else StoreMode.SIMULATED
-        """Whether this ledger moves money (``stripe``) or simulates it (``simulated``)."""
+        if settings.environment == "production" and self.livemode is not True:
+            raise ConfigurationError(
+                "in production the ledger moves live money: its Stripe key "
+                "(settings.stripe_api_key, sk_live_/rk_live_) or its gateway (livemode=True) "
+                "must be live; a test key or a test double would record payouts nobody receives"
+            )
+        self.store_mode = (
+            StoreMode.SIMULATED
+            if not settings.stripe_enabled
+            else StoreMode.LIVE
+            if self.livemode
+            else StoreMode.TEST
+        )
+        """What this ledger's money events are: ``live``, ``test`` or ``simulated``."""
         super().__init__(env={**store_environment(settings), **_cipher_environment(settings)})
         self._check_cipher()
         # A store that has its mode already needs no check on the write path; a
@@ -230,8 +244,11 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             # inferred from: a record written meanwhile by another process wins.
             recorded = self._recorded_store_mode()
         if recorded is None:
-            if inferred is not None and inferred is not self.store_mode:
-                raise self._mode_refused(inferred, "its events say so")
+            simulated = self.store_mode is StoreMode.SIMULATED
+            if inferred is not None and inferred is not simulated:
+                raise self._mode_refused(
+                    StoreMode.SIMULATED if inferred else None, "its events say so"
+                )
             try:
                 self.save(StoreModeRecord.declare(self.store_mode))
             except IntegrityError:  # another process declared it first
@@ -254,25 +271,24 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
                 "run payout-ledger verify"
             ) from exc
 
-    def _inferred_store_mode(self) -> StoreMode | None:
-        """A store written before modes were recorded: its first transfer tells."""
+    def _inferred_store_mode(self) -> bool | None:
+        """Whether a store written before modes were recorded is simulated (None: no sign)."""
         transfers = self.recorder.select_notifications(
             None, 1, topics=[PayoutAggregate.TransferSucceeded.TOPIC]
         )
         for notification in transfers:
             event = self.mapper.to_domain_event(notification)
-            simulated = getattr(event, "simulated", False)
-            return StoreMode.SIMULATED if simulated else StoreMode.STRIPE
+            return bool(getattr(event, "simulated", False))
         started = self.recorder.select_notifications(
             None, 1, topics=[PayoutAggregate.PayoutStarted.TOPIC]
         )
         # Claims without any transfer yet: real unless proven otherwise.
-        return StoreMode.STRIPE if started else None
+        return False if started else None
 
-    def _mode_refused(self, store: StoreMode, why: str) -> ConfigurationError:
-        settings = "stripe_enabled=False" if store is StoreMode.STRIPE else "stripe_enabled=True"
+    def _mode_refused(self, store: StoreMode | None, why: str) -> ConfigurationError:
+        kind = "real (live or test)" if store is None else store.value
         return ConfigurationError(
-            f"this store is {store.value} ({why}); a ledger with {settings} "
+            f"this store is {kind} ({why}); this ledger is {self.store_mode.value} and "
             "must not record money events in it: point it at a store of its own"
         )
 
@@ -307,8 +323,14 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
 
     def history(self, event_service_id: str) -> list[PayoutAggregate.Event]:
         """The payout's events, oldest first (empty if it was never started)."""
-        events = self.events.get(self.payout_id(event_service_id))
-        return [cast(PayoutAggregate.Event, e) for e in events]
+        payout_id = self.payout_id(event_service_id)
+        try:
+            return [cast(PayoutAggregate.Event, e) for e in self.events.get(payout_id)]
+        except MapperDeserialisationError as exc:
+            raise LedgerIntegrityError(
+                f"a stored event of payout {payout_id} cannot be read: {_first_cause(exc)}; "
+                "run payout-ledger verify"
+            ) from exc
 
     # Commands.
 
@@ -422,8 +444,11 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         audit only. The record and its effect are saved in one transaction, so
         a duplicate delivery has no second effect.
 
-        Raises [`LivemodeMismatchError`][payout_ledger.LivemodeMismatchError]
-        (nothing recorded) for an event of the other mode than this ledger's
+        A connected account's event of the other mode is ignored (not recorded:
+        Stripe sends a live-connected account's test-mode events to the live
+        Connect endpoint too). Raises
+        [`LivemodeMismatchError`][payout_ledger.LivemodeMismatchError] (nothing
+        recorded) for a platform event of the other mode than this ledger's
         [`livemode`][payout_ledger.PayoutLedger.livemode], and
         [`InvalidRequestError`][payout_ledger.InvalidRequestError] for an event
         without a string ``id``, ``type``, ``data.object``, or with an
@@ -431,6 +456,14 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         """
         event_id, event_type, obj = _parse_stripe_event(event)
         account, livemode = _event_account(event), _event_livemode(event)
+        if account is not None and self.other_mode(livemode):
+            return StripeEventReceipt(
+                event_id,
+                event_type,
+                StripeEventOutcome.IGNORED,
+                None,
+                f"a connected account's {'live' if livemode else 'test'}-mode event: not recorded",
+            )
         self.check_livemode(livemode)
         try:
             body = raw_body.decode("utf-8")
@@ -485,11 +518,16 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         mode = getattr(self._gateway, "livemode", None)
         return mode if isinstance(mode, bool) else None
 
+    def other_mode(self, livemode: object) -> bool:
+        """Whether an event's stated ``livemode`` is not this ledger's mode."""
+        expected = self.livemode
+        return isinstance(livemode, bool) and expected is not None and livemode is not expected
+
     def check_livemode(self, livemode: bool | None) -> None:
         """Raise [`LivemodeMismatchError`][payout_ledger.LivemodeMismatchError] for
         an event whose ``livemode`` is not this ledger's (``None``: not stated)."""
         expected = self.livemode
-        if livemode is not None and expected is not None and livemode is not expected:
+        if self.other_mode(livemode):
             raise LivemodeMismatchError(
                 f"a {'live' if livemode else 'test'}-mode event reached a "
                 f"{'live' if expected else 'test'}-mode ledger: check which webhook "
@@ -513,14 +551,11 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             PayoutAggregate.TransferSucceeded.TOPIC,
         ]
         last: dict[UUID, str] = {}
-        start = 1
-        while True:
-            page = self.recorder.select_notifications(start, _PAGE, topics=topics)
-            if not page:
-                break
-            for notification in page:
-                last[UUID(str(notification.originator_id))] = notification.topic
-            start = page[-1].id + 1
+        # Every id, those below 1 included; a row with impossible columns is skipped
+        # here (its placeholder has another topic) and reported by verify and audit.
+        for notification in iter_notifications(self, topics=topics, page_size=_PAGE):
+            if notification.topic in topics:
+                last[cast(UUID, notification.originator_id)] = notification.topic
         started = PayoutAggregate.PayoutStarted.TOPIC
         return [payout_id for payout_id, topic in last.items() if topic == started]
 
@@ -547,6 +582,10 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
     def _resume(self, payout: PayoutAggregate) -> ReleaseResult:
         if payout.status is not PayoutStatus.IN_FLIGHT:
             return _result(payout, _OUTCOME_OF_STATUS[payout.status], detail="nothing in flight")
+        if not self._store_mode_settled:
+            self._settle_store_mode()  # before asking Stripe anything, in the wrong mode too
+        if payout.attempt > 1:
+            self._check_terms_kept(payout)
         if self._gateway is None or not self.settings.stripe_enabled:
             return self._conclude(payout, _simulated(payout), detail="simulated")
         window = self._open_window()
@@ -582,20 +621,49 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             payout, self._call_gateway(payout, window), detail="retried with the same key"
         )
 
+    def _check_terms_kept(self, payout: PayoutAggregate) -> None:
+        """A later attempt pays what the first claimed (the ledger never writes otherwise).
+
+        A claim appended behind the ledger's back (after the latest seal, where
+        verify cannot see it) must not make a resume pay another amount.
+        """
+        [first, *_] = self.history(payout.event_service_id)
+        claimed = (payout.amount, payout.currency, payout.provider_id)
+        if claimed != (first.amount, first.currency, first.provider_id):  # type: ignore[attr-defined]
+            raise LedgerIntegrityError(
+                f"attempt {payout.attempt} of {payout.event_service_id!r} claims other terms "
+                "than its first attempt: it is not sent; run payout-ledger audit"
+            )
+
     def _open_window(self) -> SendWindow:
         """A send window opening now: take it before the claim or lookup it covers."""
         return SendWindow(
             opened=self._monotonic(),
             seconds=self.settings.stripe_idempotency_window,
             monotonic=self._monotonic,
+            wall_opened=self._wall(),
+            wall=self._wall,
         )
 
+    def _wall(self) -> float:
+        return self._clock.now().timestamp()
+
     def get_payout_by_id(self, payout_id: UUID) -> PayoutAggregate:
-        """A payout by its own id."""
+        """A payout by its own id.
+
+        Raises [`LedgerIntegrityError`][payout_ledger.LedgerIntegrityError] when
+        one of its stored events cannot be read (damaged, a topic the ledger
+        does not write, the wrong cipher key): the ledger does not act on it.
+        """
         try:
             return cast(PayoutAggregate, self.repository.get(payout_id))
         except AggregateNotFoundError:
             raise PayoutNotFoundError(str(payout_id)) from None
+        except MapperDeserialisationError as exc:
+            raise LedgerIntegrityError(
+                f"a stored event of payout {payout_id} cannot be read: {_first_cause(exc)}; "
+                "run payout-ledger verify"
+            ) from exc
 
     def _provider(self, req: ReleaseRequest) -> ServiceProvider:
         provider = self._providers.get_provider(req.provider_id)
@@ -634,6 +702,10 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
                     error_code="onboarding_required",
                     error_message=f"provider {provider.id!r} has no Stripe account",
                 )
+            if payout is not None:
+                refused = self._before_next_attempt(payout)
+                if refused is not None:
+                    return refused
             claim = self._claim(payout, req, provider)
             if isinstance(claim, _Claimed):
                 return claim
@@ -641,12 +713,52 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             logger.info("release of %s lost the claim race", req.event_service_id)
         raise LedgerBusyError(req.event_service_id, self.settings.claim_attempts)
 
+    def _before_next_attempt(self, payout: PayoutAggregate) -> ReleaseResult | None:
+        """A new attempt may pay again: first make sure the failed one did not pay.
+
+        The payout's log must chain (a copied or forged ``TransferFailed`` does
+        not), and Stripe must have no transfer of this payout (a refusal Stripe
+        did not store under its key, or a resume in another mode, could leave
+        one). Raises [`LedgerIntegrityError`][payout_ledger.LedgerIntegrityError]
+        when either says it did; answers ``failed`` (nothing sent) when Stripe
+        cannot be asked.
+        """
+        broken = broken_link(self.history(payout.event_service_id), self.mapper.transcoder)
+        if broken is not None:
+            raise LedgerIntegrityError(
+                f"the payout of {payout.event_service_id!r} does not chain ({broken}): "
+                "it is not paid again; run payout-ledger verify"
+            )
+        if self._gateway is None or not self.settings.stripe_enabled:
+            return None
+        try:
+            found = self._find_transfers(payout)
+        except GatewayError as exc:
+            return _result(
+                payout,
+                ReleaseOutcome.FAILED,
+                exc,
+                detail="not retried: Stripe could not be asked whether the failed attempt paid",
+            )
+        if found:
+            logger.error(
+                "Stripe has transfer %s for %s, whose attempt %d is recorded as failed",
+                found[0].id,
+                payout.event_service_id,
+                payout.attempt,
+            )
+            raise LedgerIntegrityError(
+                f"Stripe has transfer {found[0].id} (attempt {found[0].metadata.get('attempt')}) "
+                f"for {payout.event_service_id!r}, whose attempt {payout.attempt} is recorded "
+                "as failed: it is not paid again; run payout-ledger reconcile"
+            )
+        return None
+
     def _load(self, event_service_id: str) -> PayoutAggregate | None:
         try:
-            payout: object = self.repository.get(self.payout_id(event_service_id))
-        except AggregateNotFoundError:
+            return self.get_payout_by_id(self.payout_id(event_service_id))
+        except PayoutNotFoundError:
             return None
-        return cast(PayoutAggregate, payout)
 
     def _claim(
         self,
@@ -873,6 +985,21 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             # Someone settled this attempt first (a resume or a webhook). The
             # stored outcome wins; ours is dropped, never written twice.
             stored = self.get_payout(payout.event_service_id)
+            ours, theirs = payout.transfer_id, stored.transfer_id
+            if ours is not None and theirs is not None and ours != theirs:
+                # Two transfers for one payout: never expected, always reported.
+                logger.error(
+                    "DUPLICATE TRANSFER for %s: Stripe answered %s, the ledger recorded %s; "
+                    "run payout-ledger reconcile",
+                    payout.event_service_id,
+                    ours,
+                    theirs,
+                )
+                return _result(
+                    stored,
+                    _OUTCOME_OF_STATUS[stored.status],
+                    detail=f"duplicate transfer {ours}: reconcile",
+                )
             return _result(stored, _OUTCOME_OF_STATUS[stored.status])
         return _result(payout, outcome, error, detail)
 

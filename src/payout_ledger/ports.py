@@ -33,6 +33,7 @@ __all__ = [
     "TransferRequest",
     "TransferResult",
     "check_send_window",
+    "elapsed_seconds",
     "monotonic_of",
     "sending_within",
     "string_metadata",
@@ -183,11 +184,12 @@ class TransferGateway(Protocol):
 class Clock(Protocol):
     """Tells the time: when a claim was made, for people and reports.
 
-    No safety decision depends on it (see docs/concepts.md): hosts' clocks may
-    disagree by hours. A clock may also have a ``monotonic()`` method (seconds,
-    only ever moving forward, like ``time.monotonic``): the ledger measures its
-    send windows with it, and tests give one that moves with their fake time.
-    Without one the ledger uses ``time.monotonic``.
+    No safety decision depends on it alone (see docs/concepts.md): hosts' clocks
+    may disagree by hours. A clock may also have a ``monotonic()`` method
+    (seconds, only ever moving forward, counting while the machine sleeps):
+    the ledger measures its send windows with it and with ``now()``, and tests
+    give one that moves with their fake time. Without one the ledger uses
+    [`elapsed_seconds`][payout_ledger.ports.elapsed_seconds].
     """
 
     def now(self) -> datetime:
@@ -195,20 +197,31 @@ class Clock(Protocol):
         ...
 
 
+def elapsed_seconds() -> float:
+    """Seconds on a clock that only moves forward and keeps counting while the
+    machine is suspended (Linux ``CLOCK_BOOTTIME``; ``time.monotonic`` elsewhere).
+
+    ``time.monotonic`` stops while a VM is paused or a laptop sleeps: a claimant
+    suspended for a day would think no time had passed.
+    """
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
+
+
 class SystemClock:
-    """The real time in UTC, and the process's monotonic clock."""
+    """The real time in UTC, and a monotonic clock that counts suspended time."""
 
     def now(self) -> datetime:
         return datetime.now(UTC)
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        return elapsed_seconds()
 
 
 def monotonic_of(clock: Clock) -> Callable[[], float]:
-    """The clock's ``monotonic()``, or ``time.monotonic`` if it has none."""
+    """The clock's ``monotonic()``, or [`elapsed_seconds`][payout_ledger.ports.elapsed_seconds]."""
     monotonic = getattr(clock, "monotonic", None)
-    return monotonic if callable(monotonic) else time.monotonic
+    return monotonic if callable(monotonic) else elapsed_seconds
 
 
 @dataclass(frozen=True)
@@ -216,7 +229,10 @@ class SendWindow:
     """When the ledger may still send one attempt's transfer request to Stripe.
 
     It opens *before* the claim is saved (or before a resume asks Stripe for the
-    attempt's transfer) and lasts ``seconds``, measured with ``monotonic``.
+    attempt's transfer) and lasts ``seconds``, measured with ``monotonic`` and,
+    when given, with the wall clock ``wall`` too: it is closed as soon as either
+    says so (a wall clock stepped back cannot keep it open, one stepped forward
+    only closes it early, which is safe).
     Every request with the attempt's key is started inside a window whose
     opening came before any transfer made under that key, so no request can
     reach Stripe after the key may have been pruned (24 hours); see
@@ -226,10 +242,15 @@ class SendWindow:
     opened: float
     seconds: float
     monotonic: Callable[[], float]
+    wall_opened: float | None = None
+    wall: Callable[[], float] | None = None
 
     def remaining(self) -> float:
         """Seconds left; zero or less once it has closed."""
-        return self.seconds - (self.monotonic() - self.opened)
+        elapsed = self.monotonic() - self.opened
+        if self.wall is not None and self.wall_opened is not None:
+            elapsed = max(elapsed, self.wall() - self.wall_opened)
+        return self.seconds - elapsed
 
     def check(self) -> None:
         """Raise [`SendWindowClosed`][payout_ledger.SendWindowClosed] once it has closed."""

@@ -141,9 +141,23 @@ class LedgerSettings(BaseSettings):
     def check(self) -> None:
         """Raise [`ConfigurationError`][payout_ledger.ConfigurationError] for
         combinations that cannot be used."""
-        if self.environment == "production" and not self.stripe_enabled:
+        if self.environment != "production":
+            return
+        if not self.stripe_enabled:
             raise ConfigurationError(
                 "stripe_enabled=False simulates transfers and is refused in production"
+            )
+        scheme = urlsplit(self.store_url).scheme
+        if scheme == "memory":
+            raise ConfigurationError(
+                "store_url memory:// forgets every payout when the process ends: refused "
+                "in production"
+            )
+        if scheme == "sqlite" and not Path(_sqlite_file(self.store_url)).is_absolute():
+            raise ConfigurationError(
+                "store_url names a relative SQLite path, which depends on each process's "
+                "working directory (another directory is another, empty store): use "
+                "sqlite:////absolute/path.db or PostgreSQL in production"
             )
 
 
@@ -154,6 +168,19 @@ def livemode_of_key(api_key: str) -> bool | None:
     if api_key.startswith(("sk_test_", "rk_test_")):
         return False
     return None
+
+
+def _sqlite_file(url: str) -> str:
+    # sqlite:///rel.db -> "rel.db"; sqlite:////abs.db -> "/abs.db" (SQLAlchemy's rule)
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or rest == "/":
+        raise ConfigurationError(
+            "an SQLite store URL looks like sqlite:///relative.db or sqlite:////abs.db"
+        )
+    path = rest[1:]
+    if path in {":memory:", ""}:
+        raise ConfigurationError("use memory:// for an in-memory store")
+    return path
 
 
 def store_environment(settings: LedgerSettings) -> dict[str, str]:
@@ -172,15 +199,7 @@ def store_environment(settings: LedgerSettings) -> dict[str, str]:
 
 
 def _sqlite_path(url: str) -> str:
-    # sqlite:///rel.db -> "rel.db"; sqlite:////abs.db -> "/abs.db" (SQLAlchemy's rule)
-    rest = url[len("sqlite://") :]
-    if not rest.startswith("/") or rest == "/":
-        raise ConfigurationError(
-            "an SQLite store URL looks like sqlite:///relative.db or sqlite:////abs.db"
-        )
-    path = rest[1:]
-    if path in {":memory:", ""}:
-        raise ConfigurationError("use memory:// for an in-memory store")
+    path = _sqlite_file(url)
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
         raise ConfigurationError(f"the SQLite file's folder does not exist: {parent}")

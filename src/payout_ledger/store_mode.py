@@ -1,17 +1,24 @@
-"""A store is simulated or real from its first event, and stays so.
+"""A store is simulated, test or live from its first money event, and stays so.
 
 With ``stripe_enabled=False`` no money moves: transfers are simulated
 (``sim_`` ids). Such a ledger pointed at a real store (a staging host with
 Stripe off, ``payout-ledger resume`` in a development shell) would settle real
-in-flight payouts with simulated transfers, and a real ledger on a simulated
-store would pay for development's claims. So the first write of money events
-to a store also records its mode, and a ledger of the other mode refuses to
-write money events to it with a [`ConfigurationError`][payout_ledger.ConfigurationError].
+in-flight payouts with simulated transfers; a ledger with a *test* key would
+look live transfers up in test mode, find none, be refused, and record the
+attempt as failed although it paid; and a real ledger on a simulated store
+would pay for development's claims. So the first write of money events to a
+store also records its mode, and a ledger of another mode refuses to write
+money events to it with a [`ConfigurationError`][payout_ledger.ConfigurationError].
 Seals are not money events: any ledger may seal any store.
 
-A store written before modes were recorded has none: its mode is taken from its
-first recorded transfer (simulated or not); one with no transfer yet is real
-unless proven otherwise, so only a real ledger may declare it.
+A ledger's mode is ``simulated`` with Stripe disabled, else ``live`` or
+``test`` by [`PayoutLedger.livemode`][payout_ledger.PayoutLedger.livemode]
+(a ledger that cannot tell is ``test``).
+
+A store written before modes were recorded has none: its first recorded
+transfer tells simulated from real (not test from live); one with claims but no
+transfer yet is real unless proven otherwise. The first real ledger to write
+records its own mode.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ STORE_MODE_ID = UUID("5107e0de-0c1d-4b6e-9a2f-00000000a0de")
 class StoreMode(StrEnum):
     """What a store's money events are."""
 
-    STRIPE = "stripe"
-    """Real transfers through the gateway."""
+    LIVE = "live"
+    """Transfers in Stripe's live mode: real money."""
+    TEST = "test"
+    """Transfers in Stripe's test mode (or through a test double)."""
     SIMULATED = "simulated"
     """Stripe disabled (development): nothing moves."""
 

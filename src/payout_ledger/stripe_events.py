@@ -34,6 +34,10 @@ class StripeEventOutcome(StrEnum):
     """Recorded for audit only (an account update, an unknown type, not ours)."""
     DUPLICATE = "duplicate"
     """Recorded before; nothing was done this time."""
+    IGNORED = "ignored"
+    """Not recorded: a connected account's event of the other mode. Stripe sends a
+    live-connected account's test-mode events to the platform's live Connect
+    endpoint too; they are not the ledger's business."""
 
 
 @dataclass(frozen=True)

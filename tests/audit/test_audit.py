@@ -170,6 +170,30 @@ def plant_simulated_in_real_store(
     return "es_v", payout.version - 1  # the TransferSucceeded, before its Released
 
 
+def plant_attempt_terms_changed(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway
+) -> tuple[str, int]:
+    payout = _failed(ledger, gateway, "es_v")
+    payout.amount = payout.amount * 100  # a later claim for more, written behind the ledger
+    payout.start_next_attempt(
+        payee_user_id=payout.payee_user_id,
+        destination_account=payout.destination_account,
+        started_at=datetime.now(UTC),
+    )
+    ledger.save(payout)
+    return "es_v", payout.version
+
+
+def plant_transfer_unlike_claim(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway
+) -> tuple[str, int]:
+    payout = _in_flight(ledger, gateway, "es_v")
+    payout.destination_account = "acct_mallory"  # the recorded transfer went elsewhere
+    payout.record_transfer(transfer_id="tr_elsewhere", request_id=None)
+    ledger.save(payout)
+    return "es_v", payout.version - 1  # the TransferSucceeded, before its Released
+
+
 PLANTERS: dict[ViolationKind, Planter] = {
     ViolationKind.DOUBLE_TRANSFER: plant_double_transfer,
     ViolationKind.TRANSFER_ID_REUSED: plant_transfer_id_reused,
@@ -179,18 +203,22 @@ PLANTERS: dict[ViolationKind, Planter] = {
     ViolationKind.ATTEMPT_WITHOUT_OUTCOME: plant_attempt_without_outcome,
     ViolationKind.OUTCOME_WITHOUT_ATTEMPT: plant_outcome_without_attempt,
     ViolationKind.SIMULATED_IN_REAL_STORE: plant_simulated_in_real_store,
+    ViolationKind.ATTEMPT_TERMS_CHANGED: plant_attempt_terms_changed,
+    ViolationKind.TRANSFER_UNLIKE_CLAIM: plant_transfer_unlike_claim,
 }
 
 
 def test_every_rule_has_a_planted_violation() -> None:
     """Only damaged rows (tested on their own) and a simulated store's rule lack a planter.
 
-    REAL_IN_SIMULATED_STORE needs a simulated store: tests/test_store_mode.py plants it.
+    REAL_IN_SIMULATED_STORE needs a simulated store (tests/test_store_mode.py plants
+    it), HIDDEN_ROW PostgreSQL (tests/audit/test_hidden_rows.py).
     """
     unplanted = {
         ViolationKind.UNDECODABLE,
         ViolationKind.ILL_TYPED,
         ViolationKind.REAL_IN_SIMULATED_STORE,
+        ViolationKind.HIDDEN_ROW,
     }
     assert set(PLANTERS) | unplanted == set(ViolationKind)
 
@@ -372,3 +400,28 @@ def test_a_progress_bar_is_drawn_only_on_a_terminal_for_long_logs(
         report = audit_ledger(ledger, on_page=on_page, page_size=5)
 
     assert isinstance(report, AuditReport) and report.ok
+
+
+def test_the_audit_knows_the_topic_of_every_event_the_ledger_writes() -> None:
+    """A new event class must be added to KNOWN_TOPICS, or the audit calls it undecodable."""
+    from eventsourcing.utils import get_topic
+
+    from payout_ledger.audit.replay import KNOWN_TOPICS
+    from payout_ledger.chain import ChainedAggregate
+
+    def aggregates(cls: type) -> list[type]:
+        found = [cls]
+        for sub in cls.__subclasses__():
+            found += aggregates(sub)
+        return found
+
+    written = {
+        get_topic(event)
+        for aggregate in aggregates(ChainedAggregate)
+        if aggregate.__module__.startswith("payout_ledger.")
+        for event in vars(aggregate).values()
+        if isinstance(event, type)
+        and issubclass(event, ChainedAggregate.Event)
+        and event.__name__ not in {"Event", "Created"}  # the bases, never stored
+    }
+    assert written == KNOWN_TOPICS

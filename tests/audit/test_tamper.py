@@ -20,7 +20,7 @@ from uuid import UUID
 import pytest
 from typer.testing import CliRunner
 
-from payout_ledger import PayoutAggregate, PayoutLedger
+from payout_ledger import LedgerIntegrityError, PayoutAggregate, PayoutLedger
 from payout_ledger.audit import (
     ProblemKind,
     SealInfo,
@@ -367,7 +367,8 @@ def test_a_topic_naming_the_event_class_by_another_path_is_undecodable(
     alias = "payout_ledger.payout:PayoutAggregate.Released"
     raw.restore([replace(r, topic=alias) if r.notification_id == released else r for r in rows])
 
-    assert ledger.get_payout("es_after_seal").is_paid  # the repository still applies it
+    with pytest.raises(LedgerIntegrityError, match=r"not PayoutAggregate\.Released's own"):
+        ledger.get_payout("es_after_seal")  # the ledger does not act on it
     report = verify_ledger(ledger, anchors=[sealed.seal_digest])
     assert at(report, ProblemKind.UNDECODABLE) == [released]
     assert alias in report.problems[0].detail

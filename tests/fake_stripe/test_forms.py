@@ -47,6 +47,11 @@ def test_empty_values_are_kept_to_unset_fields() -> None:
     }
 
 
+def test_metadata_keys_holding_square_brackets_are_kept_whole() -> None:
+    """metadata[a[b]] is the key a[b], left for validation to refuse as Stripe does."""
+    assert parse_form("metadata[a[b]]=x&metadata[]]=y") == {"metadata": {"a[b]": "x", "]": "y"}}
+
+
 @pytest.mark.parametrize("body", ["a]b=1", "[x]=1", "a=1&a[b]=2", "a[b]=1&a=2"])
 def test_malformed_or_conflicting_keys_are_refused(body: str) -> None:
     """Broken bracket syntax and scalar/hash clashes raise FormError."""

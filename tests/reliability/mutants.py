@@ -40,8 +40,10 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     "resume_skips_lookup": (
         "resume sends the attempt's key again without asking Stripe first",
         "ledger.py",
-        "            found = self._find_transfers(payout)\n",
-        "            found = []\n",
+        "            found = self._find_transfers(payout)\n        except GatewayError as exc:\n"
+        '            return _result(payout, ReleaseOutcome.OUTCOME_UNKNOWN, exc, detail="lookup',
+        "            found = []\n        except GatewayError as exc:\n"
+        '            return _result(payout, ReleaseOutcome.OUTCOME_UNKNOWN, exc, detail="lookup',
     ),
     "send_window_never_closes": (
         "a request is sent however long after its claim or lookup",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -134,3 +135,59 @@ def test_the_async_transport_checks_the_window_before_every_try_too(
 
 def test_outside_a_ledger_call_there_is_no_window_to_check() -> None:
     check_send_window()  # does nothing
+
+
+# -- a host suspended between its claim and its request ------------------------------
+
+
+class SuspendedHost:
+    """A host that was suspended: its wall clock moved on, a monotonic clock that
+    does not count suspended time (Linux CLOCK_MONOTONIC) did not."""
+
+    def __init__(self, fake: FakeStripe) -> None:
+        self.fake = fake
+        self.frozen = fake.clock.now()
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.fake.clock.now(), UTC)
+
+    def monotonic(self) -> float:
+        return self.frozen
+
+
+def test_a_claimant_suspended_for_a_day_sends_nothing_when_it_wakes(
+    durable_store_url: str, make_stripe_ledger: Any, fake: FakeStripe, account: str
+) -> None:
+    """A resume paid meanwhile, the key was pruned: the waking claimant's window is closed."""
+    from tests.stripe.stripe_support import release_request, transfers_for
+
+    resumer = make_stripe_ledger(durable_store_url)
+
+    class SuspendsBeforeSending(StripeTransferGateway):
+        def create_transfer(self, request: TransferRequest) -> TransferResult:
+            fake.clock.advance(120)
+            assert resumer.resume_in_flight()[0].success  # the operator's cron, 2 minutes on
+            fake.clock.advance(25 * 3600)  # the claimant's host stays suspended
+            return super().create_transfer(request)
+
+    claimant = make_stripe_ledger(
+        durable_store_url,
+        gateway=SuspendsBeforeSending(fake.api_key, api_base=fake.url, max_network_retries=0),
+        clock=SuspendedHost(fake),
+    )
+
+    result = claimant.release_payment(release_request("es_1"))
+
+    assert len(transfers_for(fake, "es_1")) == 1
+    assert result.success and result.detail == "settled meanwhile", result
+
+
+def test_the_system_clock_counts_time_the_machine_spends_suspended() -> None:
+    import time
+
+    from payout_ledger.ports import SystemClock, elapsed_seconds
+
+    if hasattr(time, "CLOCK_BOOTTIME"):  # Linux: the clock that keeps counting
+        boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
+        assert abs(elapsed_seconds() - boottime) < 1.0
+    assert SystemClock().monotonic() <= elapsed_seconds()

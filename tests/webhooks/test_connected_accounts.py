@@ -9,6 +9,7 @@ account's ``transfer.created`` with matching metadata settled an in-flight
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -227,3 +228,44 @@ def test_the_test_gateways_and_keys_say_which_mode_they_are(make_ledger: Any) ->
     test = make_ledger(gateway=StripeTransferGateway(key, api_base="http://127.0.0.1:9"))
     assert test.livemode is False
     assert make_ledger(stripe_enabled=False, gateway=None).livemode is False
+
+
+def test_a_connected_accounts_test_event_at_a_live_endpoint_is_ignored_with_200(
+    make_ledger: Any, make_site: SiteFactory
+) -> None:
+    """Stripe sends a live-connected account's test events to the live Connect endpoint."""
+    site = live_site(make_ledger, make_site)
+    sink: PayoutLedger = site.handler._ledger  # type: ignore[assignment]
+    before = sink.recorder.max_notification_id()
+    event = make_event(
+        "account.updated", {"id": "acct_1", "payouts_enabled": True}, account="acct_1"
+    )
+    assert event["livemode"] is False
+
+    response = site.deliver(event)
+
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "ignored"
+    assert site.callbacks.accounts == []
+    assert sink.recorder.max_notification_id() == before
+    receipt = sink.record_stripe_event(event=event, raw_body=b"{}", headers={})
+    assert receipt.outcome.value == "ignored"
+    assert not sink.has_stripe_event(event["id"])
+
+
+def test_a_live_ledger_never_takes_unsigned_events_whatever_the_environment(
+    make_ledger: Any, make_site: SiteFactory
+) -> None:
+    """A live key with environment left at development and no secret: every request 403."""
+    live = make_ledger(
+        gateway=StripeTransferGateway("sk_live_not_used", api_base="http://127.0.0.1:9")
+    )
+    site = make_site(sink=live, secrets=(), environment="development")
+    event = make_event("payment_intent.succeeded", payment_intent())
+
+    response = site.post(json.dumps(event).encode())
+
+    assert response.status_code == 403
+    assert response.json() == {"error": "webhook_secret_not_configured"}
+    assert site.callbacks.payments == []
+    assert not live.has_stripe_event(event["id"])

@@ -42,7 +42,7 @@ def test_example_pays_a_delivered_service_once_through_stripe_and_its_webhooks(
     tmp_path: Path, client: httpx.Client
 ) -> None:
     """Customer pays (webhook), service delivered (transfer), delivered again (no transfer)."""
-    with FakeStripe() as fake:
+    with FakeStripe(api_key="sk_live_fake_platform") as fake:  # production is live
         account = fake.client().v1.accounts.create({"type": "express"}).id
         marketplace = example.Marketplace(
             [ServiceProvider(id="prov_1", user_id="user_1", stripe_account_id=account)],
@@ -98,10 +98,12 @@ def test_example_rejects_unsigned_webhooks_and_records_account_updates(
     settings = LedgerSettings(
         store_url=f"sqlite:///{tmp_path / 'host.db'}",
         environment="production",
+        stripe_api_key=SecretStr("sk_live_not_called"),
         stripe_webhook_secrets=(SecretStr(SECRET),),
     )
     app = example.create_app(settings, marketplace)
     event = make_event("account.updated", {"id": "acct_9", "payouts_enabled": True})
+    event["livemode"] = True
     body = encode(event)
     try:
         with serve(app) as base:

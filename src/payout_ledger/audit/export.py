@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from payout_ledger.audit.replay import PayoutSummary, ViolationKind, audit_ledger
 from payout_ledger.audit.seal import chained_mapper, read_notification
-from payout_ledger.audit.stream import DEFAULT_PAGE_SIZE, PageCallback, iter_notifications
+from payout_ledger.audit.stream import (
+    DEFAULT_PAGE_SIZE,
+    PageCallback,
+    hidden_rows,
+    iter_notifications,
+)
 from payout_ledger.audit.typecheck import type_check
 from payout_ledger.chain import canonical_json
 
@@ -72,7 +77,7 @@ _ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "prev
 _FLAT = ("event_service_id", "attempt", "amount", "currency", "transfer_id", "amount_reversed")
 
 
-ErrorCallback = Callable[[int, str], None]
+ErrorCallback = Callable[[int | None, str], None]
 """Called with (notification id, error) for each event exported with an error."""
 
 
@@ -134,7 +139,15 @@ def export_events(
         rows = _reporting(rows, on_error)
     if fmt != "jsonl":
         rows = map(_flattened, rows)
-    return _write(out, fmt, rows, EVENT_COLUMNS)
+    written = _write(out, fmt, rows, EVENT_COLUMNS)
+    if on_error is not None:
+        for row_id, version, topic in hidden_rows(ledger):
+            on_error(
+                None,
+                f"hidden_row: {topic} v{version} of {row_id} has no notification id and "
+                "is not exported",
+            )
+    return written
 
 
 def _flattened(row: dict[str, Any]) -> dict[str, Any]:
@@ -163,7 +176,11 @@ def export_payouts(
     report = audit_ledger(ledger, page_size=page_size, on_page=on_page, keep_summaries=kept.update)
     if on_error is not None:
         for v in report.violations:
-            if v.kind in (ViolationKind.UNDECODABLE, ViolationKind.ILL_TYPED):
+            if v.kind in (
+                ViolationKind.UNDECODABLE,
+                ViolationKind.ILL_TYPED,
+                ViolationKind.HIDDEN_ROW,
+            ):
                 on_error(v.notification_id, f"{v.kind.value}: {v.detail}")
     return _write(out, fmt, (summary.as_dict() for summary in kept.values()), PAYOUT_COLUMNS)
 

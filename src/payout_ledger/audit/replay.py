@@ -15,6 +15,10 @@ notification order, a page at a time. It keeps a compact summary per payout
 | an outcome concludes the attempt in flight | ``outcome_without_attempt`` |
 | every stored event can be read | ``undecodable`` |
 | every field the audit folds has its declared type | ``ill_typed`` |
+| a later attempt keeps the payout's amount, currency and provider | ``attempt_terms_changed`` |
+| a transfer has its attempt's amount, currency and destination | ``transfer_unlike_claim`` |
+| every stored event has a topic of the ledger's own events | ``undecodable`` |
+| every row has a notification id (PostgreSQL) | ``hidden_row`` |
 | a real store (Stripe enabled) records no simulated transfer | ``simulated_in_real_store`` |
 | a simulated store records no real transfer | ``real_in_simulated_store`` |
 
@@ -38,13 +42,15 @@ from payout_ledger.audit.stream import (
     ILL_TYPED_ROW,
     PageCallback,
     StateDecoder,
+    hidden_rows,
     iter_notifications,
     iter_states,
 )
 from payout_ledger.audit.typecheck import TypeCheck, type_check
+from payout_ledger.chain import LedgerSeal
 from payout_ledger.payout import PayoutAggregate, PayoutStatus
 from payout_ledger.store_mode import StoreMode, StoreModeRecord
-from payout_ledger.stripe_events import CapturedPayment
+from payout_ledger.stripe_events import CapturedPayment, StripeEventRecord
 
 if TYPE_CHECKING:
     from payout_ledger.ledger import PayoutLedger
@@ -80,12 +86,22 @@ class ViolationKind(StrEnum):
     """A failure or success recorded for an attempt that is not in flight."""
     UNDECODABLE = "undecodable"
     """A stored event that cannot be read (damaged, or the wrong cipher key)."""
+    ATTEMPT_TERMS_CHANGED = "attempt_terms_changed"
+    """A later attempt claims another amount, currency or provider than the
+    payout's first: the ledger never writes one (a release with other terms is
+    refused), so the log was written behind its back."""
+    TRANSFER_UNLIKE_CLAIM = "transfer_unlike_claim"
+    """A ``TransferSucceeded`` whose amount, currency or destination is not its
+    attempt's claim."""
     SIMULATED_IN_REAL_STORE = "simulated_in_real_store"
     """A simulated transfer (Stripe disabled: no money moved) in a store whose
     money is real: a payout counted as released that nobody was paid. A store
     that never recorded its mode is judged by its first transfer."""
     REAL_IN_SIMULATED_STORE = "real_in_simulated_store"
     """A real transfer in a store recorded as simulated (development)."""
+    HIDDEN_ROW = "hidden_row"
+    """A row without a notification id (PostgreSQL, after its NOT NULL was dropped):
+    no reader in notification order sees it, yet the ledger loads it with its payout."""
     ILL_TYPED = "ill_typed"
     """A stored event whose folded fields do not have their declared types (an
     amount that is a string, an attempt that is a float or a bool...): it is
@@ -97,7 +113,8 @@ class Violation:
     """One broken rule, naming the event that broke it."""
 
     kind: ViolationKind
-    notification_id: int
+    notification_id: int | None
+    """None for a row that has none (``hidden_row``)."""
     payout_id: str
     originator_version: int
     event_type: str
@@ -162,6 +179,7 @@ class PayoutSummary:
         "amount",
         "attempt",
         "currency",
+        "destination",
         "event_service_id",
         "failed",
         "key",
@@ -185,6 +203,8 @@ class PayoutSummary:
         self.amount = amount
         self.currency = currency
         self.attempt = 0
+        self.destination: str | None = None
+        """The destination claimed by the attempt in flight (None once concluded)."""
         self.open_since: int | None = None
         """Notification id of the attempt in flight, if any."""
         self.successes = 0
@@ -276,9 +296,17 @@ _FOLDED: dict[type, tuple[str, ...]] = {
         "amount",
         "currency",
         "attempt",
+        "destination_account",
     ),
     PayoutAggregate.TransferFailed: ("attempt",),
-    PayoutAggregate.TransferSucceeded: ("attempt", "transfer_id", "simulated"),
+    PayoutAggregate.TransferSucceeded: (
+        "attempt",
+        "transfer_id",
+        "simulated",
+        "amount",
+        "currency",
+        "destination_account",
+    ),
     PayoutAggregate.Released: ("transfer_id",),
     PayoutAggregate.TransferReversed: ("transfer_id", "amount_reversed"),
     CapturedPayment.PaymentCaptured: ("currency", "amount"),
@@ -347,17 +375,30 @@ class _Auditor:
                 intern(e["currency"]),
             )
             self.payouts[key] = p
-        elif p.open_since is not None:
-            self.violate(
-                ViolationKind.ATTEMPT_WITHOUT_OUTCOME,
-                "PayoutStarted",
-                nid,
-                key,
-                version,
-                f"attempt {attempt} started while attempt {p.attempt} "
-                f"(notification {p.open_since}) has no outcome",
-            )
+        else:
+            if p.open_since is not None:
+                self.violate(
+                    ViolationKind.ATTEMPT_WITHOUT_OUTCOME,
+                    "PayoutStarted",
+                    nid,
+                    key,
+                    version,
+                    f"attempt {attempt} started while attempt {p.attempt} "
+                    f"(notification {p.open_since}) has no outcome",
+                )
+            terms = (e["amount"], e["currency"], e["provider_id"])
+            if terms != (p.amount, p.currency, p.provider_id):
+                self.violate(
+                    ViolationKind.ATTEMPT_TERMS_CHANGED,
+                    "PayoutStarted",
+                    nid,
+                    key,
+                    version,
+                    f"attempt {attempt} claims {terms[0]} {terms[1]} for {terms[2]}, the "
+                    f"payout is {p.amount} {p.currency} for {p.provider_id}",
+                )
         p.attempt = attempt
+        p.destination = e["destination_account"]
         p.open_since = nid
         p.failed = False
         p.version = version
@@ -386,6 +427,7 @@ class _Auditor:
         p = self._concludes(e, "TransferFailed", nid, key, version)
         if p is not None:
             p.open_since = None
+            p.destination = None
             p.failed = True
             p.version = version
 
@@ -412,6 +454,18 @@ class _Auditor:
         if p is None:
             return
         transfer_id = e["transfer_id"]
+        moved = (e["amount"], e["currency"], e["destination_account"])
+        if p.open_since is not None and moved != (p.amount, p.currency, p.destination):
+            self.violate(
+                ViolationKind.TRANSFER_UNLIKE_CLAIM,
+                "TransferSucceeded",
+                nid,
+                key,
+                version,
+                f"transfer {transfer_id} moved {moved[0]} {moved[1]} to {moved[2]}, attempt "
+                f"{p.attempt} claimed {p.amount} {p.currency} to {p.destination}",
+            )
+        p.destination = None
         owner = self.transfers.setdefault(transfer_id, p)
         if owner is not p:
             self.violate(
@@ -529,6 +583,8 @@ def audit_ledger(
             by_topic[topic] = by_topic.get(topic, 0) + 1
             if topic == ILL_TYPED_ROW:
                 finding(_ill_typed(nid, key, version, topic, _BAD_COLUMNS))
+            elif topic not in KNOWN_TOPICS:
+                finding(_unknown_topic(nid, key, version, topic))
             elif isinstance(state, Exception):
                 finding(_undecodable(nid, key, version, topic, state))
             elif state is not None:
@@ -551,6 +607,8 @@ def audit_ledger(
                 if fold is None:
                     if topic == ILL_TYPED_ROW:
                         finding(_ill_typed(nid, int(oid, 16), version, topic, _BAD_COLUMNS))
+                    elif topic not in KNOWN_TOPICS:
+                        finding(_unknown_topic(nid, int(oid, 16), version, topic))
                     continue
                 key = 0
                 try:
@@ -567,6 +625,19 @@ def audit_ledger(
             report.events += len(page)
             report.last_notification_id = page[-1][0]
 
+    for row_id, row_version, row_topic in hidden_rows(ledger):
+        finding(
+            Violation(
+                kind=ViolationKind.HIDDEN_ROW,
+                notification_id=None,
+                payout_id=row_id,
+                originator_version=row_version if type(row_version) is int else 0,
+                event_type=str(row_topic).rsplit(":", 1)[-1],
+                event_service_id=None,
+                detail="a stored row without a notification id: the audit cannot place it, "
+                "the ledger applies it",
+            )
+        )
     report.events_by_type = {t.rsplit(":", 1)[-1]: c for t, c in by_topic.items()}
     report.violations = [_named(ledger, v) for v in auditor.violations]
     report.payouts = len(auditor.payouts)
@@ -611,6 +682,29 @@ def _named(ledger: PayoutLedger, violation: Violation) -> Violation:
 
 
 _BAD_COLUMNS = "the stored row's columns have impossible types (an edited SQLite file)"
+
+KNOWN_TOPICS = frozenset(
+    get_topic(cls)
+    for cls in (
+        PayoutAggregate.PayoutStarted,
+        PayoutAggregate.TransferFailed,
+        PayoutAggregate.TransferSucceeded,
+        PayoutAggregate.Released,
+        PayoutAggregate.TransferReversed,
+        StripeEventRecord.StripeEventReceived,
+        CapturedPayment.PaymentCaptured,
+        LedgerSeal.Sealed,
+        StoreModeRecord.ModeDeclared,
+    )
+)
+"""Every topic the ledger writes. Any other (another import path that resolves to
+the same class, a made-up name) is a row the ledger did not write: undecodable."""
+
+
+def _unknown_topic(nid: int, key: int, version: int, topic: str) -> Violation:
+    return _undecodable(
+        nid, key, version, topic, ValueError(f"topic {topic!r} is not one the ledger writes")
+    )
 
 
 def _ill_typed(nid: int, key: int, version: int, topic: str, why: str) -> Violation:

@@ -57,6 +57,32 @@ RawEvent = tuple[int, str, int, str, bytes]
 """(notification id, originator id as 32 hex digits, originator version, topic, stored state)."""
 
 
+def hidden_rows(ledger: PayoutLedger, limit: int = 1000) -> list[tuple[str, object, object]]:
+    """Rows no reader in notification order can see: (originator id, version, topic).
+
+    On PostgreSQL the table's owner can drop ``notification_id``'s NOT NULL and
+    set it to NULL. Such a row is skipped by every reader that pages by
+    notification id (verify, seal, the audit, exports) while the ledger still
+    loads it with its payout by originator id. SQLite's rowid cannot be NULL.
+    """
+    recorder = ledger.recorder
+    if not isinstance(recorder, PostgresApplicationRecorder):
+        return []
+    query = SQL(
+        "SELECT originator_id::text, originator_version, topic FROM {schema}.{table} "
+        "WHERE notification_id IS NULL LIMIT %s"
+    ).format(
+        schema=Identifier(recorder.datastore.schema),
+        table=Identifier(recorder.events_table_name),
+    )
+    with (
+        recorder.datastore.get_connection() as conn,
+        conn.cursor(row_factory=tuple_row) as cursor,
+    ):
+        cursor.execute(query, (limit,))
+        return [(str(oid), version, topic) for oid, version, topic in cursor.fetchall()]
+
+
 def last_notification_id(ledger: PayoutLedger) -> int:
     """The highest notification id in the log (0 when it is empty)."""
     return ledger.recorder.max_notification_id() or 0
@@ -79,9 +105,9 @@ def iter_notifications(
     editing the database could, to hide a row from readers that start at 1.
     """
     recorder = ledger.recorder
-    select = recorder.select_notifications
-    if isinstance(recorder, SQLiteApplicationRecorder):
-        select = functools.partial(_sqlite_notifications, recorder)
+    select = functools.partial(_checked_notifications, recorder.select_notifications)
+    if isinstance(recorder, SQLiteApplicationRecorder | PostgresApplicationRecorder):
+        select = functools.partial(_stored_notifications, recorder)
     first: int | None = start
     while True:
         page = select(first, page_size, stop=stop, topics=topics)
@@ -95,46 +121,73 @@ def iter_notifications(
             return
 
 
-def _sqlite_notifications(
-    recorder: SQLiteApplicationRecorder,
+def _stored_notifications(
+    recorder: SQLiteApplicationRecorder | PostgresApplicationRecorder,
     start: int | None,
     limit: int,
     *,
     stop: int | None = None,
     topics: Sequence[str] = (),
 ) -> list[Notification]:
-    """``select_notifications`` on SQLite, for rows whose columns someone may have edited.
+    """``select_notifications``, for rows whose columns someone may have edited.
 
-    SQLite lets any column hold any type. eventsourcing's own read raises on an
-    originator id that is not a UUID, which would stop an auditor at that row;
-    here such a row becomes a placeholder that no mapper decodes (its state
-    names the row's real columns), so readers report it and go on, and seals
-    and verify digest the same placeholder.
+    SQLite lets any column hold any type, and on PostgreSQL the table's owner can
+    drop a column's NOT NULL. eventsourcing's own read raises on an originator
+    id that is not a UUID or a NULL state, which would stop an auditor at that
+    row; here such a row becomes a placeholder that no mapper decodes (its state
+    names the row's real columns), so readers report it and go on, and seals and
+    verify digest the same placeholder. A row without a notification id has no
+    place in the log: [`hidden_rows`][payout_ledger.audit.stream.hidden_rows]
+    lists it.
     """
-    where: list[str] = []
+    sqlite = isinstance(recorder, SQLiteApplicationRecorder)
+    column, mark = ("rowid", "?") if sqlite else ("notification_id", "%s")
+    where: list[str] = [f"{column} IS NOT NULL"]
     params: list[object] = []
     if start is not None:
-        where.append("rowid >= ?")
+        where.append(f"{column} >= {mark}")
         params.append(start)
     if stop is not None:
-        where.append("rowid <= ?")
+        where.append(f"{column} <= {mark}")
         params.append(stop)
     if topics:
-        where.append(f"topic IN ({', '.join('?' for _ in topics)})")
+        where.append(f"topic IN ({', '.join(mark for _ in topics)})")
         params.extend(topics)
-    statement = (
-        "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608
-        f"FROM {recorder.events_table_name} "
-        f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY rowid LIMIT ?"
-    )
-    with recorder.datastore.transaction(commit=False) as cursor:
-        raw = cursor.sqlite_cursor
-        raw.row_factory = None
-        raw.execute(statement, (*params, limit))
-        rows = raw.fetchall()
+    params.append(limit)
+    if isinstance(recorder, SQLiteApplicationRecorder):
+        statement = (
+            "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608
+            f"FROM {recorder.events_table_name} WHERE {' AND '.join(where)} "
+            "ORDER BY rowid LIMIT ?"
+        )
+        with recorder.datastore.transaction(commit=False) as cursor:
+            raw = cursor.sqlite_cursor
+            raw.row_factory = None
+            raw.execute(statement, params)
+            rows = raw.fetchall()
+    else:
+        query = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM {schema}.{table} WHERE " + " AND ".join(where) + " "
+            "ORDER BY notification_id LIMIT %s"
+        ).format(
+            schema=Identifier(recorder.datastore.schema),
+            table=Identifier(recorder.events_table_name),
+        )
+        with (
+            recorder.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as cursor,
+        ):
+            cursor.execute(query, params)
+            rows = cursor.fetchall()
     notifications = []
     for row in rows:
-        rowid, originator_id, version, topic, state = _well_typed_row(*row)
+        state = row[4]
+        if isinstance(state, memoryview):
+            state = bytes(state)
+        rowid, originator_id, version, topic, state = _well_typed_row(
+            row[0], row[1], row[2], row[3], state
+        )
         notifications.append(
             Notification(
                 id=rowid,
@@ -147,6 +200,52 @@ def _sqlite_notifications(
     return notifications
 
 
+def _checked_notifications(
+    select: Callable[..., Sequence[Notification]],
+    start: int | None,
+    limit: int,
+    *,
+    stop: int | None = None,
+    topics: Sequence[str] = (),
+) -> list[Notification]:
+    """The recorder's notifications, each with columns of the types the ledger writes.
+
+    On PostgreSQL the table's owner can drop a column's NOT NULL and store a
+    NULL state, topic or id: such a row becomes a placeholder, as on SQLite.
+    """
+    page = list(select(start, limit, stop=stop, topics=topics))
+    for i, n in enumerate(page):
+        if not (
+            isinstance(n.originator_id, UUID)
+            and type(n.originator_version) is int
+            and type(n.topic) is str
+            and type(n.state) is bytes
+        ):
+            row = _well_typed_row(n.id, n.originator_id, n.originator_version, n.topic, n.state)
+            page[i] = Notification(
+                id=row[0],
+                originator_id=row[1],
+                originator_version=row[2],
+                topic=row[3],
+                state=row[4],
+            )
+    return page
+
+
+def _typed_rows(rows: list[Any]) -> list[RawEvent]:
+    """Raw rows, each a placeholder if its columns do not have the types the ledger writes."""
+    for i, (nid, oid, version, topic, state) in enumerate(rows):
+        if (
+            type(oid) is not str
+            or type(version) is not int
+            or type(topic) is not str
+            or type(state) is not bytes
+        ):
+            row = _well_typed_row(nid, oid, version, topic, state)
+            rows[i] = (row[0], row[1].hex, row[2], row[3], row[4])
+    return rows
+
+
 ILL_TYPED_ROW = "payout_ledger:ill-typed-row"
 """The topic of a placeholder for an SQLite row whose columns have impossible types."""
 
@@ -156,7 +255,9 @@ def _well_typed_row(
 ) -> tuple[int, UUID, int, str, bytes]:
     """The row's columns, or a placeholder that names them (topic ``ILL_TYPED_ROW``)."""
     try:
-        originator_id = UUID(oid) if isinstance(oid, str) else None
+        originator_id = (
+            oid if isinstance(oid, UUID) else UUID(oid) if isinstance(oid, str) else None
+        )
     except ValueError:
         originator_id = None
     if (
@@ -175,70 +276,68 @@ def _well_typed_row(
 _ROW_NAMESPACE = UUID("0b5e55ed-0c1d-4b6e-9a2f-00000000c01d")
 
 
+_SMALLEST_ID, _LARGEST_ID = -(2**63), 2**63 - 1
+"""Notification ids are 64-bit: every one of them is read, the smallest included."""
+
+
 def _raw_pages(ledger: PayoutLedger, page_size: int) -> Iterator[list[RawEvent]]:
-    """Pages of plain tuples, each page read after the last id of the one before."""
+    """Pages of plain tuples, each page from the id after the last of the one before."""
     fetch = _page_reader(ledger, page_size)
-    after = -(2**63)
+    start = _SMALLEST_ID
     while True:
-        page = fetch(after)
+        page = fetch(start)
         if not page:
             return
         yield page
-        if len(page) < page_size:
+        if len(page) < page_size or page[-1][0] >= _LARGEST_ID:
             return
-        after = page[-1][0]
+        start = page[-1][0] + 1
 
 
 def _page_reader(ledger: PayoutLedger, page_size: int) -> Callable[[int], list[RawEvent]]:
-    """The store's query for ``page_size`` events with ids above ``after``."""
+    """The store's query for ``page_size`` events with ids from ``start`` on."""
     recorder = ledger.recorder
     if isinstance(recorder, SQLiteApplicationRecorder):
         statement = (
             "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608
-            f"FROM {recorder.events_table_name} WHERE rowid > ? ORDER BY rowid LIMIT ?"
+            f"FROM {recorder.events_table_name} WHERE rowid >= ? ORDER BY rowid LIMIT ?"
         )
         sqlite_datastore = recorder.datastore
 
-        def read_sqlite(after: int) -> list[RawEvent]:
+        def read_sqlite(start: int) -> list[RawEvent]:
             with sqlite_datastore.transaction(commit=False) as cursor:
                 raw = cursor.sqlite_cursor
                 raw.row_factory = None  # plain tuples, not sqlite3.Row
-                raw.execute(statement, (after, page_size))
-                rows: list[RawEvent] = raw.fetchall()
-            for i, (nid, oid, version, topic, state) in enumerate(rows):
-                if type(version) is not int or type(topic) is not str or type(state) is not bytes:
-                    row = _well_typed_row(nid, oid, version, topic, state)
-                    rows[i] = (row[0], row[1].hex, row[2], row[3], row[4])
-            return rows
+                raw.execute(statement, (start, page_size))
+                return _typed_rows(raw.fetchall())
 
         return read_sqlite
     if isinstance(recorder, PostgresApplicationRecorder):
         query = SQL(
             "SELECT notification_id, replace(originator_id::text, '-', ''), originator_version, "
             "topic, state "
-            "FROM {schema}.{table} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+            "FROM {schema}.{table} WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
         ).format(
             schema=Identifier(recorder.datastore.schema),
             table=Identifier(recorder.events_table_name),
         )
         postgres_datastore = recorder.datastore
 
-        def read_postgres(after: int) -> list[RawEvent]:
+        def read_postgres(start: int) -> list[RawEvent]:
             with (
                 postgres_datastore.get_connection() as conn,
                 conn.cursor(row_factory=tuple_row) as cursor,
             ):
-                cursor.execute(query, (after, page_size), prepare=True)
-                return cursor.fetchall()
+                cursor.execute(query, (start, page_size), prepare=True)
+                return _typed_rows(cursor.fetchall())
 
         return read_postgres
 
-    def read_memory(after: int) -> list[RawEvent]:
-        # select_notifications starts at an id (inclusive); the first page at None.
-        start = None if after < 0 else after + 1
+    def read_memory(start: int) -> list[RawEvent]:
+        first = None if start == _SMALLEST_ID else start  # None: from the very first
         return [
             (n.id, UUID(str(n.originator_id)).hex, n.originator_version, n.topic, n.state)
-            for n in recorder.select_notifications(start, page_size)
+            for n in recorder.select_notifications(first, page_size)
         ]
 
     return read_memory

@@ -22,6 +22,7 @@ the stored events, in one pass in notification order:
 | the log differs from what a seal recorded | ``seal_mismatch`` |
 | a seal that cannot be right | ``seal_invalid`` |
 | an anchored digest is no seal's | ``anchor_not_found`` |
+| a row without a notification id (PostgreSQL) | ``hidden_row`` |
 | (``strict`` only) an event stored before chaining | ``legacy_unchained`` |
 | (``strict`` only) a link with the previous release's v1 digest | ``v1_link`` |
 
@@ -49,7 +50,12 @@ from uuid import UUID
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from payout_ledger.audit.seal import SealInfo, StoredRead, chained_mapper, read_notification
-from payout_ledger.audit.stream import DEFAULT_PAGE_SIZE, PageCallback, iter_notifications
+from payout_ledger.audit.stream import (
+    DEFAULT_PAGE_SIZE,
+    PageCallback,
+    hidden_rows,
+    iter_notifications,
+)
 from payout_ledger.audit.typecheck import type_check
 from payout_ledger.chain import GENESIS, ChainedMapper, LedgerSeal, as_stored, legacy_digest, roll
 
@@ -86,6 +92,10 @@ class ProblemKind(StrEnum):
     SEAL_INVALID = "seal_invalid"
     """A seal that cannot be right (it covers itself, or less than the seal before
     it, or has an unknown class version)."""
+    HIDDEN_ROW = "hidden_row"
+    """A row without a notification id (PostgreSQL, after its NOT NULL was dropped):
+    no reader in notification order, seals included, sees it, yet the ledger loads
+    it with its aggregate."""
     ANCHOR_NOT_FOUND = "anchor_not_found"
     """No seal in the log has a digest the operator anchored outside the database."""
 
@@ -256,6 +266,18 @@ def verify_ledger(
         check_seal(pending.popleft())
 
     _check_sqlite_ids(ledger, report)
+    for oid, version, topic in hidden_rows(ledger):
+        problems.append(
+            ChainProblem(
+                kind=ProblemKind.HIDDEN_ROW,
+                notification_id=None,
+                originator_id=oid,
+                originator_version=version if type(version) is int else None,
+                topic=str(topic),
+                detail="a stored row without a notification id: no reader in notification "
+                "order sees it, no seal covers it, and the ledger applies it",
+            )
+        )
     report.events = count
     report.aggregates = len(heads)
     report.log_digest = rolling

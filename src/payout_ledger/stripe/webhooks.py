@@ -8,14 +8,15 @@ ASGI. The rules, in the order they are applied:
 
 | condition | status |
 |---|---|
-| ``environment="production"`` and no webhook secret configured | 403, every request |
+| no webhook secret, and ``environment="production"`` or a live-mode ledger | 403, every request |
 | body larger than ``max_body_bytes`` | 413 |
 | a secret is configured and ``Stripe-Signature`` is missing | 403 |
 | the signature matches none of the secrets (or the body is not UTF-8) | 403 |
 | the signature's timestamp is older than ``tolerance`` seconds (a replay) | 403 |
-| no secret configured outside production | verification skipped, WARNING logged |
+| no secret configured outside production, ledger not live | verification skipped, WARNING logged |
 | the body is not JSON, or not a Stripe event object | 400 |
-| ``livemode`` is not the ledger's (test event, live ledger, or the reverse) | 400, nothing runs |
+| a connected account's event of the other mode (sent to live Connect endpoints) | 200, ignored |
+| a platform event whose ``livemode`` is not the ledger's | 400, nothing runs |
 | the event id was recorded before | 200, ``"duplicate": true``, nothing runs |
 | the host callback raises | 500, nothing recorded (Stripe retries) |
 | the ledger's store fails | 500 (Stripe retries) |
@@ -185,6 +186,8 @@ class WebhookHandler:
         self.max_body_bytes = max_body_bytes
         self._on_payment_succeeded = on_payment_succeeded
         self._on_account_updated = on_account_updated
+        self._live = getattr(ledger, "livemode", None) is True
+        """A live-mode ledger never takes unverified events, whatever the environment."""
 
     @classmethod
     def from_settings(
@@ -228,9 +231,10 @@ class WebhookHandler:
         ``max_body_bytes``. [`handle`][payout_ledger.stripe.webhooks.WebhookHandler.handle]
         applies it too; servers call it first to avoid reading a body at all.
         """
-        if not self._secrets and self.environment == "production":
+        if not self._secrets and (self.environment == "production" or self._live):
             logger.error(
-                "stripe webhook rejected (403): no webhook secret is configured in production"
+                "stripe webhook rejected (403): no webhook secret is configured and %s",
+                "the environment is production" if not self._live else "the ledger is live",
             )
             return _reject(403, "webhook_secret_not_configured")
         if body_size > self.max_body_bytes:
@@ -312,6 +316,21 @@ class WebhookHandler:
         event_type: str = event["type"]
         expected = getattr(self._ledger, "livemode", None)
         if isinstance(expected, bool) and event.get("livemode", expected) is not expected:
+            if event.get("account") is not None:
+                logger.info(
+                    "stripe event %s (%s) of a connected account, other mode: ignored",
+                    event_id,
+                    event_type,
+                )
+                return WebhookResponse(
+                    200,
+                    {
+                        "received": True,
+                        "event_id": event_id,
+                        "type": event_type,
+                        "outcome": "ignored",
+                    },
+                )
             logger.warning(
                 "stripe event %s (%s) rejected (400): livemode %r, the ledger is %s",
                 event_id,

@@ -22,12 +22,13 @@ from ._errors import ParamError, StripeError, resource_missing
 from ._forms import Params
 from ._paging import Listable, page
 from ._params import (
+    amount_param,
     check_known,
     created_filter,
     currency_param,
-    int_param,
+    description_param,
     metadata_param,
-    required_int,
+    optional_amount_param,
     required_str,
     str_param,
 )
@@ -85,12 +86,15 @@ class StripeBackend:
         api_version: str,
         on_event: Callable[[JSON], None],
         subscribers: Callable[[str], int],
+        livemode: bool = False,
     ) -> None:
         """``on_event`` receives each new event; ``subscribers`` counts the
         webhook endpoints an event type goes to (its ``pending_webhooks``)."""
         self.lock = threading.RLock()
         self._clock = clock
         self._api_version = api_version
+        self._livemode = livemode
+        """Live or test mode, as the fake's API key says: objects and events carry it."""
         self._on_event = on_event
         self._subscribers = subscribers
         self._seq = itertools.count()
@@ -253,11 +257,11 @@ class StripeBackend:
                 "transfer_group",
             ),
         )
-        amount = required_int(params, "amount", minimum=1)
+        amount = amount_param(params)
         currency = currency_param(params)
         destination = required_str(params, "destination")
         metadata = metadata_param(params, {}) or {}
-        description = str_param(params, "description")
+        description = description_param(params)
         transfer_group = str_param(params, "transfer_group")
         source_transaction = str_param(params, "source_transaction")
         source_type = str_param(params, "source_type") or "card"
@@ -289,6 +293,7 @@ class StripeBackend:
                 source_transaction=source_transaction,
                 source_type=source_type,
                 metadata=metadata,
+                livemode=self._livemode,
             )
             self._transfers[transfer.id] = transfer
             rendered = transfer.to_json()
@@ -330,7 +335,7 @@ class StripeBackend:
         """``POST /v1/transfers/{id}``: ``description`` and ``metadata``."""
         params = call.params
         check_known(params, ("description", "metadata"))
-        description = str_param(params, "description")
+        description = description_param(params)
         with self.lock:
             transfer = self._transfer(call.path_args["id"])
             metadata = metadata_param(params, transfer.metadata)
@@ -391,7 +396,8 @@ class StripeBackend:
         """``POST /v1/transfers/{id}/reversals``: credits the balance back."""
         params = call.params
         check_known(params, ("amount", "description", "metadata", "refund_application_fee"))
-        amount = int_param(params, "amount", minimum=1)
+        amount = optional_amount_param(params)
+        description_param(params)  # validated; reversals do not render it
         metadata = metadata_param(params, {}) or {}
         with self.lock:
             transfer = self._transfer(call.path_args["id"])
@@ -469,7 +475,7 @@ class StripeBackend:
                     }
                     for c in currencies
                 ],
-                "livemode": False,
+                "livemode": self._livemode,
                 "pending": [
                     {"amount": 0, "currency": c, "source_types": {"card": 0}} for c in currencies
                 ],
@@ -512,6 +518,7 @@ class StripeBackend:
                 latest_charge=new_id("ch"),
                 metadata=dict(metadata or {}),
                 transfer_group=transfer_group,
+                livemode=self._livemode,
             )
             self._payment_intents[intent.id] = intent
             self._charges[intent.latest_charge] = intent
@@ -579,6 +586,7 @@ class StripeBackend:
             pending_webhooks=self._subscribers(event_type),
             previous_attributes=copy.deepcopy(previous),
             account=account,
+            livemode=self._livemode,
         )
         self._events[event.id] = event
         self._on_event(event.to_json())

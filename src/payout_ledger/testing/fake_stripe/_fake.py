@@ -42,6 +42,13 @@ class FakeStripe:
             )
             assert fake.transfers()[0]["amount"] == 500
 
+    It refuses what Stripe documents it refuses, with Stripe's errors and
+    nothing kept under the idempotency key: amounts above 99999999
+    (``amount_too_large``), metadata beyond 50 keys, keys over 40 characters
+    or holding square brackets, values over 500 characters, descriptions over
+    5000 characters, idempotency keys outside 1-255 characters.  It serves
+    hundreds of concurrent connections, as a host's test suite may open.
+
     Simplifications: one platform account (``Stripe-Account`` only scopes
     idempotency keys); no fees, pending funds or capability checks; requested
     capabilities are active at once; ``expand`` is accepted and ignored.
@@ -62,9 +69,11 @@ class FakeStripe:
         """Configure a fake; `start` (or ``with``) starts serving.
 
         ``balance`` is the platform's initial available balance per currency
-        (default `DEFAULT_BALANCE`); ``clock`` stamps ``created`` and ages
-        idempotency keys, which are pruned after ``idempotency_key_max_age``
-        seconds.  Webhook deliveries are tried ``webhook_max_attempts`` times.
+        (default `DEFAULT_BALANCE`). With a live key (``sk_live_...``) objects
+        and events say ``livemode: true``, as live Stripe's do. ``clock``
+        stamps ``created`` and ages idempotency keys, which are pruned after
+        ``idempotency_key_max_age`` seconds.  Webhook deliveries are tried
+        ``webhook_max_attempts`` times.
         """
         self.api_key = api_key
         self.clock = clock if clock is not None else FakeClock()
@@ -80,6 +89,7 @@ class FakeStripe:
             api_version=self.api_version,
             on_event=self._webhooks.enqueue,
             subscribers=self._webhooks.subscribers,
+            livemode=api_key.startswith(("sk_live_", "rk_live_")),
         )
         self._faults = FaultPlan()
         self._pipeline = Pipeline(
@@ -112,8 +122,10 @@ class FakeStripe:
     def stop(self) -> None:
         """Stop serving and sending webhooks (safe to call twice).
 
-        Webhooks not yet delivered are dropped: call `flush_webhooks` first
-        to wait for them.
+        Connections without a request are closed at once; requests being
+        handled get up to 5 seconds to answer, then their connections are
+        closed too.  Webhooks not yet delivered are dropped: call
+        `flush_webhooks` first to wait for them.
         """
         server, thread = self._server, self._thread
         self._server = self._thread = None

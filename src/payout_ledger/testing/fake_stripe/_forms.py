@@ -25,6 +25,10 @@ _SEGMENT = re.compile(r"\[([^\[\]]*)\]")
 # Hashes whose keys are user data: never turned into lists even when the keys
 # happen to be "0", "1", ...
 _FREE_FORM_HASHES = frozenset({"metadata"})
+# ``metadata[<key>]`` whose key holds a square bracket (``metadata[a[b]]``):
+# the bracket syntax cannot split it, so the whole key is kept for the
+# parameter validation to refuse with Stripe's metadata rules.
+_FREE_FORM_FIELD = re.compile(r"^(" + "|".join(sorted(_FREE_FORM_HASHES)) + r")\[(.*)\]$", re.S)
 
 
 class FormError(ValueError):
@@ -45,9 +49,12 @@ def parse_form(encoded: str) -> Params:
     root: dict[str, FormValue] = {}
     for name, value in parse_qsl(encoded, keep_blank_values=True):
         match = _KEY.match(name)
-        if match is None:
+        if match is not None:
+            path = [match.group(1), *_SEGMENT.findall(match.group(2))]
+        elif (free_form := _FREE_FORM_FIELD.match(name)) is not None:
+            path = [free_form.group(1), free_form.group(2)]
+        else:
             raise FormError(f"Invalid parameter name: {name}", name)
-        path = [match.group(1), *_SEGMENT.findall(match.group(2))]
         _insert(root, path, value, name)
     return {key: _finalize(value, key) for key, value in root.items()}
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import json
 import logging
+import socket
 import socketserver
+import sys
 import threading
 import time
 from collections import Counter
@@ -218,15 +221,9 @@ class Pipeline:
 
         key = headers.get("Idempotency-Key") if method == "POST" else None
         claim: Claimed | None = None
-        if key:
-            if len(key) > MAX_KEY_LENGTH:
-                too_long = StripeError(
-                    400,
-                    "invalid_request_error",
-                    f"Invalid Idempotency-Key: keys can be at most {MAX_KEY_LENGTH} "
-                    f"characters long, this one has {len(key)}.",
-                )
-                return self._reply(record, _error(too_long, stored=False))
+        if key is not None:
+            if not 1 <= len(key) <= MAX_KEY_LENGTH:
+                return self._reply(record, _error(_bad_key_length(key), stored=False))
             account = headers.get("Stripe-Account", "")
             state = self._idempotency.begin(account, key, f"{method} {path}", params)
             if isinstance(state, Replay):
@@ -352,6 +349,18 @@ def _in_flight_error(key: str) -> StripeError:
     )
 
 
+def _bad_key_length(key: str) -> StripeError:
+    # Stripe docs, "Idempotent requests": keys are up to 255 characters long.
+    # The wording is the one reported from Stripe's API for a key of length 0.
+    return StripeError(
+        400,
+        "invalid_request_error",
+        f"Idempotent key length is {len(key)}, which is outside accepted lengths. "
+        f"Idempotent Keys must be 1-{MAX_KEY_LENGTH} characters long. If you're looking "
+        "for a decent generator, try using a UUID defined by IETF RFC 4122.",
+    )
+
+
 def _unrecognized_url(method: str, path: str) -> StripeError:
     return StripeError(
         404,
@@ -389,10 +398,11 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection
 
     def _serve(self) -> None:
-        pipeline = cast("FakeStripeServer", self.server).pipeline
+        server = cast("FakeStripeServer", self.server)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
-        reply = pipeline.handle(self.command, self.path, Headers(self.headers.items()), body)
+        server.mark_busy(self.request)
+        reply = server.pipeline.handle(self.command, self.path, Headers(self.headers.items()), body)
         if reply.drop:
             # Nothing written: the server closes the socket, the client sees
             # the connection end without a response.
@@ -423,13 +433,28 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeStripeServer(ThreadingHTTPServer):
-    """A threading HTTP server on 127.0.0.1 and a random free port."""
+    """A threading HTTP server on 127.0.0.1 and a random free port.
 
+    Sized for a host's test suite: the listen backlog takes hundreds of
+    simultaneous connections (the standard library's 5 made the kernel reset
+    them), each served on its own daemon thread.  `server_close` ends
+    them all: idle connections are closed at once, requests already being
+    handled get up to ``grace`` seconds to answer before their connections
+    are closed too.
+    """
+
+    # The kernel caps the backlog at net.core.somaxconn (4096 on current Linux).
+    request_queue_size = 1024
     daemon_threads = True
+    block_on_close = False  # server_close joins the handler threads itself
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, *, grace: float = 5.0) -> None:
         """Bind ``127.0.0.1:0`` (no other address, ever) and serve ``pipeline``."""
         self.pipeline = pipeline
+        self.grace = grace
+        self._connections_lock = threading.Lock()
+        self._connections: dict[socket.socket, _Connection] = {}
+        self._closing = False
         super().__init__(("127.0.0.1", 0), _Handler)
 
     def server_bind(self) -> None:
@@ -443,3 +468,85 @@ class FakeStripeServer(ThreadingHTTPServer):
     def port(self) -> int:
         """The port the server listens on."""
         return int(self.socket.getsockname()[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve one accepted connection on its own thread, tracked until it ends."""
+        connection = _Connection(
+            threading.Thread(
+                target=self.process_request_thread,
+                args=(request, client_address),
+                name="fake-stripe-connection",
+                daemon=True,
+            )
+        )
+        with self._connections_lock:
+            if self._closing:
+                self.shutdown_request(request)
+                return
+            self._connections[request] = connection
+        connection.thread.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Handle the connection, close it, and stop tracking it."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections.pop(request, None)
+
+    def mark_busy(self, request: Any) -> None:
+        """Note that ``request``'s connection has a request being handled."""
+        with self._connections_lock:
+            connection = self._connections.get(request)
+            if connection is not None:
+                connection.busy = True
+
+    def server_close(self) -> None:
+        """Close the listening socket, then every connection, and join their threads.
+
+        Call after ``shutdown()``.  A handler still asleep in a latency fault
+        past the grace period is left to wake on a closed connection (its
+        thread is a daemon and ends then).
+        """
+        super().server_close()
+        with self._connections_lock:
+            self._closing = True
+            idle = [sock for sock, conn in self._connections.items() if not conn.busy]
+        for sock in idle:
+            _abort(sock)
+        deadline = time.monotonic() + self.grace
+        for connection in self._snapshot():
+            connection.thread.join(max(0.0, deadline - time.monotonic()))
+        for sock in self._sockets():
+            _abort(sock)
+        for connection in self._snapshot():
+            connection.thread.join(1.0)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log a handler failure instead of printing it; a client that went
+        away (or a connection closed by `server_close`) is routine."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            _log.debug("fake Stripe connection from %s ended: %r", client_address, error)
+        else:
+            _log.exception("fake Stripe failed serving %s", client_address)
+
+    def _snapshot(self) -> list[_Connection]:
+        with self._connections_lock:
+            return list(self._connections.values())
+
+    def _sockets(self) -> list[socket.socket]:
+        with self._connections_lock:
+            return list(self._connections)
+
+
+@dataclass
+class _Connection:
+    thread: threading.Thread
+    busy: bool = False
+
+
+def _abort(sock: socket.socket) -> None:
+    """Wake the connection's handler with end-of-file; its thread closes it."""
+    with contextlib.suppress(OSError):  # already closed by the client or the handler
+        sock.shutdown(socket.SHUT_RDWR)

@@ -30,7 +30,7 @@ __all__ = [
     "StoredResponse",
 ]
 
-MAX_KEY_LENGTH = 255
+MAX_KEY_LENGTH = 255  # Stripe docs, "Idempotent requests": keys are up to 255 characters
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,24 @@
 
 Every function here only reads; each raises `ParamError` (a 400 that
 the idempotency layer does not save) when a parameter is missing or invalid.
+
+Stripe's documented limits enforced here:
+
+* amounts: at most eight digits, 99999999 in the currency's smallest unit
+  (Stripe docs, "Supported currencies", section "Minimum and maximum charge
+  amounts", and the API reference of a PaymentIntent's or Charge's
+  ``amount``: "The amount value supports up to eight digits (e.g., a value of
+  99999999 for a USD charge of $999,999.99)").  Stripe states the limit for
+  charges; the fake applies it to every ``amount`` it takes (transfers and
+  reversals), refused with the documented error code ``amount_too_large``.
+* metadata (Stripe docs, "Metadata"): at most 50 key-value pairs, keys of at
+  most 40 characters without square brackets, values of at most 500
+  characters.  The messages follow the ones Stripe's API returns
+  ("Invalid key: ... must be a string under 40 characters", "Invalid val: ...
+  must be a string under 500 characters", "Metadata can have up to 50 keys,
+  but you've set 51.").
+* ``description``: at most 5000 characters (``maxLength`` of the transfer and
+  reversal ``description`` parameters in Stripe's OpenAPI specification).
 """
 
 from __future__ import annotations
@@ -13,11 +31,14 @@ from ._errors import ParamError
 from ._forms import FormValue, Params
 
 __all__ = [
+    "amount_param",
     "check_known",
     "created_filter",
     "currency_param",
+    "description_param",
     "int_param",
     "metadata_param",
+    "optional_amount_param",
     "required_int",
     "required_str",
     "str_param",
@@ -31,6 +52,8 @@ _RANGE_OPERATORS: dict[str, Callable[[int, int], bool]] = {
     "lt": lambda created, bound: created < bound,
     "lte": lambda created, bound: created <= bound,
 }
+MAX_AMOUNT = 99_999_999
+MAX_DESCRIPTION_LENGTH = 5000
 MAX_METADATA_KEYS = 50
 MAX_METADATA_KEY_LENGTH = 40
 MAX_METADATA_VALUE_LENGTH = 500
@@ -48,14 +71,26 @@ def check_known(params: Params, allowed: Collection[str]) -> None:
             )
 
 
-def str_param(params: Params, name: str) -> str | None:
-    """Return an optional string parameter, ``None`` if absent."""
+def str_param(params: Params, name: str, *, max_length: int | None = None) -> str | None:
+    """Return an optional string parameter of at most ``max_length`` characters,
+    ``None`` if absent."""
     value = params.get(name)
     if value is None:
         return None
     if not isinstance(value, str):
         raise ParamError(f"Invalid string: {name} must be a string", param=name)
+    if max_length is not None and len(value) > max_length:
+        raise ParamError(
+            f"Invalid string: {name} must be at most {max_length} characters "
+            f"(this one has {len(value)}).",
+            param=name,
+        )
     return value
+
+
+def description_param(params: Params) -> str | None:
+    """Return the optional ``description``, at most 5000 characters."""
+    return str_param(params, "description", max_length=MAX_DESCRIPTION_LENGTH)
 
 
 def required_str(params: Params, name: str) -> str:
@@ -91,6 +126,30 @@ def required_int(params: Params, name: str, *, minimum: int | None = None) -> in
     return value
 
 
+def amount_param(params: Params) -> int:
+    """Return the required ``amount``: a positive integer of at most eight digits."""
+    amount = optional_amount_param(params)
+    if amount is None:
+        raise _missing("amount")
+    return amount
+
+
+def optional_amount_param(params: Params) -> int | None:
+    """Return ``amount`` if given: a positive integer of at most eight digits.
+
+    Above `MAX_AMOUNT` Stripe answers ``amount_too_large``.
+    """
+    amount = int_param(params, "amount", minimum=1)
+    if amount is not None and amount > MAX_AMOUNT:
+        raise ParamError(
+            f"Amount must be no more than {MAX_AMOUNT} (eight digits, in the "
+            "currency's smallest unit).",
+            param="amount",
+            code="amount_too_large",
+        )
+    return amount
+
+
 def currency_param(params: Params, name: str = "currency") -> str:
     """Return a required ISO currency code, lowercased as Stripe returns it."""
     raw = required_str(params, name)
@@ -115,25 +174,33 @@ def metadata_param(params: Params, current: dict[str, str]) -> dict[str, str] | 
         raise ParamError("Invalid hash: metadata must be a hash", param="metadata")
     merged = dict(current)
     for key, value in raw.items():
-        param = f"metadata[{key}]"
-        if not isinstance(value, str):
-            raise ParamError("Metadata values must be strings, not hashes or arrays", param=param)
-        if len(key) > MAX_METADATA_KEY_LENGTH:
+        if "[" in key or "]" in key:
             raise ParamError(
-                f"Metadata keys can be at most {MAX_METADATA_KEY_LENGTH} characters",
-                param=param,
+                f"Invalid key: {key} must not contain square brackets ('[' or ']')",
+                param="metadata",
             )
-        if len(value) > MAX_METADATA_VALUE_LENGTH:
+        if len(key) > MAX_METADATA_KEY_LENGTH:
+            # Stripe's wording; a key of exactly 40 characters is accepted.
             raise ParamError(
-                f"Metadata values can be at most {MAX_METADATA_VALUE_LENGTH} characters",
-                param=param,
+                f"Invalid key: {key} must be a string under {MAX_METADATA_KEY_LENGTH} characters",
+                param="metadata",
+            )
+        if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE_LENGTH:
+            shown = value if isinstance(value, str) else _form_text(value)
+            raise ParamError(
+                f"Invalid val: {shown} must be a string under "
+                f"{MAX_METADATA_VALUE_LENGTH} characters",
+                param="metadata",
             )
         if value == "":
             merged.pop(key, None)
         else:
             merged[key] = value
     if len(merged) > MAX_METADATA_KEYS:
-        raise ParamError(f"Metadata can have at most {MAX_METADATA_KEYS} keys", param="metadata")
+        raise ParamError(
+            f"Metadata can have up to {MAX_METADATA_KEYS} keys, but you've set {len(merged)}.",
+            param="metadata",
+        )
     return merged
 
 
@@ -171,6 +238,15 @@ def _parse_int(
         raise ParamError(f"This value must be greater than or equal to {minimum}.", param=name)
     if maximum is not None and value > maximum:
         raise ParamError(f"This value must be less than or equal to {maximum}.", param=name)
+    return value
+
+
+def _form_text(value: FormValue) -> str:
+    """Render a nested form value for an error message."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_form_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_form_text(v) for v in value) + "]"
     return value
 
 

@@ -123,6 +123,7 @@ class Transfer:
     source_type: str = "card"
     metadata: dict[str, str] = field(default_factory=dict)
     reversals: list[Reversal] = field(default_factory=list)
+    livemode: bool = False
 
     @property
     def amount_reversed(self) -> int:
@@ -148,7 +149,7 @@ class Transfer:
             "description": self.description,
             "destination": self.destination,
             "destination_payment": self.destination_payment,
-            "livemode": False,
+            "livemode": self.livemode,
             "metadata": dict(self.metadata),
             "reversals": {
                 "object": "list",
@@ -177,6 +178,7 @@ class PaymentIntent:
     metadata: dict[str, str] = field(default_factory=dict)
     transfer_group: str | None = None
     status: str = "succeeded"
+    livemode: bool = False
 
     def to_json(self) -> JSON:
         """Render as a Stripe ``payment_intent`` object."""
@@ -190,7 +192,7 @@ class PaymentIntent:
             "created": self.created,
             "currency": self.currency,
             "latest_charge": self.latest_charge,
-            "livemode": False,
+            "livemode": self.livemode,
             "metadata": dict(self.metadata),
             "status": self.status,
             "transfer_group": self.transfer_group,
@@ -211,6 +213,7 @@ class Event:
     pending_webhooks: int
     previous_attributes: JSON | None = None
     account: str | None = None
+    livemode: bool = False
 
     def to_json(self) -> JSON:
         """Render as a Stripe ``event`` object."""
@@ -223,7 +226,7 @@ class Event:
             "api_version": self.api_version,
             "created": self.created,
             "data": data,
-            "livemode": False,
+            "livemode": self.livemode,
             "pending_webhooks": self.pending_webhooks,
             "request": self.request.to_json(),
             "type": self.type,
