@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -45,29 +48,46 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks (opt-in): `nox -s bench -- --quick` for the short run.
 
-    Writes bench/results.json and the table in docs/performance.md.
+    Writes results, page and profiles to a temporary folder (printed at the end);
+    the figures of record: `nox -s bench -- --out bench --docs docs/performance.md`.
     """
     session.install("-e", ".[dev]")
     session.run("python", "bench/run.py", *session.posargs)
 
 
+def reliability_plan(posargs: list[str]) -> tuple[list[str], str, str | None]:
+    """pytest's arguments, the figures file and the page to render, from the session's.
+
+    `--figures PATH` and `--docs PATH` are the session's own; everything else goes to
+    pytest. The figures go to a temporary folder unless `--figures` names a file, and
+    docs/reliability.md is rewritten only when `--docs` names it.
+    """
+    pytest_args: list[str] = []
+    own: dict[str, str] = {}
+    args = iter(posargs)
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if name in ("--figures", "--docs"):
+            own[name] = value if equals else next(args, "")
+            if not own[name]:
+                raise ValueError(f"{name} needs a path")
+        else:
+            pytest_args.append(arg)
+    default = Path(tempfile.gettempdir()) / "payout-ledger-reliability" / "figures-long.json"
+    return pytest_args, own.get("--figures", str(default)), own.get("--docs")
+
+
 @nox.session
 def reliability(session: nox.Session) -> None:
-    """The long reliability run (opt-in, 10-20 minutes); figures in docs/reliability.md.
+    """The long reliability run (opt-in, 10-20 minutes): figures into a temporary folder.
 
-    `nox -s reliability` writes figures-long.json and renders it into the page.
+    The figures are printed as Markdown; `nox -s reliability -- --docs docs/reliability.md`
+    renders them into the page instead (`--figures PATH` keeps the JSON there).
     """
     session.install("-e", ".[dev]")
-    env = {
-        "PAYOUT_LEDGER_RELIABILITY": "long",
-        "PAYOUT_LEDGER_RELIABILITY_FIGURES": "figures-long.json",
-    }
-    session.run("pytest", "tests/reliability", "-q", *session.posargs, env=env)
-    session.run(
-        "python",
-        "-m",
-        "tests.reliability.report",
-        "figures-long.json",
-        "--docs",
-        "docs/reliability.md",
-    )
+    pytest_args, figures, docs = reliability_plan(list(session.posargs))
+    Path(figures).parent.mkdir(parents=True, exist_ok=True)
+    env = {"PAYOUT_LEDGER_RELIABILITY": "long", "PAYOUT_LEDGER_RELIABILITY_FIGURES": figures}
+    session.run("pytest", "tests/reliability", "-q", *pytest_args, env=env)
+    render = ["python", "-m", "tests.reliability.report", figures]
+    session.run(*render, *(["--docs", docs] if docs else []))

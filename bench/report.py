@@ -1,14 +1,15 @@
 """Targets and ``docs/performance.md``, computed from ``bench/results.json`` only.
 
-``python bench/report.py`` regenerates the page from the last results without
-measuring anything; ``bench/run.py`` calls it after every run. No figure on the page
+``python bench/report.py bench/results.json --docs docs/performance.md`` regenerates
+the page from the results without measuring anything (without ``--docs`` it prints the
+page); ``bench/run.py`` calls it after every run. No figure on the page
 is typed by hand: every number below comes from the results dictionary.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -748,11 +749,14 @@ def render(results: dict[str, Any], results_path: str) -> str:
         "side by side, in one run, on one machine, against one PostgreSQL server, next to "
         "PostgreSQL's own limit measured with pgbench.",
         "",
-        "Redo it (writes `bench/results.json` and this page):",
+        "Redo it (the figures of record, 3 repetitions, median: writes `bench/results.json` "
+        "and this page):",
         "",
+        # Every block of docs/ runs in the tests (tests/docs/) unless marked not-run.
+        "<!-- not-run: the benchmark itself: minutes of CPU, and PostgreSQL with pgbench -->",
         "```bash",
-        "nox -s bench                 # the figures of record (3 repetitions, median)",
-        "nox -s bench -- --quick      # under two minutes",
+        ".venv/bin/nox -s bench -- --out bench --docs docs/performance.md",
+        ".venv/bin/nox -s bench -- --quick      # under two minutes, into a temporary folder",
         "```",
         "",
         f"The figures below come from `{results_path}`:",
@@ -827,17 +831,27 @@ def render(results: dict[str, Any], results_path: str) -> str:
 
 def write_report(results: dict[str, Any], docs: Path, results_path: Path) -> None:
     """Write ``docs`` from ``results``."""
-    root = docs.resolve().parent.parent
+    docs.write_text(render(results, _shown(results_path)))
+
+
+def _shown(results_path: Path) -> str:
+    """The results file as the page names it: relative to the repository, else by name."""
     try:
-        shown = str(results_path.resolve().relative_to(root))
-    except ValueError:
-        shown = str(results_path)
-    docs.write_text(render(results, shown))
+        return str(results_path.resolve().relative_to(Path(__file__).resolve().parent.parent))
+    except ValueError:  # outside the repository: no machine's path in the page
+        return results_path.name
 
 
 if __name__ == "__main__":
-    bench = Path(__file__).resolve().parent
-    source = Path(sys.argv[1]) if len(sys.argv) > 1 else bench / "results.json"
+    # python bench/report.py [RESULTS] [--docs PAGE]: prints the page unless --docs names it.
+    parser = argparse.ArgumentParser(description="Render docs/performance.md from results.")
+    parser.add_argument("results", nargs="?", type=Path)
+    parser.add_argument("--docs", type=Path, help="write the page here (default: print it)")
+    args = parser.parse_args()
+    source = args.results or Path(__file__).resolve().parent / "results.json"
     data = json.loads(source.read_text())
     data["targets"] = evaluate_targets(data)
-    write_report(data, bench.parent / "docs" / "performance.md", source)
+    if args.docs is None:
+        print(render(data, _shown(source)))
+    else:
+        write_report(data, args.docs, source)

@@ -3,12 +3,16 @@
 Run::
 
     nox -s bench -- --quick        # under two minutes: 1 repetition, short runs
-    nox -s bench                   # the figures of record: 3 repetitions, median (12-15 min,
+    nox -s bench                   # 3 repetitions, median (12-15 min,
                                    # about half of it replay.py writing 1M events twice)
+    nox -s bench -- --out bench --docs docs/performance.md   # the figures of record
     .venv/bin/python bench/run.py --quick   # the same without nox
 
-Both write ``bench/results.json`` and regenerate ``docs/performance.md`` from it (the
-tables there are never typed by hand). PostgreSQL is the server at
+A run writes ``results.json``, the page rendered from it (``performance.md``) and the
+profiles to ``--out`` (default: ``<tmp>/payout-ledger-bench``), so it leaves the working
+tree as it was. ``--out bench --docs docs/performance.md`` records the figures of record:
+``bench/results.json`` and the page (its tables are never typed by hand); ``--results``
+names the results file alone. PostgreSQL is the server at
 ``$PAYOUT_LEDGER_BENCH_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``);
 every timed run gets a fresh schema, dropped afterwards. ``--only`` picks sections.
 
@@ -56,6 +60,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -262,7 +267,7 @@ def run_profile(url: str, releases: int, out_dir: Path) -> list[dict[str, Any]]:
     for variant in PROFILED:
         html = out_dir / f"profile-{variant.replace('+', '-')}.html"
         result = profile_release(url, releases, variant, html=html)
-        result["html"] = str(html.relative_to(ROOT))
+        result["html"] = _shown(html)
         profiles.append(result)
         _log(
             f"profile {variant}: {result['wall_ms_per_release']} ms/release wall, "
@@ -329,14 +334,49 @@ def replay_hook(url: str, sizes: tuple[int, ...], timeout: float) -> dict[str, A
     return {"status": "ran", "runs": runs}
 
 
+def _shown(path: Path) -> str:
+    """A path as results.json records it: relative to the repository, else its name alone."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return path.name
+
+
+DEFAULT_OUT = Path(tempfile.gettempdir()) / "payout-ledger-bench"
+
+
+def output_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """Where a run writes: ``results`` (JSON), ``profiles`` (a folder) and ``docs`` (the page).
+
+    Everything goes to ``--out`` (a temporary folder by default); ``--results`` and
+    ``--docs`` name those two files explicitly.
+    """
+    out: Path = args.out or DEFAULT_OUT
+    return {
+        "results": args.results or out / "results.json",
+        "profiles": out,
+        "docs": args.docs or out / "performance.md",
+    }
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs, one repetition")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     parser.add_argument("--seconds", type=float, help="seconds per timed run")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
-    parser.add_argument("--results", type=Path, default=BENCH_DIR / "results.json")
-    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for results.json, performance.md and the profiles "
+        f"(default {DEFAULT_OUT}; the figures of record: bench)",
+    )
+    parser.add_argument("--results", type=Path, help="the results file (default OUT/results.json)")
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        help="the page to write (default OUT/performance.md; of record: docs/performance.md)",
+    )
     parser.add_argument("--postgres-url", default=postgres_url())
     parser.add_argument(
         "--replay-events",
@@ -351,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     # A stopped run still drops its schemas: SIGTERM unwinds like Ctrl-C.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args = _parse(argv)
+    paths = output_paths(args)
+    for path in (paths["results"].parent, paths["profiles"], paths["docs"].parent):
+        path.mkdir(parents=True, exist_ok=True)
     quick: bool = args.quick
     reps: int = args.reps or (1 if quick else 3)
     seconds: float = args.seconds or (2.0 if quick else 4.0)
@@ -376,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"]["load_average_at_end"] = load_average()
         results["meta"]["duration_s"] = round(time.perf_counter() - started, 1)
         results["targets"] = evaluate_targets(results)
-        args.results.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+        paths["results"].write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
 
     variants = ["ours", "stock"] + (PROTOTYPES if "prototypes" in sections else [])
     results["checks"] = run_checks(url, variants)
@@ -401,15 +444,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         save()
     if "profile" in sections:
-        results["profile"] = run_profile(url, 100 if quick else 500, BENCH_DIR)
+        results["profile"] = run_profile(url, 100 if quick else 500, paths["profiles"])
         save()
     if "replay" in sections:
         sizes = tuple(args.replay_events or (REPLAY_EVENTS_QUICK if quick else REPLAY_EVENTS_FULL))
         results["replay"] = replay_hook(url, sizes, timeout=60 if quick else 900)
         save()
     save()
-    write_report(results, args.docs, args.results)
-    _log(f"wrote {args.results} and {args.docs} in {results['meta']['duration_s']} s")
+    write_report(results, paths["docs"], paths["results"])
+    _log(f"wrote {paths['results']} and {paths['docs']} in {results['meta']['duration_s']} s")
     return 0
 
 

@@ -9,6 +9,7 @@ import payout_ledger.testing
 def test_public_names_are_pinned() -> None:
     """Adding or removing a public name is a conscious change to this list."""
     assert sorted(payout_ledger.__all__) == [
+        "Clock",
         "ConfigurationError",
         "GatewayError",
         "InvalidMoneyError",
@@ -31,6 +32,9 @@ def test_public_names_are_pinned() -> None:
         "ReleaseResult",
         "SendWindowClosed",
         "ServiceProvider",
+        "StoreError",
+        "StoreNotFoundError",
+        "StoreUnavailableError",
         "TransferDeclined",
         "TransferGateway",
         "TransferNotExecuted",

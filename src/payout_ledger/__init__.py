@@ -1,5 +1,7 @@
 """payout_ledger: release marketplace payments through Stripe Connect, exactly once."""
 
+from importlib import metadata as _metadata
+
 from payout_ledger.errors import (
     ConfigurationError,
     GatewayError,
@@ -13,6 +15,9 @@ from payout_ledger.errors import (
     ProviderNotFoundError,
     ReleaseConflictError,
     SendWindowClosed,
+    StoreError,
+    StoreNotFoundError,
+    StoreUnavailableError,
     TransferDeclined,
     TransferNotExecuted,
     TransferOutcomeUnknown,
@@ -21,6 +26,7 @@ from payout_ledger.ledger import PayoutLedger
 from payout_ledger.money import Money
 from payout_ledger.payout import PayoutAggregate, PayoutStatus, idempotency_key
 from payout_ledger.ports import (
+    Clock,
     ProviderDirectory,
     ServiceProvider,
     TransferGateway,
@@ -31,7 +37,14 @@ from payout_ledger.ports import (
 from payout_ledger.release import ReleaseOutcome, ReleaseRequest, ReleaseResult
 from payout_ledger.settings import LedgerSettings
 
+try:
+    __version__ = _metadata.version("payout-ledger")
+    """The installed distribution's version (``payout-ledger --version``)."""
+except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"
+
 __all__ = [
+    "Clock",
     "ConfigurationError",
     "GatewayError",
     "InvalidMoneyError",
@@ -54,6 +67,9 @@ __all__ = [
     "ReleaseResult",
     "SendWindowClosed",
     "ServiceProvider",
+    "StoreError",
+    "StoreNotFoundError",
+    "StoreUnavailableError",
     "TransferDeclined",
     "TransferGateway",
     "TransferNotExecuted",

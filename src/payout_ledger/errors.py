@@ -6,6 +6,9 @@ PayoutLedgerError
 │   ├── InvalidMoneyError        float, bool, zero/negative amount, unknown currency
 │   └── LivemodeMismatchError    a Stripe event of the other mode (test vs live)
 ├── ConfigurationError           settings that cannot work (e.g. Stripe off in production)
+├── StoreError                   the event store cannot be opened as configured
+│   ├── StoreUnavailableError    cannot connect, authenticate, open or create it
+│   └── StoreNotFoundError       no such schema, or (must_exist=True) no file or events table
 ├── ProviderNotFoundError        the ProviderDirectory has no such provider
 ├── PayoutNotFoundError          no payout has been recorded for that event service
 ├── ReleaseConflictError         re-release with another amount, currency or provider
@@ -41,6 +44,9 @@ __all__ = [
     "ProviderNotFoundError",
     "ReleaseConflictError",
     "SendWindowClosed",
+    "StoreError",
+    "StoreNotFoundError",
+    "StoreUnavailableError",
     "TransferDeclined",
     "TransferNotExecuted",
     "TransferOutcomeUnknown",
@@ -68,6 +74,41 @@ class LivemodeMismatchError(InvalidRequestError):
 
 class ConfigurationError(PayoutLedgerError):
     """The ledger's settings cannot work as given."""
+
+
+class StoreError(PayoutLedgerError):
+    """The event store named by ``settings.store_url`` cannot be used.
+
+    Raised while a [`PayoutLedger`][payout_ledger.PayoutLedger] is constructed,
+    instead of the database driver's own exception (which stays the
+    ``__cause__``). The message is one line: what failed, the store URL with any
+    password replaced by ``***``, and the driver's reason. ``url`` is that
+    redacted URL, ``reason`` the driver's reason alone.
+    """
+
+    def __init__(self, message: str, *, url: str, reason: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.reason = reason
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached, authenticated to, opened or set up.
+
+    For example PostgreSQL refused the password, the host does not answer
+    within ``settings.postgres_connect_timeout``, the database does not exist,
+    or the SQLite file cannot be opened or is not an SQLite database.
+    """
+
+
+class StoreNotFoundError(StoreError):
+    """The database answered, but the store is not there; nothing was created.
+
+    Raised when the PostgreSQL schema named by ``?schema=`` does not exist and,
+    with ``PayoutLedger(..., must_exist=True)`` (every operator command opens
+    its store so), when the SQLite file or the events table does not exist:
+    typically a misspelt or unset store URL.
+    """
 
 
 class ProviderNotFoundError(PayoutLedgerError):

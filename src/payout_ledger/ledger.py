@@ -13,14 +13,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import quote, urlsplit
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
@@ -30,6 +35,7 @@ from eventsourcing.persistence import (
     InternalError,
     Mapper,
     MapperDeserialisationError,
+    PersistenceError,
     Transcoder,
 )
 from eventsourcing.postgres import (
@@ -52,6 +58,8 @@ from payout_ledger.errors import (
     PayoutNotFoundError,
     ProviderNotFoundError,
     ReleaseConflictError,
+    StoreNotFoundError,
+    StoreUnavailableError,
     TransferDeclined,
     TransferNotExecuted,
 )
@@ -71,8 +79,14 @@ from payout_ledger.ports import (
     string_metadata,
 )
 from payout_ledger.recorders import OneRoundTripRecorder
-from payout_ledger.release import ReleaseOutcome, ReleaseRequest, ReleaseResult
-from payout_ledger.settings import LedgerSettings, livemode_of_key, store_environment
+from payout_ledger.release import (
+    ReleaseOutcome,
+    ReleaseRequest,
+    ReleaseResult,
+    checked_identifier,
+    checked_stripe_id,
+)
+from payout_ledger.settings import LedgerSettings, livemode_of_key, redact_url, store_environment
 from payout_ledger.store_mode import StoreMode, StoreModeRecord
 from payout_ledger.stripe_events import (
     CapturedPayment,
@@ -129,7 +143,20 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         providers: ProviderDirectory,
         gateway: TransferGateway | None = None,
         clock: Clock | None = None,
+        must_exist: bool = False,
     ) -> None:
+        """Open the store named by ``settings.store_url`` (creating its tables unless
+        ``must_exist``) and check that its events can be read with these settings.
+
+        ``must_exist=True`` opens only a store that is already there, as every
+        operator command does: an SQLite file holding the events table, or the
+        events table in the PostgreSQL schema. Nothing is created (no file, no
+        table); [`StoreNotFoundError`][payout_ledger.errors.StoreNotFoundError]
+        otherwise (``ConfigurationError`` for ``memory://``). A store that
+        cannot be reached, authenticated to, opened or set up raises
+        [`StoreUnavailableError`][payout_ledger.errors.StoreUnavailableError]
+        with the driver's reason in one line, never a password.
+        """
         settings.check()
         if settings.stripe_enabled and gateway is None:
             raise ConfigurationError("a transfer gateway is required when Stripe is enabled")
@@ -152,8 +179,20 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             else StoreMode.TEST
         )
         """What this ledger's money events are: ``live``, ``test`` or ``simulated``."""
-        super().__init__(env={**store_environment(settings), **_cipher_environment(settings)})
-        self._check_cipher()
+        self._must_exist = must_exist
+        env = {
+            **_store_environment(settings, self.name, must_exist),
+            **_cipher_environment(settings),
+        }
+        try:
+            super().__init__(env=env)
+            self._check_cipher()
+        except BaseException as exc:
+            self._close_partly_opened()
+            if isinstance(exc, _STORE_FAILURES) and not isinstance(exc, PayoutLedgerError):
+                raise _unavailable(settings, exc) from exc
+            raise
+        _forget_secrets(self.env)
         # A store that has its mode already needs no check on the write path; a
         # mismatch is refused on the first money event (reading stays possible).
         try:
@@ -177,7 +216,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             PostgresFactory.APPLICATION_RECORDER_TOPIC, get_topic(OneRoundTripRecorder)
         )
         recorder = super().construct_recorder()
-        if not self.settings.create_tables:
+        if not self.settings.create_tables or self._must_exist:
             return recorder
         assert isinstance(recorder, PostgresApplicationRecorder)
         for attempt in range(1, _DDL_ATTEMPTS + 1):
@@ -203,6 +242,13 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         if mapper.cipher is not None:
             mapper.cipher = _ExplainedCipher(mapper.cipher)
         return mapper
+
+    def _close_partly_opened(self) -> None:
+        # A constructor that fails must not leave a pool (and its threads) behind.
+        factory = self.__dict__.get("factory")
+        if factory is not None:
+            with contextlib.suppress(Exception):
+                factory.close()
 
     def _check_cipher(self) -> None:
         # A process with the wrong key (or none, on an encrypted store) must not
@@ -302,8 +348,16 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
 
     @staticmethod
     def payout_id(event_service_id: str) -> UUID:
-        """The id of an event service's payout (uuid5 of the service id)."""
-        return PayoutAggregate.create_id(event_service_id)
+        """The id of an event service's payout (uuid5 of the service id).
+
+        Like [`find_payout`][payout_ledger.PayoutLedger.find_payout],
+        [`get_payout`][payout_ledger.PayoutLedger.get_payout],
+        [`history`][payout_ledger.PayoutLedger.history] and
+        [`resume`][payout_ledger.PayoutLedger.resume], it raises
+        [`InvalidRequestError`][payout_ledger.InvalidRequestError] for an id no
+        [`ReleaseRequest`][payout_ledger.ReleaseRequest] could have.
+        """
+        return PayoutAggregate.create_id(checked_identifier(event_service_id))
 
     @property
     def gateway(self) -> TransferGateway | None:
@@ -312,11 +366,11 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
 
     def find_payout(self, event_service_id: str) -> PayoutAggregate | None:
         """The payout's current state, or None if it was never started."""
-        return self._load(event_service_id)
+        return self._load(checked_identifier(event_service_id))
 
     def get_payout(self, event_service_id: str) -> PayoutAggregate:
         """The payout's current state, rebuilt from its events."""
-        payout = self._load(event_service_id)
+        payout = self._load(checked_identifier(event_service_id))
         if payout is None:
             raise PayoutNotFoundError(event_service_id)
         return payout
@@ -421,7 +475,12 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
     # Stripe events (webhooks).
 
     def has_stripe_event(self, event_id: str) -> bool:
-        """Whether this Stripe event id has been recorded."""
+        """Whether this Stripe event id has been recorded.
+
+        Raises [`InvalidRequestError`][payout_ledger.InvalidRequestError] for an
+        id that is not 1-255 printable ASCII characters without spaces.
+        """
+        event_id = checked_stripe_id(event_id, "event id")
         try:
             self.repository.get(StripeEventRecord.create_id(event_id))
         except AggregateNotFoundError:
@@ -452,9 +511,32 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
         [`livemode`][payout_ledger.PayoutLedger.livemode], and
         [`InvalidRequestError`][payout_ledger.InvalidRequestError] for an event
         without a string ``id``, ``type``, ``data.object``, or with an
-        ``account`` or ``livemode`` of the wrong type.
+        ``account`` or ``livemode`` of the wrong type, for an ``id`` or ``type``
+        that is not 1-255 printable ASCII characters, a ``raw_body`` that is not
+        UTF-8 bytes, headers that are not text, and any text that cannot be
+        stored (a lone surrogate).
         """
+        try:
+            return self._record_stripe_event(event, raw_body, headers)
+        except UnicodeEncodeError:
+            raise InvalidRequestError(
+                "a Stripe event holds text that is not valid Unicode (a lone surrogate)"
+            ) from None
+
+    def _record_stripe_event(
+        self, event: Mapping[str, Any], raw_body: bytes, headers: Mapping[str, str]
+    ) -> StripeEventReceipt:
         event_id, event_type, obj = _parse_stripe_event(event)
+        event_id = checked_stripe_id(event_id, "event id")
+        event_type = checked_stripe_id(event_type, "event type")
+        if not isinstance(raw_body, bytes | bytearray | memoryview):
+            raise InvalidRequestError(
+                f"a Stripe event's raw_body is bytes, not {type(raw_body).__name__}"
+            )
+        if not isinstance(headers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise InvalidRequestError("a Stripe event's headers map str names to str values")
         account, livemode = _event_account(event), _event_livemode(event)
         if account is not None and self.other_mode(livemode):
             return StripeEventReceipt(
@@ -466,7 +548,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             )
         self.check_livemode(livemode)
         try:
-            body = raw_body.decode("utf-8")
+            body = bytes(raw_body).decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidRequestError("a Stripe event body is UTF-8 JSON") from None
         for _ in range(self.settings.claim_attempts):
@@ -535,7 +617,12 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
             )
 
     def captured_payment(self, payment_intent_id: str) -> CapturedPayment | None:
-        """The captured payment recorded for a PaymentIntent, if any."""
+        """The captured payment recorded for a PaymentIntent, if any.
+
+        Raises [`InvalidRequestError`][payout_ledger.InvalidRequestError] for an
+        id that is not 1-255 printable ASCII characters without spaces.
+        """
+        payment_intent_id = checked_stripe_id(payment_intent_id, "payment intent id")
         try:
             payment: object = self.repository.get(CapturedPayment.create_id(payment_intent_id))
         except AggregateNotFoundError:
@@ -756,7 +843,7 @@ class PayoutLedger(Application):  # type: ignore[type-arg]
 
     def _load(self, event_service_id: str) -> PayoutAggregate | None:
         try:
-            return self.get_payout_by_id(self.payout_id(event_service_id))
+            return self.get_payout_by_id(PayoutAggregate.create_id(event_service_id))
         except PayoutNotFoundError:
             return None
 
@@ -1008,8 +1095,139 @@ _CIPHER_SAMPLE = 5
 _CIPHER_TOPIC = "eventsourcing.cryptography:AESCipher"
 
 
+_STORE_FAILURES = (PersistenceError, psycopg.Error, sqlite3.Error, OSError, ValueError)
+"""What eventsourcing and the drivers raise when a store cannot be opened or set up."""
+
+
+def _store_environment(settings: LedgerSettings, name: str, must_exist: bool) -> dict[str, str]:
+    """The eventsourcing environment of the settings' store, after checking the store.
+
+    PostgreSQL: one connection first (``postgres_connect_timeout``), so that a
+    refused password or an unreachable host is said at once, with its reason,
+    instead of after the pool's wait; the schema must exist, and with
+    ``must_exist`` the events table too. SQLite with ``must_exist``: the file
+    must exist and hold the events table; nothing is created.
+    """
+    env = store_environment(settings)  # ConfigurationError for a URL that names no store
+    module = env["PERSISTENCE_MODULE"]
+    if must_exist and module == "eventsourcing.popo":
+        raise ConfigurationError(
+            "must_exist=True cannot open an in-memory store (memory://): it exists only "
+            "in the process that made it"
+        )
+    if must_exist and module == "eventsourcing.sqlite":
+        _check_sqlite_store(settings.store_url, env["SQLITE_DBNAME"])
+    if module == "eventsourcing.postgres":
+        _check_postgres_store(settings, env, f"{name.lower()}_events", must_exist)
+    if must_exist:
+        env["CREATE_TABLE"] = "no"
+    return env
+
+
+_SQLITE_EVENTS_TABLE = "stored_events"
+
+
+def _check_sqlite_store(url: str, path: str) -> None:
+    try:
+        exists = Path(path).exists()
+    except (OSError, ValueError) as exc:  # a name the file system refuses
+        raise _unavailable_url(url, _first_line(str(exc)) or type(exc).__name__) from None
+    if not exists:
+        raise StoreNotFoundError(
+            f"no store at {url}: the file {path} does not exist",
+            url=url,
+            reason="the file does not exist",
+        )
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                (_SQLITE_EVENTS_TABLE,),
+            ).fetchone()
+    except sqlite3.Error as exc:
+        raise _unavailable_url(url, _first_line(str(exc)) or type(exc).__name__) from exc
+    if found is None:
+        raise StoreNotFoundError(
+            f"no store at {url}: the file {path} has no table {_SQLITE_EVENTS_TABLE}",
+            url=url,
+            reason=f"no table {_SQLITE_EVENTS_TABLE}",
+        )
+
+
+def _check_postgres_store(
+    settings: LedgerSettings, env: Mapping[str, str], table: str, must_exist: bool
+) -> None:
+    url = redact_url(settings.store_url)
+    password = env["POSTGRES_PASSWORD"]
+    schema = env.get("POSTGRES_SCHEMA") or "public"
+    try:
+        with psycopg.connect(
+            dbname=env["POSTGRES_DBNAME"],
+            host=env["POSTGRES_HOST"],
+            port=env["POSTGRES_PORT"],
+            user=env["POSTGRES_USER"],
+            password=password,
+            connect_timeout=settings.postgres_connect_timeout,
+            autocommit=True,
+        ) as conn:
+            if not conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)
+            ).fetchone():
+                reason = f'schema "{schema}" does not exist'
+                raise StoreNotFoundError(f"no store at {url}: {reason}", url=url, reason=reason)
+            if (
+                must_exist
+                and not conn.execute(
+                    "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                    (schema, table),
+                ).fetchone()
+            ):
+                reason = f'table "{schema}.{table}" does not exist'
+                raise StoreNotFoundError(f"no store at {url}: {reason}", url=url, reason=reason)
+    except psycopg.Error as exc:
+        reason = _first_line(str(exc)) or type(exc).__name__
+        if password:
+            reason = reason.replace(password, "***")
+        raise _unavailable_url(url, reason) from None
+
+
+def _unavailable(settings: LedgerSettings, exc: BaseException) -> StoreUnavailableError:
+    cause = _first_cause(exc) or type(exc).__name__
+    reason = _first_line(cause) or type(exc).__name__
+    password = _password_of(settings.store_url)
+    if password:
+        reason = reason.replace(password, "***")
+    return _unavailable_url(redact_url(settings.store_url), reason)
+
+
+def _unavailable_url(url: str, reason: str) -> StoreUnavailableError:
+    return StoreUnavailableError(f"cannot open the store {url}: {reason}", url=url, reason=reason)
+
+
+def _password_of(url: str) -> str | None:
+    return urlsplit(url).password
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+_SECRET_ENVIRONMENT = ("POSTGRES_PASSWORD", "CIPHER_KEY")
+"""eventsourcing settings that hold secrets: read while the ledger is built, then
+dropped from ``ledger.env`` so that no copy of them stays readable there."""
+
+
+def _forget_secrets(env: dict[str, str]) -> None:
+    # The datastore's pool and the cipher keep what they need; the environment
+    # (shared with ledger.factory.env) is not needed once they are built.
+    for name in _SECRET_ENVIRONMENT:
+        env.pop(name, None)
+
+
 def _cipher_environment(settings: LedgerSettings) -> dict[str, str]:
-    """CIPHER_TOPIC and CIPHER_KEY when the settings name a key."""
+    """CIPHER_TOPIC and CIPHER_KEY when the settings name a key (the key is
+    dropped from ``ledger.env`` once the cipher is built)."""
     if settings.cipher_key is None:
         return {}
     key = settings.cipher_key.get_secret_value()

@@ -16,17 +16,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from payout_ledger.errors import SendWindowClosed
+from payout_ledger.errors import InvalidMoneyError, InvalidRequestError, SendWindowClosed
+from payout_ledger.money import Money, _currency, _library_error, _minor_units
 
 __all__ = [
+    "MAX_METADATA_KEYS",
+    "MAX_METADATA_KEY_LENGTH",
+    "MAX_METADATA_VALUE_LENGTH",
     "Clock",
     "Identifier",
     "ProviderDirectory",
     "SendWindow",
     "ServiceProvider",
     "StripeAccountId",
+    "StripeObjectId",
     "StripeTransfer",
     "SystemClock",
     "TransferGateway",
@@ -62,11 +75,38 @@ StripeAccountId = Annotated[
 ]
 """A Stripe connected account id, ``acct_...``."""
 
+StripeObjectId = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$", strict=True)
+]
+"""A Stripe object's id (``evt_...``, ``pi_...``): 1-255 printable ASCII characters
+without spaces, as the webhook handler takes them."""
+
+MAX_METADATA_KEYS = 50
+"""Stripe's limit on metadata pairs (Stripe docs, "Metadata")."""
+MAX_METADATA_KEY_LENGTH = 40
+"""Stripe's limit on a metadata key's length; keys may not contain ``[`` or ``]``."""
+MAX_METADATA_VALUE_LENGTH = 500
+"""Stripe's limit on a metadata value's length. The ledger sends ``event_service_id``
+(an [`Identifier`][payout_ledger.ports.Identifier], at most 200 characters),
+``payout_id`` (a UUID) and ``attempt``: always within it."""
+_MAX_IDEMPOTENCY_KEY_LENGTH = 255  # Stripe's limit (payout.MAX_IDEMPOTENCY_KEY_LENGTH)
+
 
 class ServiceProvider(BaseModel):
-    """The host's record of a service provider, as the ledger needs it."""
+    """The host's record of a service provider, as the ledger needs it.
+
+    Raises [`InvalidRequestError`][payout_ledger.InvalidRequestError] when a
+    field is missing or not acceptable (pydantic's ``ValidationError`` never
+    reaches the host).
+    """
 
     model_config = ConfigDict(frozen=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _library_error(exc, InvalidRequestError, "service provider: ") from None
 
     id: Identifier
     """The provider's id in the host (``EventService.service_provider_id``)."""
@@ -86,16 +126,56 @@ class ProviderDirectory(Protocol):
 
 
 class TransferRequest(BaseModel):
-    """One transfer to a connected account, as the ledger asks for it."""
+    """One transfer to a connected account, as the ledger asks for it.
+
+    It holds only what Stripe takes: an amount and currency
+    [`Money`][payout_ledger.Money] accepts (at most eight digits for most
+    currencies), an ``acct_`` destination, an idempotency key of at most 255
+    characters, and metadata of at most 50 pairs, keys of at most 40 characters
+    (without ``[`` or ``]``), values of at most 500. Anything else raises
+    [`InvalidRequestError`][payout_ledger.InvalidRequestError] (or
+    [`InvalidMoneyError`][payout_ledger.InvalidMoneyError] for the money).
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    amount: int
-    currency: str
-    destination: str
-    idempotency_key: str
-    transfer_group: str
+    amount: Annotated[int, BeforeValidator(_minor_units)]
+    currency: Annotated[str, BeforeValidator(_currency)]
+    destination: StripeAccountId
+    idempotency_key: Annotated[
+        str, StringConstraints(min_length=1, max_length=_MAX_IDEMPOTENCY_KEY_LENGTH, strict=True)
+    ]
+    transfer_group: Annotated[str, StringConstraints(strict=True)]
     metadata: dict[str, str]
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            money = exc.errors()[0]["loc"][:1] in (("amount",), ("currency",))
+            error_class = InvalidMoneyError if money else InvalidRequestError
+            raise _library_error(exc, error_class, "transfer request: ") from None
+
+    @field_validator("metadata")
+    @classmethod
+    def _within_stripes_metadata_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} metadata keys")
+        for key, item in value.items():
+            if not 0 < len(key) <= MAX_METADATA_KEY_LENGTH or "[" in key or "]" in key:
+                raise ValueError(
+                    f"metadata keys have 1-{MAX_METADATA_KEY_LENGTH} characters, without [ or ]"
+                )
+            if len(item) > MAX_METADATA_VALUE_LENGTH:
+                raise ValueError(
+                    f"metadata values have at most {MAX_METADATA_VALUE_LENGTH} characters"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _money_stripe_takes(self) -> TransferRequest:
+        Money(self.amount, self.currency)  # InvalidMoneyError above Stripe's maximum
+        return self
 
 
 class TransferResult(BaseModel):

@@ -23,6 +23,26 @@ per transaction (a rebuild of a million events would take hours on SQLite).
 run ``payout-ledger project`` (or ``run_projection``) to keep it. The table
 holds plain text columns, including the destination account, even when the
 events are encrypted at rest.
+
+**Events the table cannot hold.** The log may hold events no column can take:
+damaged or crafted ones (undecodable, a field of the wrong type, an amount
+beyond PostgreSQL's ``bigint`` or an attempt beyond its ``integer``, text with
+NUL or a lone surrogate, a service id that is not its payout's). Each is logged
+(WARNING, with its notification id and the reason), counted in
+[`ProjectionRun.skipped`][payout_ledger.projection.ProjectionRun] and left out;
+the tracking record moves past it and every other event is applied. A payout
+whose ``PayoutStarted`` is left out has no row; a later event that is left out
+leaves its payout's row as it was. A write the database refuses for its data
+is retried one event per transaction, so only the refused event is left out.
+``payout-ledger verify`` and ``audit`` name such events.
+
+**Rebuilds.** ``run_projection(..., rebuild=True)`` folds the whole log into a
+new table (``<table>_rb_<6 hex digits>``, with its own tracking table) and
+replaces the old table with it in one transaction once it is complete. Until
+then, and if the rebuild fails, readers see the old rows; the new table is
+dropped. Run one rebuild at a time: a rebuild that completes drops every other
+rebuild's table (a crashed one's too), and a rebuild whose table was dropped
+fails without touching the old rows.
 """
 
 from __future__ import annotations
@@ -30,6 +50,8 @@ from __future__ import annotations
 import logging
 import random
 import re
+import secrets
+import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -39,7 +61,9 @@ from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
+import psycopg
 from eventsourcing.persistence import (
+    DataError,
     IntegrityError,
     InternalError,
     OperationalError,
@@ -51,6 +75,7 @@ from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.sql import SQL, Composed, Identifier
 
+from payout_ledger.audit.typecheck import type_check
 from payout_ledger.errors import ConfigurationError
 from payout_ledger.payout import PayoutAggregate, PayoutStatus
 
@@ -145,15 +170,41 @@ class PayoutsView(TrackingRecorder, ABC):
     def count(self) -> int:
         """How many rows (payouts) the table has."""
 
+    @abstractmethod
+    def staging(self) -> PayoutsView:
+        """A new, empty view of the same kind for a rebuild (``<table>_rb_<hex>``,
+        without secondary indexes), to be swapped in by
+        [`replace_with`][payout_ledger.projection.PayoutsView.replace_with]."""
+
+    @abstractmethod
+    def replace_with(self, staging: PayoutsView, application_name: str) -> None:
+        """In one transaction: replace this table by ``staging``'s (indexes recreated),
+        take over its tracking record, and drop its tracking table and every other
+        rebuild's leftover tables."""
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Drop this (staging) view's table and tracking table, if they exist."""
+
+    def _leftovers(self, names: Iterable[str]) -> list[str]:
+        """Of ``names``, the tables of this table's rebuilds (and their tracking tables)."""
+        pattern = re.compile(rf"^{re.escape(self.table)}_rb_[0-9a-f]{{6}}(_tracking)?$")
+        return sorted(n for n in names if pattern.match(n))
+
 
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+_STAGING_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}_rb_[0-9a-f]{6}$")
 
 
 def _checked_name(table: str) -> str:
     # SQLite statements are built with the table name: only a plain identifier is taken.
-    if not _TABLE_NAME.match(table):
+    if not (_TABLE_NAME.match(table) or _STAGING_NAME.match(table)):
         raise ConfigurationError(f"not a plain table name: {table!r}")
     return table
+
+
+def _staging_name(table: str) -> str:
+    return f"{table}_rb_{secrets.token_hex(3)}"
 
 
 def _row(values: Mapping[str, Any]) -> PayoutRow:
@@ -168,9 +219,10 @@ def _row(values: Mapping[str, Any]) -> PayoutRow:
 class SQLitePayoutsView(SQLiteTrackingRecorder, PayoutsView):
     """The payouts table in the ledger's SQLite file (timestamps as ISO 8601 text, UTC)."""
 
-    def __init__(self, datastore: SQLiteDatastore, *, table: str) -> None:
+    def __init__(self, datastore: SQLiteDatastore, *, table: str, indexes: bool = True) -> None:
         self.table = _checked_name(table)
         self.tracking_table = f"{table}_tracking"
+        self._indexes = indexes
         super().__init__(datastore)
         tt = self.tracking_table
         self.insert_tracking_statement = (
@@ -193,7 +245,7 @@ class SQLitePayoutsView(SQLiteTrackingRecorder, PayoutsView):
     def construct_create_table_statements(self) -> list[str]:
         # Not the base class's: it names its tracking table "tracking".
         t, tt = self.table, self.tracking_table
-        return [
+        statements = [
             f"CREATE TABLE IF NOT EXISTS {tt} (application_name TEXT, notification_id INTEGER, "
             "PRIMARY KEY (application_name)) WITHOUT ROWID",
             f"CREATE TABLE IF NOT EXISTS {t} ("
@@ -213,9 +265,55 @@ class SQLitePayoutsView(SQLiteTrackingRecorder, PayoutsView):
             "updated_at TEXT NOT NULL, "
             "version INTEGER NOT NULL, "
             "notification_id INTEGER NOT NULL)",
+        ]
+        return statements + (self._index_statements(t) if self._indexes else [])
+
+    @staticmethod
+    def _index_statements(t: str) -> list[str]:
+        return [
             f"CREATE INDEX IF NOT EXISTS {t}_status_idx ON {t} (status, updated_at)",
             f"CREATE INDEX IF NOT EXISTS {t}_provider_idx ON {t} (provider_id)",
         ]
+
+    def staging(self) -> SQLitePayoutsView:
+        view = SQLitePayoutsView(self.datastore, table=_staging_name(self.table), indexes=False)
+        view.create_table()
+        return view
+
+    def replace_with(self, staging: PayoutsView, application_name: str) -> None:
+        assert isinstance(staging, SQLitePayoutsView)
+        t, tt, st = self.table, self.tracking_table, staging.table
+        with self.datastore.get_connection(commit=True) as conn:
+            cursor = conn.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                others = self._leftovers(r[0] for r in cursor.fetchall())
+                cursor.execute(f"DROP TABLE IF EXISTS {t}")
+                cursor.execute(f"ALTER TABLE {st} RENAME TO {t}")
+                for statement in self._index_statements(t):
+                    cursor.execute(statement)
+                cursor.execute(
+                    f"DELETE FROM {tt} WHERE application_name = ?",  # noqa: S608
+                    (application_name,),
+                )
+                cursor.execute(
+                    f"INSERT INTO {tt} SELECT application_name, MAX(notification_id) "  # noqa: S608
+                    f"FROM {staging.tracking_table} WHERE application_name = ? "
+                    "GROUP BY application_name",
+                    (application_name,),
+                )
+                for name in others:
+                    cursor.execute(f"DROP TABLE IF EXISTS {name}")
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    def drop(self) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(f"DROP TABLE IF EXISTS {self.table}")
+            c.execute(f"DROP TABLE IF EXISTS {self.tracking_table}")
 
     def apply(
         self,
@@ -291,7 +389,7 @@ def _sqlite_values(row: Mapping[str, Any]) -> dict[str, Any]:
 class PostgresPayoutsView(PostgresTrackingRecorder, PayoutsView):
     """The payouts table in the ledger's PostgreSQL schema (timestamps as timestamptz)."""
 
-    def __init__(self, datastore: PostgresDatastore, *, table: str) -> None:
+    def __init__(self, datastore: PostgresDatastore, *, table: str, indexes: bool = True) -> None:
         table = _checked_name(table)
         super().__init__(datastore, tracking_table_name=f"{table}_tracking")
         self.table = table
@@ -317,16 +415,16 @@ class PostgresPayoutsView(PostgresTrackingRecorder, PayoutsView):
                 "notification_id bigint NOT NULL)"
             ).format(schema=schema, t=t)
         )
-        self.sql_create_statements.append(
+        self._index_statements = [
             SQL("CREATE INDEX IF NOT EXISTS {i} ON {schema}.{t} (status, updated_at)").format(
                 i=Identifier(f"{table}_status_idx"), schema=schema, t=t
-            )
-        )
-        self.sql_create_statements.append(
+            ),
             SQL("CREATE INDEX IF NOT EXISTS {i} ON {schema}.{t} (provider_id)").format(
                 i=Identifier(f"{table}_provider_idx"), schema=schema, t=t
-            )
-        )
+            ),
+        ]
+        if indexes:
+            self.sql_create_statements.extend(self._index_statements)
         # Runners of this view take turns: the lock is held until the batch commits, so
         # the tracking record read next is the one the batch will move (even the first).
         self._lock_tracking = SQL("LOCK TABLE {schema}.{tt} IN SHARE ROW EXCLUSIVE MODE").format(
@@ -411,6 +509,56 @@ class PostgresPayoutsView(PostgresTrackingRecorder, PayoutsView):
             curs.execute(self._delete_rows)
             curs.execute(self._delete_tracking, (application_name,))
 
+    def staging(self) -> PostgresPayoutsView:
+        view = PostgresPayoutsView(self.datastore, table=_staging_name(self.table), indexes=False)
+        view.create_table()
+        return view
+
+    def replace_with(self, staging: PayoutsView, application_name: str) -> None:
+        assert isinstance(staging, PostgresPayoutsView)
+        schema = Identifier(self.datastore.schema)
+        t, tt = Identifier(self.table), Identifier(self.tracking_table_name)
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(self._lock_tracking)  # between two batches of any runner
+            curs.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s",
+                (self.datastore.schema,),
+            )
+            others = self._leftovers(str(r["tablename"]) for r in curs.fetchall())
+            curs.execute(SQL("DROP TABLE IF EXISTS {schema}.{t}").format(schema=schema, t=t))
+            curs.execute(
+                SQL("ALTER TABLE {schema}.{st} RENAME TO {t}").format(
+                    schema=schema, st=Identifier(staging.table), t=t
+                )
+            )
+            for statement in self._index_statements:
+                curs.execute(statement)
+            curs.execute(self._delete_tracking, (application_name,))
+            curs.execute(
+                SQL(
+                    "INSERT INTO {schema}.{tt} (application_name, notification_id) "
+                    "SELECT application_name, MAX(notification_id) FROM {schema}.{stt} "
+                    "WHERE application_name = %s GROUP BY application_name"
+                ).format(schema=schema, tt=tt, stt=Identifier(staging.tracking_table_name)),
+                (application_name,),
+            )
+            for name in others:
+                curs.execute(
+                    SQL("DROP TABLE IF EXISTS {schema}.{n}").format(
+                        schema=schema, n=Identifier(name)
+                    )
+                )
+
+    def drop(self) -> None:
+        schema = Identifier(self.datastore.schema)
+        with self.datastore.transaction(commit=True) as curs:
+            for name in (self.table, self.tracking_table_name):
+                curs.execute(
+                    SQL("DROP TABLE IF EXISTS {schema}.{n}").format(
+                        schema=schema, n=Identifier(name)
+                    )
+                )
+
 
 class PayoutsProjection(Projection[PayoutsView]):
     """Folds payout events into payouts-table rows; :meth:`fold` is the whole rule."""
@@ -430,9 +578,14 @@ class PayoutsProjection(Projection[PayoutsView]):
         application_name: str,
         after: int | None,
         batch: Sequence[tuple[Any, int]],
+        *,
+        through: int | None = None,
     ) -> None:
-        """Apply events (with their notification ids) in one transaction, tracked."""
-        if not batch:
+        """Apply events (with their notification ids) in one transaction, tracked
+        ``through`` the given notification id (the batch's last by default; an
+        empty batch only moves the tracking record, if ``through`` is given)."""
+        through = batch[-1][1] if through is None and batch else through
+        if through is None:
             return
         payout_ids = {str(event.originator_id) for event, _ in batch}
 
@@ -446,7 +599,7 @@ class PayoutsProjection(Projection[PayoutsView]):
                     changed[key] = folded
             return changed
 
-        self.view.apply(application_name, after, batch[-1][1], payout_ids, update)
+        self.view.apply(application_name, after, through, payout_ids, update)
 
     def fold(
         self, row: dict[str, Any] | None, event: Any, notification_id: int
@@ -532,6 +685,114 @@ class ProjectionRun:
     batches: int
     tracking_id: int | None
     """The last notification id applied (the tracking record)."""
+    skipped: int = 0
+    """Events the table cannot hold (undecodable, ill-typed, out of range...): each
+    logged with its notification id and left out (see the module's notes)."""
+
+
+INT4 = (-(2**31), 2**31 - 1)
+"""PostgreSQL ``integer``: the ``attempt`` and ``version`` columns."""
+INT8 = (-(2**63), 2**63 - 1)
+"""PostgreSQL ``bigint`` (and SQLite ``INTEGER``): ``amount`` and ``amount_reversed``."""
+
+_P = PayoutAggregate
+_FOLDED: dict[type, tuple[str, ...]] = {
+    _P.PayoutStarted: (
+        "event_service_id",
+        "provider_id",
+        "payee_user_id",
+        "destination_account",
+        "amount",
+        "currency",
+        "attempt",
+    ),
+    _P.TransferFailed: ("failure_code",),
+    _P.TransferSucceeded: ("transfer_id",),
+    _P.Released: (),
+    _P.TransferReversed: ("amount_reversed",),
+}
+"""The fields :meth:`PayoutsProjection.fold` writes to the table, per event class."""
+_RANGES = {"amount": INT8, "amount_reversed": INT8, "attempt": INT4, "originator_version": INT4}
+
+_WRITE_ERRORS: tuple[type[BaseException], ...] = (
+    DataError,
+    IntegrityError,
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+    OverflowError,
+    UnicodeEncodeError,
+)
+"""What a database raises for a row it cannot hold (never for a lost connection)."""
+
+
+def unprojectable(event: Any) -> str | None:
+    """Why the payouts table cannot hold ``event`` (None: it can).
+
+    Its folded fields, version and time must have their declared types, integers
+    fit their columns (``integer`` or ``bigint``), text be valid Unicode without
+    NUL, and a ``PayoutStarted``'s service id must be its payout's.
+    """
+    fields_ = _FOLDED.get(type(event))
+    if fields_ is None:
+        return None  # not an event the base fold writes
+    names = (*fields_, "originator_version", "timestamp")
+    state = vars(event)
+    wrong = type_check(type(event), names)(state)
+    if wrong is not None:
+        return wrong
+    for name in names:
+        value = state[name]
+        if isinstance(value, int) and name in _RANGES:
+            low, high = _RANGES[name]
+            if not low <= value <= high:
+                return f"{name} is out of the column's range"
+        elif isinstance(value, str) and ("\x00" in value or not _encodable(value)):
+            return f"{name} is not text the table can hold (NUL or a lone surrogate)"
+    if isinstance(event, _P.PayoutStarted) and (
+        PayoutAggregate.create_id(event.event_service_id) != event.originator_id
+    ):
+        return "event_service_id is not the payout's"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unchanged(rows: dict[str, dict[str, Any]]) -> Mapping[str, dict[str, Any]]:
+    return {}
+
+
+class _TrackingMoved(Exception):  # noqa: N818 - a signal, not an error
+    """Another runner moved the tracking record: read the log again."""
+
+
+@dataclass
+class _Tally:
+    events: int = 0
+    batches: int = 0
+    skipped: int = 0
+
+
+def _skip(notification: Any, reason: str) -> None:
+    logger.warning(
+        "notification %d (%s, payout %s) not projected: %s; run payout-ledger verify",
+        notification.id,
+        notification.topic,
+        notification.originator_id,
+        reason,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 def run_projection(
@@ -550,34 +811,133 @@ def run_projection(
 
     Each batch of up to ``batch_size`` payout events is one transaction with
     its tracking record. After a crash, running again resumes after the last
-    committed batch. ``rebuild`` empties the table and its tracking first.
+    committed batch. ``rebuild`` folds the whole log into a new table and swaps
+    it in, in one transaction, once it is complete: until then (and if the
+    rebuild fails or is stopped) the old rows stay. An event the table cannot
+    hold is logged, counted in ``skipped`` and left out, never the whole run.
     ``on_batch(last notification id, events)`` is called after each commit.
     """
     view = view or open_payouts_view(ledger)
-    projection = projection_class(view=view)
     app_name = cast(str, ledger.name)
-    if rebuild:
-        view.reset(app_name)
-    events = batches = 0
     stopping = stop or threading.Event()
+    tally = _Tally()
+    if rebuild:
+        staging = view.staging()
+        swapped = False
+        try:
+            _catch_up(ledger, staging, projection_class, app_name, batch_size, stopping,
+                      on_batch, tally)  # fmt: skip
+            if stopping.is_set():  # stopped before the end: the old rows stay
+                return ProjectionRun(0, 0, view.max_tracking_id(app_name))
+            view.replace_with(staging, app_name)
+            swapped = True
+        finally:
+            if not swapped:
+                _drop_quietly(staging)
+    while not stopping.is_set():
+        _catch_up(ledger, view, projection_class, app_name, batch_size, stopping, on_batch, tally)
+        if not follow:
+            break
+        stopping.wait(poll_interval)
+    return ProjectionRun(
+        events=tally.events,
+        batches=tally.batches,
+        tracking_id=view.max_tracking_id(app_name),
+        skipped=tally.skipped,
+    )
+
+
+def _drop_quietly(staging: PayoutsView) -> None:
+    try:
+        staging.drop()
+    except Exception:  # the original error matters more; the next rebuild drops it
+        logger.exception("the unfinished rebuild's table %s could not be dropped", staging.table)
+
+
+def _catch_up(
+    ledger: Any,
+    view: PayoutsView,
+    projection_class: type[PayoutsProjection],
+    app_name: str,
+    batch_size: int,
+    stopping: threading.Event,
+    on_batch: Callable[[int, int], None] | None,
+    tally: _Tally,
+) -> None:
+    """Apply pages of the log to ``view`` until none is left (or ``stopping``)."""
+    projection = projection_class(view=view)
     while not stopping.is_set():
         after = view.max_tracking_id(app_name)
         page = ledger.recorder.select_notifications(
             (after or 0) + 1, batch_size, topics=projection.topics
         )
         if not page:
-            if not follow:
-                break
-            stopping.wait(poll_interval)
-            continue
-        batch = [(ledger.mapper.to_domain_event(n), n.id) for n in page]
+            return
+        batch, skipped = [], 0
+        for notification in page:
+            try:
+                event = ledger.mapper.to_domain_event(notification)
+            except Exception as exc:
+                _skip(notification, f"undecodable ({_first_line(exc)})")
+                skipped += 1
+                continue
+            reason = unprojectable(event)
+            if reason is not None:
+                _skip(notification, reason)
+                skipped += 1
+                continue
+            batch.append((event, notification.id))
+        through = page[-1].id
         try:
-            projection.process_batch(app_name, after, batch)
-        except (ProjectionConflictError, IntegrityError):
+            try:
+                projection.process_batch(app_name, after, batch, through=through)
+                applied = len(batch)
+            except ProjectionConflictError:
+                raise _TrackingMoved from None
+            except _WRITE_ERRORS:
+                if view.max_tracking_id(app_name) != after:
+                    raise _TrackingMoved from None
+                applied, refused = _one_by_one(
+                    projection, view, app_name, after, batch, through, page
+                )
+                skipped += refused
+        except _TrackingMoved:
             logger.info("another runner applied these events first; reading on")
             continue
-        events += len(batch)
-        batches += 1
+        tally.events += applied
+        tally.skipped += skipped
+        tally.batches += 1
         if on_batch is not None:
-            on_batch(page[-1].id, len(batch))
-    return ProjectionRun(events=events, batches=batches, tracking_id=view.max_tracking_id(app_name))
+            on_batch(through, applied)
+
+
+def _one_by_one(
+    projection: PayoutsProjection,
+    view: PayoutsView,
+    app_name: str,
+    after: int | None,
+    batch: Sequence[tuple[Any, int]],
+    through: int,
+    page: Sequence[Any],
+) -> tuple[int, int]:
+    """The batch again, one event per transaction: only an event the database
+    refuses is left out. Returns (applied, refused)."""
+    notifications = {n.id: n for n in page}
+    applied = refused = 0
+    position = after
+    for event, notification_id in batch:
+        try:
+            projection.process_batch(app_name, position, [(event, notification_id)])
+            applied += 1
+        except ProjectionConflictError:
+            raise _TrackingMoved from None
+        except _WRITE_ERRORS as exc:
+            if view.max_tracking_id(app_name) != position:
+                raise _TrackingMoved from None
+            _skip(notifications[notification_id], f"refused by the table ({_first_line(exc)})")
+            view.apply(app_name, position, notification_id, [], _unchanged)
+            refused += 1
+        position = notification_id
+    if position != through:
+        view.apply(app_name, position, through, [], _unchanged)
+    return applied, refused

@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any, cast
 from uuid import UUID
 
-from payout_ledger.errors import ConfigurationError
+from payout_ledger.errors import ConfigurationError, InvalidRequestError
 from payout_ledger.ledger import SIMULATED_PREFIX, PayoutLedger
 from payout_ledger.payout import PayoutAggregate, PayoutStatus, transfer_group
 from payout_ledger.ports import StripeTransfer
@@ -218,7 +218,10 @@ def _load(ledger: PayoutLedger, transfer: StripeTransfer) -> PayoutAggregate | N
     event_service_id = transfer.metadata.get("event_service_id")
     if not event_service_id:
         return None
-    payout = ledger.find_payout(event_service_id)
+    try:
+        payout = ledger.find_payout(event_service_id)
+    except InvalidRequestError:
+        return None  # metadata no payout of ours could have: not a transfer of this ledger
     if payout is None or str(payout.id) != transfer.metadata.get("payout_id"):
         return None
     return payout

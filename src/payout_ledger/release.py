@@ -7,19 +7,71 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from payout_ledger.errors import InvalidMoneyError, InvalidRequestError
-from payout_ledger.money import Money
-from payout_ledger.ports import Identifier
+from payout_ledger.money import Money, _library_error
+from payout_ledger.ports import Identifier, StripeObjectId
 
-__all__ = ["ReleaseOutcome", "ReleaseRequest", "ReleaseResult"]
+__all__ = [
+    "ReleaseOutcome",
+    "ReleaseRequest",
+    "ReleaseResult",
+    "checked_identifier",
+    "checked_stripe_id",
+]
+
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
+_STRIPE_ID: TypeAdapter[str] = TypeAdapter(StripeObjectId)
+
+
+def checked_identifier(value: object, name: str = "event_service_id") -> str:
+    """``value`` as a host id, by the rules of a
+    [`ReleaseRequest`][payout_ledger.ReleaseRequest]'s ids (1-200 printable ASCII
+    characters without spaces; an int or UUID becomes its text).
+
+    Raises [`InvalidRequestError`][payout_ledger.InvalidRequestError] naming
+    ``name`` otherwise (a lone surrogate, a space, an empty or too long id...).
+    """
+    try:
+        return _IDENTIFIER.validate_python(value)
+    except ValidationError as exc:
+        raise InvalidRequestError(f"{name}: {_message(exc)}") from None
+
+
+def checked_stripe_id(value: object, name: str = "id") -> str:
+    """``value`` as a Stripe object id (``evt_...``, ``pi_...``): a str of 1-255
+    printable ASCII characters without spaces, as the webhook handler takes them.
+
+    Raises [`InvalidRequestError`][payout_ledger.InvalidRequestError] naming ``name``.
+    """
+    try:
+        return _STRIPE_ID.validate_python(value)
+    except ValidationError as exc:
+        raise InvalidRequestError(f"{name}: {_message(exc)}") from None
+
+
+def _message(exc: ValidationError) -> str:
+    return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
 
 
 class ReleaseRequest(BaseModel):
-    """Release one event service's payment to its provider."""
+    """Release one event service's payment to its provider.
+
+    Built directly (``ReleaseRequest(event_service_id=..., ...)``) or by
+    [`parse`][payout_ledger.ReleaseRequest.parse], it raises
+    [`InvalidRequestError`][payout_ledger.InvalidRequestError] (or its subclass
+    [`InvalidMoneyError`][payout_ledger.InvalidMoneyError] for the amount) for
+    a missing, unknown or unacceptable field, never pydantic's ``ValidationError``.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _request_error(exc) from None
 
     event_service_id: Identifier
     """The host's event service id; one payout per event service, ever."""
@@ -39,18 +91,17 @@ class ReleaseRequest(BaseModel):
             raise InvalidRequestError(
                 f"a release request is a ReleaseRequest or a mapping, not {type(value).__name__}"
             )
+        if not all(isinstance(key, str) for key in value):
+            raise InvalidRequestError("a release request's keys are its field names (str)")
         try:
             return cls.model_validate(dict(value))
-        except InvalidMoneyError:
-            raise
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            message = str(err["msg"]).removeprefix("Value error, ")
-            error_class = (
-                InvalidMoneyError if err["loc"][:1] == ("amount",) else InvalidRequestError
-            )
-            raise error_class(f"{where}: {message}") from None
+            raise _request_error(exc) from None
+
+
+def _request_error(exc: ValidationError) -> InvalidRequestError:
+    money = exc.errors()[0]["loc"][:1] == ("amount",)
+    return _library_error(exc, InvalidMoneyError if money else InvalidRequestError)
 
 
 class ReleaseOutcome(StrEnum):

@@ -14,17 +14,36 @@ Stores are chosen by URL:
 | ``postgresql://user:password@host:5432/dbname`` | PostgreSQL through psycopg 3 |
 
 A PostgreSQL URL may name a schema with ``?schema=payouts`` and a Unix socket
-directory with ``?host=/run/postgresql``.
+directory with ``?host=/run/postgresql``; special characters in its user name or
+password are percent-encoded (``p%40ss`` for ``p@ss``). An SQLite URL names a
+plain file: URI-style URLs (``sqlite:///file:x.db?mode=memory``, any query) are
+refused, as each ledger would open a private store of its own.
+
+Secrets never show: ``repr()``, ``str()`` and ``model_dump()``/``model_dump_json()``
+of the settings give the store URL through [`redact_url`][payout_ledger.settings.redact_url]
+and the Stripe key, webhook secrets and cipher key as ``SecretStr``
+(``'**********'``). Invalid settings raise
+[`ConfigurationError`][payout_ledger.ConfigurationError] naming the setting, its
+``PAYOUT_LEDGER_`` variable and the reason, never the value given.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from payout_ledger.errors import ConfigurationError
 
@@ -41,13 +60,24 @@ MAX_STRIPE_TIMEOUT = 600.0
 """The longest accepted ``stripe_timeout`` (Stripe's own SDKs use 80 s)."""
 
 
+ENV_PREFIX = "PAYOUT_LEDGER_"
+"""The prefix of the environment variables ``LedgerSettings()`` reads."""
+
+
 class LedgerSettings(BaseSettings):
-    """Everything the ledger can be configured with."""
+    """Everything the ledger can be configured with.
 
-    model_config = SettingsConfigDict(env_prefix="PAYOUT_LEDGER_", frozen=True, extra="forbid")
+    Raises [`ConfigurationError`][payout_ledger.ConfigurationError] (never
+    pydantic's ``ValidationError``, which quotes the input) when a setting is
+    not acceptable: the message names each setting and its ``PAYOUT_LEDGER_``
+    variable and says why, without the value.
+    """
 
-    store_url: str = "sqlite:///payout_ledger.db"
-    """Where events are stored: ``memory://``, ``sqlite:///...`` or ``postgresql://...``."""
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    store_url: str = Field(default="sqlite:///payout_ledger.db", repr=False)
+    """Where events are stored: ``memory://``, ``sqlite:///...`` or ``postgresql://...``.
+    Shown (repr, str, dumps) only through [`redact_url`][payout_ledger.settings.redact_url]."""
 
     environment: Environment = "development"
     """``production`` turns every unsafe development convenience into an error."""
@@ -117,14 +147,50 @@ class LedgerSettings(BaseSettings):
     """The read model's table (one row per event service), in the events' database;
     its tracking table is this name plus ``_tracking``."""
 
+    if not TYPE_CHECKING:  # type checkers keep pydantic's typed signature
+
+        def __init__(self, **values: Any) -> None:
+            # pydantic-settings still reads PAYOUT_LEDGER_* variables; only its errors,
+            # which quote the input, are replaced. Raised outside the except block so
+            # that the exception keeps no context holding the values.
+            error: ConfigurationError | None = None
+            try:
+                super().__init__(**values)
+            except ValidationError as exc:
+                error = _settings_error(exc)
+            except SettingsError as exc:
+                error = _source_error(exc)
+            if error is not None:
+                raise error
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Settings are frozen: pydantic's refusal would quote the value given.
+        error: ConfigurationError | None = None
+        try:
+            super().__setattr__(name, value)
+        except ValidationError:
+            error = ConfigurationError(f"settings are frozen: {name[:40]} cannot be changed")
+        if error is not None:
+            raise error
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        yield "store_url", redact_url(self.store_url)
+        yield from super().__repr_args__()
+
+    @field_serializer("store_url")
+    def _redacted_store_url(self, url: str) -> str:
+        return redact_url(url)
+
     @field_validator("store_url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        scheme = urlsplit(url).scheme
+        scheme = _split(url).scheme
         if scheme not in {"memory", "sqlite", "postgresql", "postgres"}:
-            raise ValueError(
-                f"store_url scheme must be memory, sqlite or postgresql, not {scheme!r}"
-            )
+            raise ValueError("the scheme must be memory://, sqlite:/// or postgresql://")
+        userinfo, at, _ = url.partition("://")[2].rpartition("@")
+        if scheme != "sqlite" and at and any(c in userinfo for c in "/?#"):
+            # An unencoded '/', '?' or '#' before the last '@' cuts the password in two.
+            raise ValueError(_PERCENT_ENCODE)
         return url
 
     @model_validator(mode="after")
@@ -161,6 +227,55 @@ class LedgerSettings(BaseSettings):
             )
 
 
+_PERCENT_ENCODE = (
+    "the URL's user name or password has an unencoded @, /, ? or #: percent-encode "
+    "them (%40, %2F, %3F, %23)"
+)
+
+
+def _split(url: str) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("not a URL (check the host and port)") from None
+    return parts
+
+
+def _env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _settings_error(exc: ValidationError) -> ConfigurationError:
+    """What is wrong with each setting: its name, variable and reason, never its value."""
+    reasons = []
+    for error in exc.errors():
+        loc = error["loc"]
+        field = str(loc[0]) if loc else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        value = error.get("input")
+        if isinstance(value, str) and len(value) >= 8 and value in message:
+            message = message.replace(value, "***")  # never quote what was given
+        if not field:
+            reasons.append(f"settings: {message}")
+        elif field in LedgerSettings.model_fields:
+            reasons.append(f"{field} ({_env_name(field)}): {message}")
+        else:
+            reasons.append(f"unknown setting {field[:40]!r}: {message}")
+    return ConfigurationError("; ".join(reasons))
+
+
+def _source_error(exc: SettingsError) -> ConfigurationError:
+    found = re.search(r'field "([a-z_]+)"', str(exc))
+    field = found.group(1) if found else None
+    if field is None or field not in LedgerSettings.model_fields:
+        return ConfigurationError("a PAYOUT_LEDGER_ environment variable cannot be parsed")
+    return ConfigurationError(
+        f"{field} ({_env_name(field)}): cannot be parsed; a list is written in JSON, "
+        'for example ["whsec_..."]'
+    )
+
+
 def livemode_of_key(api_key: str) -> bool | None:
     """True for a live Stripe key, False for a test key, None if the key says neither."""
     if api_key.startswith(("sk_live_", "rk_live_")):
@@ -180,6 +295,13 @@ def _sqlite_file(url: str) -> str:
     path = rest[1:]
     if path in {":memory:", ""}:
         raise ConfigurationError("use memory:// for an in-memory store")
+    # eventsourcing opens SQLITE_DBNAME as a URI when it has "file:" or "mode=memory":
+    # each ledger would then get a private (often empty, in-memory) store.
+    if "?" in path or "#" in path or path.startswith("file:") or "mode=memory" in path:
+        raise ConfigurationError(
+            "an SQLite store URL names a plain file (sqlite:///relative.db or "
+            "sqlite:////abs.db), without a query, fragment or file: URI"
+        )
     return path
 
 
@@ -207,11 +329,16 @@ def _sqlite_path(url: str) -> str:
 
 
 def _postgres_environment(settings: LedgerSettings) -> dict[str, str]:
-    parts = urlsplit(settings.store_url)
+    try:
+        parts = _split(settings.store_url)
+    except ValueError:
+        raise ConfigurationError(
+            f"store_url is not a PostgreSQL URL: {redact_url(settings.store_url)}"
+        ) from None
     query = dict(parse_qsl(parts.query))
     host = query.pop("host", None) or parts.hostname
     schema = query.pop("schema", None)
-    dbname = parts.path.lstrip("/")
+    dbname = unquote(parts.path.lstrip("/"))
     if not host or not dbname:
         raise ConfigurationError(
             "a PostgreSQL store URL needs a host (or ?host=/socket/dir) and a "
@@ -224,8 +351,8 @@ def _postgres_environment(settings: LedgerSettings) -> dict[str, str]:
         "POSTGRES_DBNAME": dbname,
         "POSTGRES_HOST": host,
         "POSTGRES_PORT": str(parts.port or 5432),
-        "POSTGRES_USER": parts.username or "postgres",
-        "POSTGRES_PASSWORD": parts.password or "",
+        "POSTGRES_USER": unquote(parts.username or "") or "postgres",
+        "POSTGRES_PASSWORD": unquote(parts.password or ""),
         "POSTGRES_LOCK_TIMEOUT": str(settings.postgres_lock_timeout),
         "POSTGRES_POOL_SIZE": str(settings.postgres_pool_size),
         "POSTGRES_MAX_OVERFLOW": str(settings.postgres_max_overflow),
@@ -237,11 +364,26 @@ def _postgres_environment(settings: LedgerSettings) -> dict[str, str]:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    redacted = f"{user}:***@{netloc[-1]}"
-    return urlunsplit(parts._replace(netloc=redacted, query=urlencode(parse_qsl(parts.query))))
+    """The URL with any password replaced by ``***``, safe for logs and errors.
+
+    The password of the authority (``user:***@host``, up to the last ``@`` even
+    when an unencoded ``/``, ``?`` or ``#`` precedes it) and any ``password``
+    query parameter are hidden; anything else is left as written.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url if "@" not in url and "password" not in url.lower() else "<not a URL>"
+    userinfo, at, after = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:***@{after}"
+    base, question, query = rest.partition("?")
+    if question:
+        query, hash_, fragment = query.partition("#")
+        pairs = [
+            f"{pair.partition('=')[0]}=***"
+            if unquote(pair.partition("=")[0]).lower() == "password"
+            else pair
+            for pair in query.split("&")
+        ]
+        rest = f"{base}?{'&'.join(pairs)}{hash_}{fragment}"
+    return f"{scheme}://{rest}"

@@ -1,9 +1,14 @@
-"""Bad input at every public door, fuzzed: clear typed errors, and nothing recorded.
+"""Bad input at every public door, fuzzed: clear typed errors, nothing recorded, no secret.
 
 The doors: a release request (``release_payment`` and its async twin), the
 queries (``resume``, ``get_payout``, ``history``), a Stripe event recorded
 directly or through the webhook endpoint, the operator's CLI arguments and
-environment, and ``LedgerSettings`` with ``PayoutLedger``'s construction.
+environment (with a Stripe key, webhook secrets and a database password in it:
+none may show, and a command that cannot run says why in one line with a
+documented exit code), ``LedgerSettings`` with ``PayoutLedger``'s construction
+(store URLs carrying a password, which no error may quote), and the stored
+events the read model is built from (any change to a stored payout event leaves
+the payouts table usable).
 
 Release requests are judged by an oracle written from the documented contract
 (``Identifier``, ``Money``), independent of the library's own validation: an
@@ -25,7 +30,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from payout_ledger import (
@@ -40,9 +44,10 @@ from payout_ledger import (
     ProviderNotFoundError,
     ReleaseConflictError,
     ReleaseResult,
+    StoreError,
 )
 from payout_ledger.cli import app
-from payout_ledger.money import ISO_4217_CURRENCIES
+from payout_ledger.money import STRIPE_CURRENCIES, max_amount
 from payout_ledger.stripe.webhooks import WebhookHandler
 from payout_ledger.stripe_events import StripeEventReceipt
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
@@ -127,7 +132,8 @@ def _identifier_ok(value: object) -> tuple[bool, str | None]:
 
 
 def _money_ok(value: object) -> bool:
-    """The documented ``Money``: an int > 0 of minor units and an ISO 4217 currency."""
+    """The documented ``Money``: an int > 0 of minor units, at most Stripe's maximum,
+    and a currency Stripe supports."""
     if isinstance(value, Money):
         return True
     if not isinstance(value, Mapping):
@@ -136,9 +142,9 @@ def _money_ok(value: object) -> bool:
     return (
         isinstance(amount, int)
         and not isinstance(amount, bool)
-        and amount > 0
         and isinstance(currency, str)
-        and currency.strip().lower() in ISO_4217_CURRENCIES
+        and currency.strip().lower() in STRIPE_CURRENCIES
+        and 0 < amount <= max_amount(currency.strip().lower())
     )
 
 
@@ -259,13 +265,19 @@ def test_a_bad_async_release_request_is_refused_the_same_way(
 def test_queries_with_any_service_id_answer_or_raise_payout_not_found(
     ledger: tuple[PayoutLedger, InMemoryTransferGateway], service: Any
 ) -> None:
-    """resume, get_payout and history never fail with anything but the library's errors."""
+    """resume, get_payout and history never fail with anything but the library's errors:
+    PayoutNotFoundError, or InvalidRequestError for an id no release request could have."""
     count("examples: queries")
     led, _ = ledger
     before = stored(led)
+    valid, _ = _identifier_ok(service)
     for query in (led.resume, led.get_payout, led.find_payout, led.history):
-        with contextlib.suppress(PayoutNotFoundError):
+        try:
             query(service)
+        except PayoutNotFoundError:
+            pass
+        except InvalidRequestError:
+            assert not valid, service
     assert stored(led) == before
 
 
@@ -427,11 +439,19 @@ def test_a_signed_webhook_is_recorded_or_refused_with_400_never_500(
 SETTING_VALUES = st.one_of(json_values, st.sampled_from(["1", "true", "0", "-1", "1e9", "sk_x"]))
 
 
+DB_PASSWORD = "Pw-fuzz-5b9f3c1e8a"
+"""A database password in some fuzzed URLs: no error message may show it."""
+
+
 def store_urls(folder: Path) -> st.SearchStrategy[Any]:
     """Store URLs that never reach a network host: memory, SQLite under ``folder``, junk."""
     return st.one_of(
         st.sampled_from(
             [
+                f"postgresql://user:{DB_PASSWORD}@/nodb?schema=x",
+                f"postgresql://user:{DB_PASSWORD}@?host=/nonexistent",
+                f"mysql://user:{DB_PASSWORD}@h/d",
+                f"sqlite:///{folder}/ok.db?password={DB_PASSWORD}",
                 "memory://",
                 f"sqlite:///{folder}/ok.db",
                 f"sqlite:///{folder}/missing/dir.db",
@@ -469,22 +489,27 @@ def settings_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bad_settings_are_refused_by_validation_or_configuration_errors(
     settings_folder: Path, data: st.DataObject
 ) -> None:
-    """LedgerSettings and PayoutLedger(...) raise ValidationError or ConfigurationError only."""
+    """LedgerSettings and PayoutLedger(...) raise ConfigurationError only."""
     count("examples: settings")
     kwargs = data.draw(settings_kwargs(settings_folder))
     try:
         built = LedgerSettings(**kwargs)
-    except ValidationError:
-        count("settings refused: ValidationError")
+    except ConfigurationError as exc:
+        message = f"{exc} {exc.args!r}"
+        count("settings refused: ConfigurationError")
+        assert DB_PASSWORD not in message
         return
+    assert DB_PASSWORD not in repr(built) and DB_PASSWORD not in built.model_dump_json()
     try:
         ledger = PayoutLedger(
             settings=built,
             providers=InMemoryProviderDirectory([]),
             gateway=InMemoryTransferGateway(),
         )
-    except ConfigurationError:
-        count("settings refused: ConfigurationError")
+    except (ConfigurationError, StoreError) as exc:
+        message = str(exc)
+        count(f"settings refused: {type(exc).__name__}")
+        assert DB_PASSWORD not in message
         return
     ledger.close()
     count("settings accepted")
@@ -499,7 +524,7 @@ def cli_env(
 ) -> Iterator[tuple[dict[str, str], PayoutLedger]]:
     """A working CLI environment: an SQLite store with one payout, the fake Stripe."""
     monkeypatch.chdir(tmp_path)
-    with FakeStripe() as fake:
+    with FakeStripe(api_key=CLI_API_KEY) as fake:
         account = str(fake.client().v1.accounts.create({"type": "express"}).id)
         url = f"sqlite:///{tmp_path / 'cli.db'}"
         env = {
@@ -508,12 +533,49 @@ def cli_env(
             "PAYOUT_LEDGER_STRIPE_API_BASE": fake.url,
             "PAYOUT_LEDGER_STRIPE_MAX_NETWORK_RETRIES": "0",
             "PAYOUT_LEDGER_STRIPE_TIMEOUT": "5",
+            "PAYOUT_LEDGER_STRIPE_WEBHOOK_SECRETS": json.dumps([CLI_WEBHOOK_SECRET]),
         }
         from tests.reliability.system import build_ledger, stripe_gateway
 
         with build_ledger(url, account, stripe_gateway(fake)) as ledger:
             assert ledger.release_payment(release_request("es_cli")).success
             yield env, ledger
+
+
+CLI_API_KEY = "sk_test_fuzzKey7d4c2a91e6b3f05d"
+CLI_WEBHOOK_SECRET = "whsec_fuzzSecret8e1f7a2c9d4b6035"
+CLI_SECRETS = (
+    CLI_API_KEY,
+    CLI_API_KEY[8:],
+    CLI_WEBHOOK_SECRET,
+    CLI_WEBHOOK_SECRET[6:],
+    DB_PASSWORD,
+)
+"""What no CLI output may show (the whole secrets, and their random parts)."""
+
+
+def check_cli_answer(result: Any, context: object) -> None:
+    """A documented exit code; no traceback, no secret; one ``error:`` line when it cannot run."""
+    assert result.exit_code in (0, 1, 2, 3), (context, result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        context,
+        repr(result.exception),
+    )
+    assert "Traceback" not in result.output
+    for secret in CLI_SECRETS:
+        assert secret not in result.output, (context, result.output)
+    if result.exit_code in (2, 3):
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if line.lower().startswith("error:")]
+        if result.exit_code == 2 and not errors and "Usage:" in result.output:
+            count("cli exit 2: no command, the usage shown")
+            return
+        # One error line: ours ("error: ...", alone), or the command line's own usage
+        # error ("Error: ...", after its usage line).
+        assert len(errors) == 1, (context, result.stderr)
+        assert lines == errors or all(
+            line in errors or line.startswith(("Usage:", "Try ")) for line in lines
+        ), (context, result.stderr)
 
 
 # What an environment or a command line can hold: no NUL, no lone surrogate except
@@ -553,16 +615,14 @@ CLI_TOKENS = st.sampled_from(
 def test_bad_cli_arguments_exit_with_a_usage_or_configuration_error_and_record_nothing(
     cli_env: tuple[dict[str, str], PayoutLedger], argv: list[str]
 ) -> None:
-    """Any arguments: exit 0, 1 or 2 with a message, never a traceback; the store is unchanged."""
+    """Any arguments: a documented exit code (0, 1, 2 or 3) with a message, never a
+    traceback; the store is unchanged."""
     count("examples: cli arguments")
     env, ledger = cli_env
     before = stored(ledger)
     result = CliRunner().invoke(app, argv, env=env)
-    assert result.exit_code in (0, 1, 2), (argv, result.output, result.exception)
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        argv,
-        repr(result.exception),
-    )
+    if "--help" not in argv:  # --help prints usage, on stdout: checked without the one-line rule
+        check_cli_answer(result, argv)
     assert "Traceback" not in result.output
     assert stored(ledger) == before
     count(f"cli exit {result.exit_code}")
@@ -587,7 +647,19 @@ ENV_SETTINGS = [
         st.sampled_from(ENV_SETTINGS),
         st.text(alphabet=ENV_CHARACTERS, max_size=12)
         | st.sampled_from(
-            ["0", "-1", "abc", "production", "false", "sk_test_x", "memory://", "\udcff"]
+            [
+                "0",
+                "-1",
+                "abc",
+                "production",
+                "false",
+                "sk_test_x",
+                "memory://",
+                "\udcff",
+                f"postgresql://user:{DB_PASSWORD}@127.0.0.1:1/x",
+                f"postgresql://user:{DB_PASSWORD}@/x?host=/nonexistent",
+                f"{CLI_API_KEY}!",
+            ]
         ),
         max_size=3,
     ),
@@ -601,11 +673,8 @@ def test_bad_environment_settings_exit_with_a_configuration_error_and_record_not
     env, ledger = cli_env
     before = stored(ledger)
     result = CliRunner().invoke(app, command, env={**env, **overrides})
-    assert result.exit_code in (0, 1, 2), (overrides, result.output, result.exception)
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        overrides,
-        repr(result.exception),
-    )
+    # The documented codes: 0 ok, 1 findings, 2 configuration, 3 store or Stripe unreachable.
+    check_cli_answer(result, overrides)
     assert stored(ledger) == before
     count(f"cli exit {result.exit_code}")
 
@@ -622,3 +691,70 @@ def test_a_malformed_list_setting_in_the_environment_is_a_configuration_error(
         result.exit_code,
         repr(result.exception),
     )
+
+
+# -- the stored events the read model is built from -----------------------------------
+
+STORED_VALUES = st.one_of(
+    json_values,
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.sampled_from(["", "\u0000", "es_\u00e9", 2**63, -(2**63) - 1, 1e308, True, None]),
+)
+
+
+@pytest.fixture(scope="module")
+def projected_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An SQLite file with a paid, a failed and an in-flight payout, kept as a template."""
+    from tests.reliability.system import build_ledger
+
+    folder = tmp_path_factory.mktemp("read-model-fuzz")
+    url = f"sqlite:///{folder / 'template.db'}"
+    gateway = InMemoryTransferGateway()
+    with build_ledger(url, "acct_fuzz", gateway) as ledger:
+        assert ledger.release_payment(release_request("es_paid")).success
+        gateway.decline_next()
+        ledger.release_payment(release_request("es_failed"))
+        from payout_ledger import TransferOutcomeUnknown
+
+        gateway.fail_next(TransferOutcomeUnknown("timeout"))
+        ledger.release_payment(release_request("es_in_flight"))
+    return str(folder / "template.db")
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_stored_payout_event_leaves_the_read_model_usable(
+    projected_store: str, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """A field of a stored payout event set to anything: ``project`` never fails, the event
+    is either projected or counted as skipped, and the other payouts' rows are there."""
+    import shutil
+    import sqlite3
+
+    from payout_ledger.projection import open_payouts_view, run_projection
+    from tests.reliability.system import build_ledger
+
+    count("examples: stored events for the read model")
+    path = tmp_path_factory.mktemp("rm") / "payouts.db"
+    shutil.copy(projected_store, path)
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT rowid, state FROM stored_events WHERE topic LIKE 'payout_ledger:%' "
+            "AND topic NOT LIKE '%StoreMode%'"
+        ).fetchall()
+        rowid, state = data.draw(st.sampled_from(rows), label="row")
+        decoded = json.loads(state)
+        key = data.draw(st.sampled_from(sorted(decoded)), label="field")
+        decoded[key] = data.draw(STORED_VALUES, label="value")
+        conn.execute(
+            "UPDATE stored_events SET state = ? WHERE rowid = ?",
+            (json.dumps(decoded).encode(), rowid),
+        )
+    with build_ledger(f"sqlite:///{path}", "acct_fuzz", InMemoryTransferGateway()) as ledger:
+        view = open_payouts_view(ledger)
+        run = run_projection(ledger, view=view)
+        rebuilt = run_projection(ledger, view=view, rebuild=True)
+        services = {row.event_service_id for row in view.rows()}
+    assert run.skipped == rebuilt.skipped
+    assert len(services) >= 2, services  # one event spoils at most its own payout's row
+    count(f"read model: {'skipped' if run.skipped else 'projected'}")

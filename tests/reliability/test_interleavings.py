@@ -165,6 +165,49 @@ def webhook(world: World) -> Callable[[], Any]:
     return deliver
 
 
+def unlike_claim(world: World) -> Callable[[], Any]:
+    """A signed platform ``transfer.created`` naming the claim, but for another amount and
+    destination (and a connected account's copy of it): neither may settle the payout."""
+    ledger = world.ledger()
+
+    def deliver() -> list[Any]:
+        if world.scheduler.point("webhook.deliver"):
+            raise SimulatedCrash("before webhook.deliver")
+        payout = ledger.find_payout(SERVICE)
+        attempt = str(payout.attempt if payout else 1)
+        obj = {
+            "id": "tr_unlike_claim",
+            "object": "transfer",
+            "amount": 1,
+            "currency": "usd",
+            "destination": "acct_mallory",
+            "transfer_group": f"event_service:{SERVICE}",
+            "metadata": {
+                "event_service_id": SERVICE,
+                "payout_id": str(PayoutLedger.payout_id(SERVICE)),
+                "attempt": attempt,
+            },
+        }
+        receipts = []
+        for event in (
+            {"id": "evt_unlike", "type": "transfer.created", "data": {"object": obj}},
+            {
+                "id": "evt_connected",
+                "type": "transfer.created",
+                "account": "acct_mallory",
+                "data": {"object": {**obj, "amount": 5000, "destination": ACCOUNT}},
+            },
+        ):
+            receipts.append(
+                ledger.record_stripe_event(
+                    event=event, raw_body=json.dumps(event).encode(), headers={}
+                )
+            )
+        return receipts
+
+    return deliver
+
+
 def stalled_operator(world: World) -> Callable[[], Any]:
     """24 hours pass (at a moment the scheduler picks), then an operator resumes."""
     ledger = world.ledger()
@@ -362,6 +405,11 @@ THREE_RELEASES = Scenario(
 )
 RELEASE_AND_RESUME = Scenario("release + resume", (("release", releaser), ("resume", resumer)))
 RELEASE_AND_WEBHOOK = Scenario("release + webhook", (("release", releaser), ("webhook", webhook)))
+LOST_ANSWER_AND_UNLIKE_CLAIM = Scenario(
+    "answer lost + transfer events unlike the claim",
+    (("resume", resumer), ("webhook", unlike_claim)),
+    setup=in_flight_answer_lost_then_24h,
+)
 RESUMERS_NEVER_SENT = Scenario(
     "two resumers past the key window (request never sent)",
     (("resume_1", resumer), ("resume_2", resumer)),
@@ -397,6 +445,7 @@ DEFAULT_CASES = [
     (RESUMERS_ANSWER_LOST, 1),
     (RELEASE_AND_WEBHOOK, 0),
     (RELEASE_AND_WEBHOOK, 1),
+    (LOST_ANSWER_AND_UNLIKE_CLAIM, 0),
     (TWO_RELEASES_AND_RESUME, 0),
     (RELEASE_RESUME_WEBHOOK, 0),
     (RESUMERS_AND_RELEASE_PAST_WINDOW, 0),

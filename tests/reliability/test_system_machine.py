@@ -594,8 +594,10 @@ class WholeSystem(RuleBasedStateMachine):
         return event
 
     def _claimed_transfer_event(self, data: st.DataObject, event_id: str) -> dict[str, Any]:
-        """A transfer.created naming a drawn service's current claim."""
-        service = data.draw(st.sampled_from(SERVICES), label="service")
+        """A transfer.created naming a drawn service's current claim (one in flight if any:
+        that is the claim such an event could wrongly settle)."""
+        in_flight = self.auditor.in_flight()
+        service = data.draw(st.sampled_from(in_flight or SERVICES), label="service")
         payout = self.auditor.find_payout(service)
         obj = {
             "id": f"tr_foreign_{uuid.uuid4().hex[:12]}",

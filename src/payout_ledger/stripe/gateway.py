@@ -21,7 +21,7 @@ once it has closed nothing more is sent and the call ends as
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import stripe
@@ -77,6 +77,10 @@ class StripeTransferGateway:
     ``timeout`` is seconds per HTTP request; ``max_network_retries`` are the
     SDK's own retries, which reuse our idempotency key. The API key is kept
     inside the SDK client and never appears in messages or logs.
+
+    Raises [`ConfigurationError`][payout_ledger.ConfigurationError] when
+    ``api_key`` is not a str, or not a secret or restricted key (``sk_``/``rk_``,
+    printable ASCII without spaces); the message never quotes the key.
     """
 
     def __init__(
@@ -88,8 +92,22 @@ class StripeTransferGateway:
         max_network_retries: int = 2,
         stripe_account: str | None = None,
     ) -> None:
-        if not api_key.startswith(("sk_", "rk_")):
-            raise ConfigurationError("a Stripe secret key (sk_... or rk_...) is required")
+        # Never echo the key: a wrong one may still be someone's secret. A key with
+        # whitespace or control characters would fail later, in an HTTP header
+        # error that quotes it.
+        if not isinstance(api_key, str):
+            raise ConfigurationError(
+                f"a Stripe secret key is a str (sk_... or rk_...), not {type(api_key).__name__}"
+            )
+        if not (
+            api_key.startswith(("sk_", "rk_"))
+            and api_key.isascii()
+            and api_key.isprintable()
+            and " " not in api_key
+        ):
+            raise ConfigurationError(
+                "a Stripe secret key (sk_... or rk_..., printable ASCII without spaces) is required"
+            )
         self.livemode = livemode_of_key(api_key)
         """True for a live key, False for a test key (which webhooks' ``livemode`` must match)."""
         http_client = _WindowedRequestsClient(
@@ -191,12 +209,27 @@ class _WindowedRequestsClient(stripe.RequestsClient):
 
 
 class _WindowedHTTPXClient(stripe.HTTPXClient):
-    """The SDK's async transport (httpx), checking the send window before every POST."""
+    """The SDK's async transport (httpx), checking the send window before every POST.
+
+    It also sends the SDK's encoded form body as httpx's ``content=``. The SDK
+    passes it as ``data=`` (a string), which httpx deprecates for raw bodies
+    with a ``DeprecationWarning`` raised inside the request: a host whose
+    warnings are errors (``-W error``) would see every async transfer end as a
+    connection error, an unknown outcome. The bytes on the wire are the same.
+    """
 
     async def request_async(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if method.lower() == "post":
             check_send_window()
         return await super().request_async(method, *args, **kwargs)
+
+    def _get_request_args_kwargs(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any
+    ) -> list[Any]:
+        args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
+        if isinstance(kwargs.get("data"), bytes | str):
+            kwargs["content"] = kwargs.pop("data")
+        return [args, kwargs]
 
 
 def _result(transfer: stripe.Transfer) -> TransferResult:

@@ -257,8 +257,8 @@ class StripeBackend:
                 "transfer_group",
             ),
         )
-        amount = amount_param(params)
         currency = currency_param(params)
+        amount = amount_param(params, currency)
         destination = required_str(params, "destination")
         metadata = metadata_param(params, {}) or {}
         description = description_param(params)

@@ -27,6 +27,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection
 
+from payout_ledger.money import STRIPE_MAX_AMOUNT, max_amount
+
 from ._errors import ParamError
 from ._forms import FormValue, Params
 
@@ -52,7 +54,7 @@ _RANGE_OPERATORS: dict[str, Callable[[int, int], bool]] = {
     "lt": lambda created, bound: created < bound,
     "lte": lambda created, bound: created <= bound,
 }
-MAX_AMOUNT = 99_999_999
+MAX_AMOUNT = STRIPE_MAX_AMOUNT
 MAX_DESCRIPTION_LENGTH = 5000
 MAX_METADATA_KEYS = 50
 MAX_METADATA_KEY_LENGTH = 40
@@ -126,24 +128,26 @@ def required_int(params: Params, name: str, *, minimum: int | None = None) -> in
     return value
 
 
-def amount_param(params: Params) -> int:
-    """Return the required ``amount``: a positive integer of at most eight digits."""
-    amount = optional_amount_param(params)
+def amount_param(params: Params, currency: str | None = None) -> int:
+    """Return the required ``amount``: a positive integer within Stripe's maximum."""
+    amount = optional_amount_param(params, currency)
     if amount is None:
         raise _missing("amount")
     return amount
 
 
-def optional_amount_param(params: Params) -> int | None:
-    """Return ``amount`` if given: a positive integer of at most eight digits.
+def optional_amount_param(params: Params, currency: str | None = None) -> int | None:
+    """Return ``amount`` if given: a positive integer within Stripe's maximum.
 
-    Above `MAX_AMOUNT` Stripe answers ``amount_too_large``.
+    Above it (eight digits, `MAX_AMOUNT`; more for the few currencies Stripe
+    allows more of, see ``payout_ledger.money.max_amount``) Stripe answers
+    ``amount_too_large``.
     """
     amount = int_param(params, "amount", minimum=1)
-    if amount is not None and amount > MAX_AMOUNT:
+    limit = MAX_AMOUNT if currency is None else max_amount(currency)
+    if amount is not None and amount > limit:
         raise ParamError(
-            f"Amount must be no more than {MAX_AMOUNT} (eight digits, in the "
-            "currency's smallest unit).",
+            f"Amount must be no more than {limit} (in the currency's smallest unit).",
             param="amount",
             code="amount_too_large",
         )
