@@ -16,10 +16,11 @@ PYTHON_SOURCES = ["src", "tests", "examples", "noxfile.py"]
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
-    session.install("ruff")
+    """ruff check, ruff format --check, and the import contracts (docs/architecture.md)."""
+    session.install("ruff", "import-linter")
     session.run("ruff", "check", *PYTHON_SOURCES)
     session.run("ruff", "format", "--check", *PYTHON_SOURCES)
+    session.run("lint-imports", env={"PYTHONPATH": "src"})
 
 
 @nox.session

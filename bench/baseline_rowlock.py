@@ -1,7 +1,7 @@
 """The seed's row-lock design (Phase 3), rebuilt faithfully as the benchmark's baseline.
 
-The seed (``/work/shared/seed/000_ba1c8f15065dd91d.txt``, "Concurrency Fix: Payment
-Release Safety (Phase 3)") made ``release_payment()`` safe like this, on SQLAlchemy:
+The seed's notes ("Concurrency Fix: Payment Release Safety (Phase 3)") made
+``release_payment()`` safe like this, on SQLAlchemy:
 
 * the whole payout runs in one transaction (the seed: ``async with db.begin_nested()``);
 * the ``EventService`` row is read with ``with_for_update()``, a row lock that

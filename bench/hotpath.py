@@ -36,7 +36,7 @@ _BUCKETS: list[tuple[str, str]] = [
     ("psycopg_pool/", "psycopg_pool (check-out, return)"),
     ("psycopg/", "psycopg client (adapt, send, results; incl. time descheduled)"),
     ("eventsourcing/postgres.py", "recorder (SQL, connections)"),
-    ("payout_ledger/recorders.py", "recorder (SQL, connections)"),
+    ("payout_ledger/adapters/recorders.py", "recorder (SQL, connections)"),
     ("eventsourcing/persistence.py", "eventsourcing mapper + JSON transcoding"),
     ("json/", "eventsourcing mapper + JSON transcoding"),
     ("eventsourcing/", "eventsourcing application + aggregate"),

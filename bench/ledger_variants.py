@@ -18,10 +18,10 @@ from eventsourcing.utils import Environment, get_topic
 from psycopg.sql import SQL, Composed, Identifier
 
 from payout_ledger import LedgerSettings, PayoutLedger, ReleaseRequest
-from payout_ledger.ledger import _LostClaim
-from payout_ledger.payout import PayoutAggregate
-from payout_ledger.ports import ServiceProvider, TransferGateway
-from payout_ledger.recorders import OneRoundTripRecorder
+from payout_ledger.adapters.recorders import OneRoundTripRecorder
+from payout_ledger.domain.payout import PayoutAggregate
+from payout_ledger.service.ports import ServiceProvider, TransferGateway
+from payout_ledger.service.release import _LostClaim
 from payout_ledger.settings import store_environment
 from payout_ledger.testing import InMemoryProviderDirectory
 

@@ -137,5 +137,5 @@ def run_pgbench(url: str, table: str, script: str, clients: int, seconds: int) -
         "seconds": seconds,
         "tps": round(float(found.group(1)), 1),
         "latency_avg_ms": float(latency.group(1)) if latency else None,
-        "command": " ".join([*args[:1], "...", *args[-7:]]),
+        "command": " ".join([Path(args[0]).name, "...", *args[-7:]]),
     }

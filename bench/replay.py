@@ -121,8 +121,8 @@ def rss_mb() -> float:
 
 def measure(store_url: str, what: str, page_size: int) -> dict[str, Any]:
     """Run one replay in this (fresh) process; returns throughput and memory."""
+    from payout_ledger.adapters.projection import run_projection
     from payout_ledger.audit import audit_ledger, verify_ledger
-    from payout_ledger.projection import run_projection
 
     with open_ledger(store_url) as ledger:
         before = rss_mb()

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from payout_ledger import LedgerSettings, Money, PayoutLedger, ReleaseRequest, ServiceProvider
-from payout_ledger.reconcile import reconcile
+from payout_ledger.service.reconcile import reconcile
 from payout_ledger.stripe import StripeTransferGateway
 from payout_ledger.testing import InMemoryProviderDirectory
 from payout_ledger.testing.fake_stripe import FakeStripe, faults

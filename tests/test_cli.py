@@ -9,8 +9,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from payout_ledger.cli import app
-from payout_ledger.demo import run_demo
-from payout_ledger.release import ReleaseOutcome
+from payout_ledger.cli.demo import run_demo
+from payout_ledger.service.requests import ReleaseOutcome
 
 
 def test_demo_pays_each_service_once_and_shows_the_seed_outcomes(

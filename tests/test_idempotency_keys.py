@@ -50,7 +50,7 @@ def test_keys_of_distinct_service_attempt_pairs_differ(a: str, n: int, b: str, m
 def test_a_key_names_its_service_and_attempt_and_fits_stripes_limit(
     service: str, attempt: int
 ) -> None:
-    from payout_ledger.payout import MAX_IDEMPOTENCY_KEY_LENGTH, parse_idempotency_key
+    from payout_ledger.domain.payout import MAX_IDEMPOTENCY_KEY_LENGTH, parse_idempotency_key
 
     key = idempotency_key(service, attempt)
     assert parse_idempotency_key(key) == (service, attempt)

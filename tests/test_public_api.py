@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
+import pytest
+from eventsourcing.application import Application
+
 import payout_ledger
 import payout_ledger.testing
 
@@ -48,6 +54,79 @@ def test_public_names_are_pinned() -> None:
         assert hasattr(payout_ledger, name)
 
 
+PINNED_SUBPACKAGES = {
+    "payout_ledger.stripe": [
+        "StripeEventSink",
+        "StripeTransferGateway",
+        "WebhookHandler",
+        "WebhookResponse",
+        "classify_error",
+    ],
+    "payout_ledger.testing": [
+        "InMemoryProviderDirectory",
+        "InMemoryTransferGateway",
+        "RecordedTransfer",
+    ],
+    "payout_ledger.audit": [
+        "AuditReport",
+        "ChainProblem",
+        "CurrencyTotals",
+        "InFlightPayout",
+        "PayoutSummary",
+        "ProblemKind",
+        "ProviderTotals",
+        "SealInfo",
+        "VerifyReport",
+        "Violation",
+        "ViolationKind",
+        "audit_ledger",
+        "export_events",
+        "export_payouts",
+        "iter_notifications",
+        "last_notification_id",
+        "latest_seal",
+        "seal_ledger",
+        "verify_ledger",
+    ],
+    "payout_ledger.asgi": ["webhook_app", "webhook_endpoint"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_SUBPACKAGES))
+def test_public_subpackages_are_pinned(name: str) -> None:
+    """The public subpackages keep their names and their ``__all__``, wherever the code lives."""
+    module = importlib.import_module(name)
+    assert sorted(module.__all__) == PINNED_SUBPACKAGES[name]
+    for public in module.__all__:
+        assert hasattr(module, public), public
+
+
+def test_the_ledger_keeps_its_methods() -> None:
+    """PayoutLedger's own public attributes (beyond eventsourcing's Application) are pinned."""
+    own = sorted(set(dir(payout_ledger.PayoutLedger)) - set(dir(Application)))
+    assert [n for n in own if not n.startswith("_")] == [
+        "captured_payment",
+        "check_livemode",
+        "find_payout",
+        "gateway",
+        "get_payout",
+        "get_payout_by_id",
+        "has_stripe_event",
+        "history",
+        "in_flight",
+        "livemode",
+        "other_mode",
+        "payout_id",
+        "record_stripe_event",
+        "release_payment",
+        "release_payment_async",
+        "resume",
+        "resume_in_flight",
+        "seal",
+    ]
+    assert payout_ledger.PayoutLedger.name == "PayoutLedger"  # names its PostgreSQL table
+
+
 def test_testing_fakes_are_public() -> None:
     """Hosts' tests can import the in-memory fakes."""
     assert {"InMemoryProviderDirectory", "InMemoryTransferGateway"} <= set(
@@ -77,3 +156,12 @@ def test_payout_ids_are_derived_from_the_event_service_id() -> None:
     first = payout_ledger.PayoutLedger.payout_id("es_1")
     assert first == payout_ledger.PayoutLedger.payout_id("es_1")
     assert str(first) == "a7f9b31a-0389-565a-bc63-3304bfbb1f49"
+
+
+def test_the_reference_page_shows_every_method_of_the_ledger() -> None:
+    """PayoutLedger's methods live in several modules: the reference page lists them all."""
+    page = (Path(__file__).parents[1] / "docs" / "reference.md").read_text(encoding="utf-8")
+    block = page.split("::: payout_ledger.PayoutLedger\n", 1)[1].split("\n\n", 1)[0]
+    listed = {line.strip()[2:] for line in block.splitlines() if line.strip().startswith("- ")}
+    own = set(dir(payout_ledger.PayoutLedger)) - set(dir(Application))
+    assert listed == {n for n in own if not n.startswith("_")} | {"save"}

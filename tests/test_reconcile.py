@@ -19,7 +19,7 @@ from payout_ledger import (
     TransferRequest,
     TransferResult,
 )
-from payout_ledger.reconcile import MismatchKind, reconcile
+from payout_ledger.service.reconcile import MismatchKind, reconcile
 from payout_ledger.stripe import StripeTransferGateway
 from payout_ledger.testing import InMemoryProviderDirectory
 from payout_ledger.testing.fake_stripe import FakeStripe, faults

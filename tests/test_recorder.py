@@ -9,7 +9,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from payout_ledger import LedgerSettings, PayoutLedger
-from payout_ledger.recorders import OneRoundTripRecorder
+from payout_ledger.adapters.recorders import OneRoundTripRecorder
 from payout_ledger.testing import InMemoryProviderDirectory
 
 pytestmark = pytest.mark.postgres

@@ -34,9 +34,9 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from payout_ledger import LedgerSettings, PayoutLedger, ServiceProvider
+from payout_ledger.adapters.projection import run_projection
 from payout_ledger.audit import audit_ledger, export_events, verify_ledger
 from payout_ledger.cli import app
-from payout_ledger.projection import run_projection
 from payout_ledger.settings import store_environment
 from payout_ledger.stripe import StripeTransferGateway
 from payout_ledger.stripe.webhooks import WebhookHandler

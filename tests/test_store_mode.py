@@ -155,7 +155,7 @@ def test_ledgers_of_both_kinds_starting_on_a_new_store_at_once_agree_on_one_mode
         t.start()
     for t in threads:
         t.join(timeout=60)
-    from payout_ledger.store_mode import StoreMode
+    from payout_ledger.domain.store_mode import StoreMode
 
     recorded = ledgers[0]._recorded_store_mode()
     for ledger in ledgers:
@@ -184,7 +184,7 @@ def test_a_simulated_webhook_endpoint_cannot_record_into_a_real_store(sqlite_url
 
 
 def test_the_mode_is_recorded_once_with_the_first_money_event(store_url: str) -> None:
-    from payout_ledger.store_mode import StoreMode
+    from payout_ledger.domain.store_mode import StoreMode
 
     with real(store_url) as host:
         assert host.store_mode is StoreMode.TEST
@@ -202,7 +202,7 @@ def test_the_audit_and_reconcile_flag_a_simulated_transfer_in_a_real_store(
 ) -> None:
     """Written behind the ledger's back (a database login): counted released, no money moved."""
     from payout_ledger.audit import ViolationKind, audit_ledger
-    from payout_ledger.reconcile import MismatchKind, reconcile
+    from payout_ledger.service.reconcile import MismatchKind, reconcile
 
     gateway = InMemoryTransferGateway()
     with real(sqlite_url, gateway) as host:

@@ -14,7 +14,7 @@ from payout_ledger import (
     PayoutStatus,
     TransferOutcomeUnknown,
 )
-from payout_ledger.stripe_events import StripeEventOutcome, StripeEventRecord
+from payout_ledger.domain.stripe_events import StripeEventOutcome, StripeEventRecord
 from payout_ledger.testing import InMemoryTransferGateway, RecordedTransfer
 from tests.support import release
 

@@ -1,6 +1,6 @@
 """What Stripe would refuse is refused before anything is recorded; every refusal is typed.
 
-Stripe's limits (see ``payout_ledger.money``): amounts of at most eight digits
+Stripe's limits (see ``payout_ledger.domain.money``): amounts of at most eight digits
 (nine for INR, twelve for IDR), the currencies Stripe supports, metadata values
 under 500 characters. A direct ``ReleaseRequest(...)`` or ``ServiceProvider(...)``
 raises the library's own errors, and so do the ledger's queries and commands
@@ -24,10 +24,10 @@ from payout_ledger import (
     ReleaseRequest,
     ServiceProvider,
     TransferRequest,
-    money,
 )
-from payout_ledger.money import ISO_4217_CURRENCIES
-from payout_ledger.payout import idempotency_key, transfer_group
+from payout_ledger.domain import money
+from payout_ledger.domain.money import ISO_4217_CURRENCIES
+from payout_ledger.domain.payout import idempotency_key, transfer_group
 from payout_ledger.settings import store_environment
 from payout_ledger.stripe import StripeTransferGateway
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
@@ -71,7 +71,7 @@ def test_the_largest_amounts_stripe_takes_are_accepted(amount: int, currency: st
 
 def test_the_maximum_is_the_one_the_fake_stripe_enforces() -> None:
     """One limit: the fake Stripe server refuses above the same eight digits."""
-    from payout_ledger import ports
+    from payout_ledger.service import ports
 
     assert fake_params.MAX_AMOUNT == money.STRIPE_MAX_AMOUNT == STRIPE_MAX_AMOUNT
     assert money.max_amount("usd") == STRIPE_MAX_AMOUNT

@@ -2,6 +2,8 @@
 
 from importlib import metadata as _metadata
 
+from payout_ledger.domain.money import Money
+from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus, idempotency_key
 from payout_ledger.errors import (
     ConfigurationError,
     GatewayError,
@@ -22,10 +24,8 @@ from payout_ledger.errors import (
     TransferNotExecuted,
     TransferOutcomeUnknown,
 )
-from payout_ledger.ledger import PayoutLedger
-from payout_ledger.money import Money
-from payout_ledger.payout import PayoutAggregate, PayoutStatus, idempotency_key
-from payout_ledger.ports import (
+from payout_ledger.service.ledger import PayoutLedger
+from payout_ledger.service.ports import (
     Clock,
     ProviderDirectory,
     ServiceProvider,
@@ -34,7 +34,7 @@ from payout_ledger.ports import (
     TransferResult,
     check_send_window,
 )
-from payout_ledger.release import ReleaseOutcome, ReleaseRequest, ReleaseResult
+from payout_ledger.service.requests import ReleaseOutcome, ReleaseRequest, ReleaseResult
 from payout_ledger.settings import LedgerSettings
 
 try:

@@ -217,7 +217,7 @@ class SendWindowClosed(TransferOutcomeUnknown):
     ``settings.stripe_idempotency_window`` seconds, measured on the process's
     monotonic clock, in which the attempt's request may be sent. Gateways check
     it immediately before every HTTP attempt (see
-    [`check_send_window`][payout_ledger.ports.check_send_window]), so no request
+    [`check_send_window`][payout_ledger.service.ports.check_send_window]), so no request
     can reach Stripe once its key may have been pruned. Earlier HTTP attempts of
     the same call may have reached Stripe, so the outcome is unknown: the payout
     stays in flight and is settled by a resume (a lookup first).

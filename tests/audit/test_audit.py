@@ -23,10 +23,9 @@ from payout_ledger import (
     PayoutStatus,
     TransferOutcomeUnknown,
 )
-from payout_ledger import cli as cli_module
 from payout_ledger.audit import AuditReport, ViolationKind, audit_ledger
 from payout_ledger.audit.replay import Decode
-from payout_ledger.cli import app
+from payout_ledger.cli import app, audit_commands
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
 from tests.audit.scenario import CAROL, release, run_scenario
 from tests.audit.support import RawStore, notification_ids
@@ -389,13 +388,13 @@ def test_a_progress_bar_is_drawn_only_on_a_terminal_for_long_logs(
     """Short logs and pipes get no bar; a long log on a terminal gets one."""
     run_scenario(ledger, gateway)
     monkeypatch.setenv("TTY_COMPATIBLE", "0")
-    with cli_module._progress(ledger, "audit", enabled=True) as on_page:
+    with audit_commands._progress(ledger, "audit", enabled=True) as on_page:
         assert on_page is None
-    monkeypatch.setattr(cli_module, "_PROGRESS_FROM", 1)
+    monkeypatch.setattr(audit_commands, "_PROGRESS_FROM", 1)
     monkeypatch.setenv("TTY_COMPATIBLE", "1")
     monkeypatch.setenv("FORCE_COLOR", "1")
 
-    with cli_module._progress(ledger, "audit", enabled=True) as on_page:
+    with audit_commands._progress(ledger, "audit", enabled=True) as on_page:
         assert on_page is not None
         report = audit_ledger(ledger, on_page=on_page, page_size=5)
 
@@ -407,7 +406,7 @@ def test_the_audit_knows_the_topic_of_every_event_the_ledger_writes() -> None:
     from eventsourcing.utils import get_topic
 
     from payout_ledger.audit.replay import KNOWN_TOPICS
-    from payout_ledger.chain import ChainedAggregate
+    from payout_ledger.domain.chain import ChainedAggregate
 
     def aggregates(cls: type) -> list[type]:
         found = [cls]

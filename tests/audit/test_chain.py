@@ -11,17 +11,17 @@ from uuid import uuid4
 from eventsourcing.persistence import StoredEvent
 
 from payout_ledger import PayoutAggregate, PayoutLedger
-from payout_ledger.chain import (
+from payout_ledger.domain.chain import (
     GENESIS,
     ChainedAggregate,
-    LedgerSeal,
     as_stored,
     canonical_json,
     event_digest,
     state_digest,
 )
-from payout_ledger.store_mode import StoreModeRecord
-from payout_ledger.stripe_events import CapturedPayment, StripeEventRecord
+from payout_ledger.domain.seal import LedgerSeal
+from payout_ledger.domain.store_mode import StoreModeRecord
+from payout_ledger.domain.stripe_events import CapturedPayment, StripeEventRecord
 from payout_ledger.testing import InMemoryTransferGateway
 from tests.audit.scenario import run_scenario
 from tests.audit.support import replay_all

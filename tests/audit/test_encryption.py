@@ -10,8 +10,8 @@ from eventsourcing.cryptography import AESCipher
 from pydantic import SecretStr
 
 from payout_ledger import ConfigurationError, LedgerSettings, PayoutLedger
+from payout_ledger.adapters.projection import run_projection
 from payout_ledger.audit import audit_ledger, verify_ledger
-from payout_ledger.projection import run_projection
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
 from tests.audit.scenario import run_scenario
 from tests.audit.support import RawStore

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from payout_ledger import LedgerSettings, PayoutAggregate, PayoutLedger
 from payout_ledger.audit import export_events, export_payouts, verify_ledger
 from payout_ledger.audit.export import EVENT_COLUMNS, PAYOUT_COLUMNS
-from payout_ledger.chain import GENESIS
 from payout_ledger.cli import app
+from payout_ledger.domain.chain import GENESIS
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
 from tests.audit.scenario import run_scenario
 from tests.audit.support import replay_all

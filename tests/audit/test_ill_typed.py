@@ -29,9 +29,9 @@ from payout_ledger.audit import (
     seal_ledger,
     verify_ledger,
 )
-from payout_ledger.chain import LedgerSeal
 from payout_ledger.cli import app
-from payout_ledger.stripe_events import CapturedPayment, StripeEventRecord
+from payout_ledger.domain.seal import LedgerSeal
+from payout_ledger.domain.stripe_events import CapturedPayment, StripeEventRecord
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
 from tests.audit.scenario import release, run_scenario
 from tests.audit.support import RawStore, notification_ids

@@ -12,14 +12,14 @@ import pytest
 from typer.testing import CliRunner
 
 from payout_ledger import ConfigurationError, LedgerSettings, PayoutAggregate, PayoutLedger
-from payout_ledger.cli import app
-from payout_ledger.projection import (
+from payout_ledger.adapters.projection import (
     PAYOUT_TOPICS,
     PayoutRow,
     PayoutsProjection,
     open_payouts_view,
     run_projection,
 )
+from payout_ledger.cli import app
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
 from tests.audit.scenario import release, run_scenario
 from tests.audit.support import replay_all

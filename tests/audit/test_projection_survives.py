@@ -18,13 +18,13 @@ import pytest
 from typer.testing import CliRunner
 
 from payout_ledger import PayoutAggregate, PayoutLedger
-from payout_ledger.cli import app
-from payout_ledger.projection import (
+from payout_ledger.adapters.projection import (
     PAYOUT_TOPICS,
     PayoutsProjection,
     open_payouts_view,
     run_projection,
 )
+from payout_ledger.cli import app
 from payout_ledger.testing import InMemoryTransferGateway
 from tests.audit.scenario import run_scenario
 from tests.audit.support import RawStore, notification_ids
@@ -107,7 +107,7 @@ def test_an_event_the_table_cannot_hold_is_skipped_and_counted(
     nid = first_of(history, raw, service, topic)
     raw.edit(nid, change)
 
-    with caplog.at_level(logging.WARNING, logger="payout_ledger.projection"):
+    with caplog.at_level(logging.WARNING, logger="payout_ledger.adapters.projection"):
         run = run_projection(history, batch_size=4)
 
     assert run.skipped == 1
@@ -281,9 +281,9 @@ def test_a_row_the_database_refuses_leaves_out_only_its_event(
     history: PayoutLedger, raw: RawStore, monkeypatch: pytest.MonkeyPatch, change: Change
 ) -> None:
     """Past the checks (a case they miss), the batch is retried one event at a time."""
-    import payout_ledger.projection as projection_module
+    import payout_ledger.adapters.projection.runner as runner_module
 
-    monkeypatch.setattr(projection_module, "unprojectable", lambda event: None)
+    monkeypatch.setattr(runner_module, "unprojectable", lambda event: None)
     raw.edit(first_of(history, raw, "es_paid", P.PayoutStarted.TOPIC), change)
 
     run = run_projection(history, batch_size=50)

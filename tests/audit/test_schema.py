@@ -20,8 +20,8 @@ from eventsourcing.persistence import StoredEvent
 
 from payout_ledger import PayoutAggregate, PayoutLedger, TransferOutcomeUnknown
 from payout_ledger.audit import ProblemKind, audit_ledger, verify_ledger
-from payout_ledger.audit.seal import seal_ledger
-from payout_ledger.chain import legacy_digest
+from payout_ledger.domain.chain import legacy_digest
+from payout_ledger.service.sealing import seal_ledger
 from payout_ledger.testing import InMemoryTransferGateway
 from tests.audit.fixtures.generate import public_state
 from tests.audit.scenario import release

@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from payout_ledger import LedgerIntegrityError, PayoutAggregate, PayoutLedger
+from payout_ledger.adapters.mapper import chained_mapper, notification_digest
 from payout_ledger.audit import (
     ProblemKind,
     SealInfo,
@@ -29,9 +30,9 @@ from payout_ledger.audit import (
     iter_notifications,
     verify_ledger,
 )
-from payout_ledger.audit.seal import chained_mapper, notification_digest
-from payout_ledger.chain import GENESIS, LEDGER_SEAL_ID, roll
 from payout_ledger.cli import app
+from payout_ledger.domain.chain import GENESIS, roll
+from payout_ledger.domain.seal import LEDGER_SEAL_ID
 from payout_ledger.testing import InMemoryTransferGateway
 from tests.audit.scenario import release, run_scenario
 from tests.audit.support import RawRow, RawStore, last_id, notification_ids
@@ -364,7 +365,7 @@ def test_a_topic_naming_the_event_class_by_another_path_is_undecodable(
     """eventsourcing resolves ``module:Class.Event`` too; verify accepts only the class's topic."""
     *_, released = ids(ledger, "es_after_seal")  # after the seal: only this check can see it
     rows = raw.rows()
-    alias = "payout_ledger.payout:PayoutAggregate.Released"
+    alias = "payout_ledger.domain.payout:PayoutAggregate.Released"
     raw.restore([replace(r, topic=alias) if r.notification_id == released else r for r in rows])
 
     with pytest.raises(LedgerIntegrityError, match=r"not PayoutAggregate\.Released's own"):

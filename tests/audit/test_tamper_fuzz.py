@@ -39,8 +39,8 @@ from payout_ledger.audit import (
     seal_ledger,
     verify_ledger,
 )
-from payout_ledger.chain import LedgerSeal
-from payout_ledger.stripe_events import CapturedPayment, StripeEventRecord
+from payout_ledger.domain.seal import LedgerSeal
+from payout_ledger.domain.stripe_events import CapturedPayment, StripeEventRecord
 from payout_ledger.testing import InMemoryTransferGateway
 from tests.audit.scenario import release, run_scenario
 from tests.audit.support import RawRow, RawStore, notification_ids

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from payout_ledger import PayoutLedger, TransferRequest, TransferResult
-from payout_ledger.ports import StripeTransfer
+from payout_ledger.service.ports import StripeTransfer
 from tests.reliability.system import SimulatedCrash
 
 Hook = Callable[[str, Callable[[], Any]], Any]

@@ -27,39 +27,37 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     # name: (what it breaks, module under src/payout_ledger, text, replacement)
     "claim_ignores_conflict": (
         "a release that loses the claim race carries on as if it had won",
-        "ledger.py",
+        "service/release.py",
         "            return _LostClaim(stored)\n",
         "            return _Claimed(payout, window)\n",
     ),
     "unknown_is_failure": (
         "a timeout or a 5xx is recorded as a refusal (TransferFailed)",
-        "ledger.py",
+        "service/attempts.py",
         "        if isinstance(outcome, TransferDeclined):\n",
         "        if not isinstance(outcome, TransferNotExecuted):\n",
     ),
     "resume_skips_lookup": (
         "resume sends the attempt's key again without asking Stripe first",
-        "ledger.py",
-        "            found = self._find_transfers(payout)\n        except GatewayError as exc:\n"
-        '            return _result(payout, ReleaseOutcome.OUTCOME_UNKNOWN, exc, detail="lookup',
-        "            found = []\n        except GatewayError as exc:\n"
-        '            return _result(payout, ReleaseOutcome.OUTCOME_UNKNOWN, exc, detail="lookup',
+        "service/resume.py",
+        "            found = self._find_transfers(payout)\n",
+        "            found = []\n",
     ),
     "send_window_never_closes": (
         "a request is sent however long after its claim or lookup",
-        "ports.py",
+        "service/ports.py",
         "        if self.remaining() <= 0:\n",
         "        if False:\n",
     ),
     "transfer_report_ignores_claim": (
         "a transfer report settles a payout whatever its amount, currency or destination",
-        "ledger.py",
+        "service/stripe_event_effects.py",
         "        differs = claim_differences(payout, transfer)\n",
         "        differs = None\n",
     ),
     "connected_account_events_applied": (
         "a connected account's event settles and captures like the platform's",
-        "ledger.py",
+        "service/stripe_event_effects.py",
         "            if account is None:\n",
         "            if True:\n",
     ),

@@ -26,7 +26,7 @@ from payout_ledger import (
     TransferResult,
     check_send_window,
 )
-from payout_ledger.ports import StripeTransfer
+from payout_ledger.service.ports import StripeTransfer
 from payout_ledger.testing.memory import newest_matching
 from tests.reliability.system import SimulatedCrash, Transfer
 

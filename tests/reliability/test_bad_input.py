@@ -47,9 +47,9 @@ from payout_ledger import (
     StoreError,
 )
 from payout_ledger.cli import app
-from payout_ledger.money import STRIPE_CURRENCIES, max_amount
+from payout_ledger.domain.money import STRIPE_CURRENCIES, max_amount
+from payout_ledger.domain.stripe_events import StripeEventReceipt
 from payout_ledger.stripe.webhooks import WebhookHandler
-from payout_ledger.stripe_events import StripeEventReceipt
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
 from payout_ledger.testing.fake_stripe import FakeStripe, sign_payload
 from tests.reliability.config import SIZES
@@ -731,7 +731,7 @@ def test_any_stored_payout_event_leaves_the_read_model_usable(
     import shutil
     import sqlite3
 
-    from payout_ledger.projection import open_payouts_view, run_projection
+    from payout_ledger.adapters.projection import open_payouts_view, run_projection
     from tests.reliability.system import build_ledger
 
     count("examples: stored events for the read model")

@@ -27,7 +27,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError, OperationalError, PersistenceError
 
 from payout_ledger import PayoutLedger, ReleaseOutcome, TransferRequest
-from payout_ledger.reconcile import reconcile
+from payout_ledger.service.reconcile import reconcile
 from payout_ledger.testing.fake_stripe import FakeStripe
 from tests.conftest import _conninfo
 from tests.reliability.figures import FIGURES

@@ -38,8 +38,8 @@ from payout_ledger import (
     PayoutStatus,
     ReleaseResult,
 )
-from payout_ledger.ledger import _Claimed, _LostClaim
-from payout_ledger.release import ReleaseOutcome
+from payout_ledger.service.release import _Claimed, _LostClaim
+from payout_ledger.service.requests import ReleaseOutcome
 from tests.reliability.config import SIZES
 from tests.reliability.figures import FIGURES
 from tests.reliability.harness import instrument_recorder

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from payout_ledger.reconcile import reconcile
+from payout_ledger.service.reconcile import reconcile
 from payout_ledger.testing.fake_stripe import FakeStripe, faults
 from tests.reliability.config import SIZES, seed
 from tests.reliability.figures import FIGURES

@@ -56,7 +56,7 @@ from hypothesis.stateful import (
 
 from payout_ledger import PayoutLedger, PayoutStatus, ReleaseOutcome, ReleaseResult
 from payout_ledger.errors import TransferOutcomeUnknown
-from payout_ledger.reconcile import MismatchKind, reconcile
+from payout_ledger.service.reconcile import MismatchKind, reconcile
 from payout_ledger.settings import MAX_STRIPE_TIMEOUT, SEND_MARGIN, STRIPE_KEY_RETENTION
 from payout_ledger.stripe.webhooks import WebhookHandler
 from payout_ledger.testing.fake_stripe import FakeStripe, faults, sign_payload

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from payout_ledger import LedgerSettings, PayoutLedger, ServiceProvider
-from payout_ledger.payout import parse_idempotency_key
+from payout_ledger.domain.payout import parse_idempotency_key
 from payout_ledger.stripe import StripeTransferGateway
 from payout_ledger.testing import InMemoryProviderDirectory
 from payout_ledger.testing.fake_stripe import FakeStripe, RecordedRequest

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from payout_ledger import PayoutAggregate, PayoutLedger, PayoutStatus, ReleaseOutcome
-from payout_ledger.ports import TransferRequest, TransferResult
+from payout_ledger.service.ports import TransferRequest, TransferResult
 from payout_ledger.stripe import StripeTransferGateway
 from payout_ledger.testing.fake_stripe import FakeStripe, faults
 from tests.stripe.stripe_support import (

@@ -20,7 +20,7 @@ from payout_ledger import (
     TransferRequest,
     TransferResult,
 )
-from payout_ledger.ports import StripeTransfer
+from payout_ledger.service.ports import StripeTransfer
 from payout_ledger.stripe import StripeTransferGateway
 from payout_ledger.testing.fake_stripe import FakeStripe, faults
 from tests.stripe.stripe_support import LedgerMaker, release_request, transfer_posts, transfers_for

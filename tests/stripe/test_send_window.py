@@ -24,7 +24,7 @@ from payout_ledger import (
     TransferRequest,
     TransferResult,
 )
-from payout_ledger.ports import SendWindow, check_send_window, sending_within
+from payout_ledger.service.ports import SendWindow, check_send_window, sending_within
 from payout_ledger.settings import MAX_STRIPE_TIMEOUT, STRIPE_KEY_RETENTION
 from payout_ledger.stripe import StripeTransferGateway
 from payout_ledger.testing.fake_stripe import FakeStripe, faults
@@ -185,7 +185,7 @@ def test_a_claimant_suspended_for_a_day_sends_nothing_when_it_wakes(
 def test_the_system_clock_counts_time_the_machine_spends_suspended() -> None:
     import time
 
-    from payout_ledger.ports import SystemClock, elapsed_seconds
+    from payout_ledger.service.ports import SystemClock, elapsed_seconds
 
     if hasattr(time, "CLOCK_BOOTTIME"):  # Linux: the clock that keeps counting
         boottime = time.clock_gettime(time.CLOCK_BOOTTIME)

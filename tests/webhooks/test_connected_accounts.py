@@ -19,8 +19,8 @@ from payout_ledger import (
     PayoutStatus,
     TransferOutcomeUnknown,
 )
+from payout_ledger.domain.stripe_events import StripeEventOutcome
 from payout_ledger.stripe import StripeTransferGateway
-from payout_ledger.stripe_events import StripeEventOutcome
 from payout_ledger.testing import InMemoryTransferGateway
 from tests.support import release
 

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from payout_ledger import PayoutLedger, ServiceProvider
-from payout_ledger.payout import PayoutStatus
+from payout_ledger.domain.payout import PayoutStatus
+from payout_ledger.domain.stripe_events import StripeEventReceipt
 from payout_ledger.stripe import StripeTransferGateway
-from payout_ledger.stripe_events import StripeEventReceipt
 from payout_ledger.testing import InMemoryProviderDirectory
 from payout_ledger.testing.fake_stripe import FakeStripe, faults
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from payout_ledger.stripe_events import StripeEventRecord
+from payout_ledger.domain.stripe_events import StripeEventRecord
 from payout_ledger.testing.fake_stripe import FakeStripe
 
 from .conftest import (

@@ -11,6 +11,7 @@
 All of them read the log in notification order, a page at a time.
 """
 
+from payout_ledger.adapters.log import iter_notifications, last_notification_id
 from payout_ledger.audit.export import export_events, export_payouts
 from payout_ledger.audit.replay import (
     AuditReport,
@@ -22,9 +23,8 @@ from payout_ledger.audit.replay import (
     ViolationKind,
     audit_ledger,
 )
-from payout_ledger.audit.seal import SealInfo, latest_seal, seal_ledger
-from payout_ledger.audit.stream import iter_notifications, last_notification_id
 from payout_ledger.audit.verify import ChainProblem, ProblemKind, VerifyReport, verify_ledger
+from payout_ledger.service.sealing import SealInfo, latest_seal, seal_ledger
 
 __all__ = [
     "AuditReport",

@@ -14,19 +14,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from payout_ledger.audit.replay import PayoutSummary, ViolationKind, audit_ledger
-from payout_ledger.audit.seal import chained_mapper, read_notification
-from payout_ledger.audit.stream import (
+from payout_ledger.adapters.log import (
     DEFAULT_PAGE_SIZE,
     PageCallback,
     hidden_rows,
     iter_notifications,
 )
-from payout_ledger.audit.typecheck import type_check
-from payout_ledger.chain import canonical_json
+from payout_ledger.adapters.mapper import chained_mapper, read_notification
+from payout_ledger.audit.replay import PayoutSummary, ViolationKind, audit_ledger
+from payout_ledger.domain.chain import canonical_json
+from payout_ledger.domain.typecheck import type_check
 
 if TYPE_CHECKING:
-    from payout_ledger.ledger import PayoutLedger
+    from payout_ledger.service.ledger import PayoutLedger
 
 __all__ = [
     "EVENT_COLUMNS",

@@ -14,7 +14,7 @@ The idempotency key goes in the request *options*: inside the params dict the
 SDK would send it as a form field and invent a random key of its own.
 
 Every try of a POST, the SDK's own retries included, first checks the
-attempt's send window ([`check_send_window`][payout_ledger.ports.check_send_window]):
+attempt's send window ([`check_send_window`][payout_ledger.service.ports.check_send_window]):
 once it has closed nothing more is sent and the call ends as
 [`SendWindowClosed`][payout_ledger.SendWindowClosed], an unknown outcome.
 """
@@ -34,7 +34,7 @@ from payout_ledger.errors import (
     TransferNotExecuted,
     TransferOutcomeUnknown,
 )
-from payout_ledger.ports import (
+from payout_ledger.service.ports import (
     StripeTransfer,
     TransferRequest,
     TransferResult,

@@ -35,7 +35,6 @@ outcomes only: never a secret, a ``Stripe-Signature`` value or a body.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +43,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import stripe
 
+from payout_ledger.domain.stripe_events import StripeEventOutcome, StripeEventReceipt
 from payout_ledger.errors import ConfigurationError, InvalidRequestError, LivemodeMismatchError
-from payout_ledger.stripe_events import StripeEventOutcome, StripeEventReceipt
+from payout_ledger.stripe.event_json import MAX_JSON_DEPTH, is_identifier, parse_event
 
 if TYPE_CHECKING:
     from payout_ledger.settings import LedgerSettings
@@ -70,13 +70,10 @@ DEFAULT_TOLERANCE: Final = 300
 DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024
 """Largest body accepted (1 MiB); Stripe's events are far smaller."""
 
-MAX_JSON_DEPTH: Final = 64
-"""Deepest nesting of objects and arrays accepted in an event."""
 
 ENVIRONMENTS: Final = frozenset({"development", "test", "staging", "production"})
 """The environments a handler accepts (``LedgerSettings.environment``'s values)."""
 
-_MAX_IDENTIFIER_LENGTH = 255
 
 # Headers passed to the ledger with the raw body, so that an auditor can verify
 # the signature again later. Others (cookies, proxies' credentials) are not kept.
@@ -267,9 +264,9 @@ class WebhookHandler:
                 "(environment=%s); configure one before production",
                 self.environment,
             )
-        parsed = _parse_event(raw_body)
-        if isinstance(parsed, WebhookResponse):
-            return parsed
+        parsed = parse_event(raw_body)
+        if isinstance(parsed, str):
+            return _reject(400, parsed)
         return self._dispatch(parsed, raw_body, lowered)
 
     # -- steps ---------------------------------------------------------------
@@ -434,63 +431,6 @@ def _lower_keys(headers: Mapping[str, str]) -> dict[str, str]:
 def _account_id(event: Mapping[str, Any]) -> str | None:
     """``event.account`` for a Connect event, else the account object's id."""
     for candidate in (event.get("account"), event["data"]["object"].get("id")):
-        if _is_identifier(candidate):
+        if is_identifier(candidate):
             return str(candidate)
     return None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _parse_event(raw_body: bytes) -> dict[str, Any] | WebhookResponse:
-    """The event dict, or the 400 to answer."""
-    try:
-        event = json.loads(raw_body.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError too
-        logger.warning("stripe webhook rejected (400): body is not JSON")
-        return _reject(400, "malformed_json")
-    if not _is_event(event) or not _within_depth(event):
-        logger.warning("stripe webhook rejected (400): JSON is not a Stripe event object")
-        return _reject(400, "not_an_event")
-    return event  # type: ignore[no-any-return]
-
-
-def _is_identifier(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= _MAX_IDENTIFIER_LENGTH
-        and value.isascii()
-        and value.isprintable()
-        and " " not in value
-    )
-
-
-def _is_event(event: object) -> bool:
-    if not isinstance(event, dict):
-        return False
-    data = event.get("data")
-    account = event.get("account")
-    return (
-        _is_identifier(event.get("id"))
-        and _is_identifier(event.get("type"))
-        and isinstance(data, dict)
-        and isinstance(data.get("object"), dict)
-        and (account is None or isinstance(account, str))
-    )
-
-
-def _within_depth(value: object) -> bool:
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: list[object] = list(item.values())
-        elif isinstance(item, list):
-            children = list(item)
-        else:
-            continue
-        if depth > MAX_JSON_DEPTH:
-            return False
-        stack.extend((child, depth + 1) for child in children)
-    return True

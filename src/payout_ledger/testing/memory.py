@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from payout_ledger.errors import GatewayError, TransferDeclined
-from payout_ledger.ports import (
+from payout_ledger.service.ports import (
     ServiceProvider,
     StripeTransfer,
     TransferRequest,

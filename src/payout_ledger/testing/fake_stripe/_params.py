@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection
 
-from payout_ledger.money import STRIPE_MAX_AMOUNT, max_amount
+from payout_ledger.domain.money import STRIPE_MAX_AMOUNT, max_amount
 
 from ._errors import ParamError
 from ._forms import FormValue, Params
@@ -140,7 +140,7 @@ def optional_amount_param(params: Params, currency: str | None = None) -> int | 
     """Return ``amount`` if given: a positive integer within Stripe's maximum.
 
     Above it (eight digits, `MAX_AMOUNT`; more for the few currencies Stripe
-    allows more of, see ``payout_ledger.money.max_amount``) Stripe answers
+    allows more of, see ``payout_ledger.domain.money.max_amount``) Stripe answers
     ``amount_too_large``.
     """
     amount = int_param(params, "amount", minimum=1)

@@ -8,7 +8,7 @@ Two ways to read:
 * [`iter_notifications`][payout_ledger.audit.iter_notifications] yields
   eventsourcing ``Notification`` objects, for ``ledger.mapper.to_domain_event``
   (verify, seal, export and the read model use it);
-* [`iter_states`][payout_ledger.audit.stream.iter_states] yields plain tuples
+* [`iter_states`][payout_ledger.adapters.log.iter_states] yields plain tuples
   and each event's *state as a dict* (decrypted, JSON-decoded and upcast by the
   event class's own ``upcast_vN_vM`` methods, exactly as the mapper would, but
   without building event objects, UUIDs or datetimes). The audit uses it: on
@@ -35,7 +35,9 @@ from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 if TYPE_CHECKING:
-    from payout_ledger.ledger import PayoutLedger
+    from eventsourcing.application import Application
+
+    PayoutLedger = Application[Any]
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -137,7 +139,7 @@ def _stored_notifications(
     row; here such a row becomes a placeholder that no mapper decodes (its state
     names the row's real columns), so readers report it and go on, and seals and
     verify digest the same placeholder. A row without a notification id has no
-    place in the log: [`hidden_rows`][payout_ledger.audit.stream.hidden_rows]
+    place in the log: [`hidden_rows`][payout_ledger.adapters.log.hidden_rows]
     lists it.
     """
     sqlite = isinstance(recorder, SQLiteApplicationRecorder)
@@ -351,7 +353,7 @@ def iter_states(
 ) -> Iterator[list[RawEvent]]:
     """The whole log as pages of plain tuples, in notification order (ids below 1 included).
 
-    Decode the states with a [`StateDecoder`][payout_ledger.audit.stream.StateDecoder].
+    Decode the states with a [`StateDecoder`][payout_ledger.adapters.log.StateDecoder].
     """
     for page in _raw_pages(ledger, page_size):
         yield page

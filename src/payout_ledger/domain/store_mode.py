@@ -26,7 +26,7 @@ from __future__ import annotations
 from enum import StrEnum
 from uuid import UUID
 
-from payout_ledger.chain import ChainedAggregate
+from payout_ledger.domain.chain import ChainedAggregate
 
 __all__ = ["STORE_MODE_ID", "StoreMode", "StoreModeRecord"]
 

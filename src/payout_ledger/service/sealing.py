@@ -4,52 +4,38 @@ A per-payout hash chain notices an edited or removed event only when a later
 event of the same payout names it. Seals cover the rest: each ``Sealed`` event
 records, for every event up to a notification id, how many there were and a
 rolling digest over them in notification order (see
-[`roll`][payout_ledger.chain.roll]); seals are chained to each other like any
+[`roll`][payout_ledger.domain.chain.roll]); seals are chained to each other like any
 aggregate's events. Export ``seal_digest`` outside the database after each
 seal: that is what an attacker with write access cannot rewrite.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError, Notification, StoredEvent
+from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import get_topic
 
-from payout_ledger.audit.stream import DEFAULT_PAGE_SIZE, iter_notifications, last_notification_id
-from payout_ledger.audit.typecheck import type_check
-from payout_ledger.chain import (
+from payout_ledger.adapters.log import DEFAULT_PAGE_SIZE, iter_notifications, last_notification_id
+from payout_ledger.adapters.mapper import ChainedMapper, chained_mapper, stored_digest
+from payout_ledger.domain.chain import (
     GENESIS,
-    LEDGER_SEAL_ID,
-    ChainedAggregate,
-    ChainedMapper,
-    LedgerSeal,
     as_stored,
     event_digest,
     ledger_transcoder,
     legacy_digest,
     roll,
-    state_digest,
 )
+from payout_ledger.domain.seal import LEDGER_SEAL_ID, LedgerSeal
+from payout_ledger.domain.typecheck import type_check
 from payout_ledger.errors import PayoutLedgerError
+from payout_ledger.service.core import LedgerCore
 
-if TYPE_CHECKING:
-    from payout_ledger.ledger import PayoutLedger
-
-__all__ = [
-    "SealInfo",
-    "StoredRead",
-    "chained_mapper",
-    "latest_seal",
-    "notification_digest",
-    "read_notification",
-    "seal_ledger",
-]
+__all__ = ["SealInfo", "latest_seal", "seal_ledger"]
 
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -96,89 +82,7 @@ def _seal_digest(event: LedgerSeal.Sealed) -> str:
     )
 
 
-@dataclass(frozen=True)
-class StoredRead:
-    """One stored event as verify and export read it."""
-
-    digest: str
-    """Its digest over the stored bytes (of the raw bytes, marked, if they cannot be decrypted)."""
-    event: Any
-    """The event, or None if it cannot be read."""
-    error: Exception | None
-    """Why it cannot be read."""
-    plaintext: bytes | None
-    """The stored state decrypted, if it could be."""
-
-
-def chained_mapper(ledger: PayoutLedger) -> ChainedMapper:
-    """The ledger's mapper, which computes digests over the stored bytes."""
-    mapper = ledger.mapper
-    if not isinstance(mapper, ChainedMapper):
-        raise PayoutLedgerError(
-            f"the ledger's mapper is a {type(mapper).__name__}: tamper evidence needs "
-            "payout_ledger.chain.ChainedMapper"
-        )
-    return mapper
-
-
-def read_notification(mapper: ChainedMapper, notification: Notification) -> StoredRead:
-    """Decrypt, digest and decode one stored event; never raises."""
-    try:
-        plaintext = mapper.plaintext(notification)
-    except Exception as exc:  # the caller reports it
-        return StoredRead(_undecodable_digest(notification), None, exc, None)
-    try:
-        event = mapper.from_plaintext(notification, plaintext)
-        if not isinstance(event, ChainedAggregate.Event):
-            raise ValueError(f"topic {notification.topic} names no event of the ledger")
-        canonical = get_topic(type(event))
-        if canonical != notification.topic:
-            raise ValueError(
-                f"topic {notification.topic} names {type(event).__qualname__}, "
-                f"whose topic is {canonical}"
-            )
-    except Exception as exc:  # the caller reports it
-        digest = _plaintext_digest(notification, plaintext)
-        return StoredRead(digest, None, exc, plaintext)
-    stored = as_stored(event)
-    assert stored is not None
-    return StoredRead(stored.digest, event, None, plaintext)
-
-
-def _plaintext_digest(notification: StoredEvent, plaintext: bytes) -> str:
-    return state_digest(
-        notification.topic, notification.originator_id, notification.originator_version, plaintext
-    )
-
-
-def _undecodable_digest(notification: StoredEvent) -> str:
-    """The digest of an event that cannot be decrypted: over its raw bytes, marked."""
-    raw = _plaintext_digest(notification, notification.state)
-    return hashlib.sha256(b"undecodable:" + raw.encode("ascii")).hexdigest()
-
-
-def notification_digest(
-    mapper: ChainedMapper, notification: Notification
-) -> tuple[str, Any, Exception | None]:
-    """The stored event's digest, the decoded event, and why it could not be decoded.
-
-    An event that cannot be decoded (event None) still gets a digest, of its
-    bytes, so seals over a damaged log are still compared, and still differ.
-    """
-    read = read_notification(mapper, notification)
-    return read.digest, read.event, read.error
-
-
-def stored_digest(mapper: ChainedMapper, notification: StoredEvent) -> str:
-    """The stored event's digest, without decoding it (sealing needs nothing more)."""
-    try:
-        plaintext = mapper.plaintext(notification)
-    except Exception:
-        return _undecodable_digest(notification)
-    return _plaintext_digest(notification, plaintext)
-
-
-def latest_seal(ledger: PayoutLedger) -> SealInfo | None:
+def latest_seal(ledger: LedgerCore) -> SealInfo | None:
     """The newest seal, or None if the log was never sealed.
 
     Raises ``PayoutLedgerError`` if the seal chain cannot be read or its newest
@@ -194,7 +98,7 @@ def latest_seal(ledger: PayoutLedger) -> SealInfo | None:
     return SealInfo.of(last)
 
 
-def _load_seal(ledger: PayoutLedger) -> LedgerSeal | None:
+def _load_seal(ledger: LedgerCore) -> LedgerSeal | None:
     try:
         return cast(LedgerSeal, ledger.repository.get(LEDGER_SEAL_ID))
     except AggregateNotFoundError:
@@ -221,7 +125,7 @@ def _continues_from(seal: LedgerSeal) -> bool:
     )
 
 
-def seal_ledger(ledger: PayoutLedger, *, page_size: int = DEFAULT_PAGE_SIZE) -> SealInfo:
+def seal_ledger(ledger: LedgerCore, *, page_size: int = DEFAULT_PAGE_SIZE) -> SealInfo:
     """Seal everything recorded so far; continues from the previous seal.
 
     Only events after the previous seal are read: the previous seal is trusted
@@ -282,7 +186,7 @@ def seal_ledger(ledger: PayoutLedger, *, page_size: int = DEFAULT_PAGE_SIZE) -> 
     )
 
 
-def _newest_stored_seal(ledger: PayoutLedger, mapper: ChainedMapper) -> tuple[int, str]:
+def _newest_stored_seal(ledger: LedgerCore, mapper: ChainedMapper) -> tuple[int, str]:
     """The version and digest of the newest stored seal, read without decoding it."""
     [newest] = ledger.recorder.select_events(LEDGER_SEAL_ID, desc=True, limit=1)
     return newest.originator_version, stored_digest(mapper, newest)

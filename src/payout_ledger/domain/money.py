@@ -4,8 +4,8 @@ Amounts are never floats: ``Money(amount=1050, currency="eur")`` is 10.50 EUR.
 Currencies are written in lower case, as Stripe writes them.
 
 Money is refused when Stripe would refuse its transfer, before anything is
-recorded: a currency outside [`STRIPE_CURRENCIES`][payout_ledger.money.STRIPE_CURRENCIES],
-or an amount above [`max_amount`][payout_ledger.money.max_amount] (eight digits,
+recorded: a currency outside [`STRIPE_CURRENCIES`][payout_ledger.domain.money.STRIPE_CURRENCIES],
+or an amount above [`max_amount`][payout_ledger.domain.money.max_amount] (eight digits,
 99,999,999 minor units, for most currencies). Every amount accepted therefore
 fits a PostgreSQL ``bigint`` and an SQLite ``INTEGER``.
 """
@@ -114,8 +114,8 @@ class Money(BaseModel):
 
     Raises [`InvalidMoneyError`][payout_ledger.InvalidMoneyError] for a float,
     bool or string amount, zero or less, more than Stripe takes
-    ([`max_amount`][payout_ledger.money.max_amount]), or a currency Stripe does
-    not support ([`STRIPE_CURRENCIES`][payout_ledger.money.STRIPE_CURRENCIES]).
+    ([`max_amount`][payout_ledger.domain.money.max_amount]), or a currency Stripe does
+    not support ([`STRIPE_CURRENCIES`][payout_ledger.domain.money.STRIPE_CURRENCIES]).
     """
 
     model_config = ConfigDict(frozen=True, strict=False)

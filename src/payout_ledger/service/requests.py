@@ -9,9 +9,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
+from payout_ledger.domain.money import Money, _library_error
 from payout_ledger.errors import InvalidMoneyError, InvalidRequestError
-from payout_ledger.money import Money, _library_error
-from payout_ledger.ports import Identifier, StripeObjectId
+from payout_ledger.service.ports import Identifier, StripeObjectId
 
 __all__ = [
     "ReleaseOutcome",

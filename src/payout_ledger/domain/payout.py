@@ -28,7 +28,7 @@ from uuid import UUID, uuid5
 
 from eventsourcing.utils import get_topic
 
-from payout_ledger.chain import ChainedAggregate, create_or_continue
+from payout_ledger.domain.chain import ChainedAggregate, create_or_continue
 
 __all__ = [
     "MAX_IDEMPOTENCY_KEY_LENGTH",
@@ -58,7 +58,7 @@ def idempotency_key(event_service_id: str, attempt: int) -> str:
     ``release_payment.attempt{N}:{event_service_id}``. The part before the first
     ``:`` names the attempt and everything after it the service, so no two
     (service, attempt) pairs share a key whatever the service ids contain
-    ([`parse_idempotency_key`][payout_ledger.payout.parse_idempotency_key]
+    ([`parse_idempotency_key`][payout_ledger.domain.payout.parse_idempotency_key]
     inverts it).
     """
     if attempt < 1:
@@ -102,7 +102,7 @@ class PayoutAggregate(ChainedAggregate):
     """The payout of one event service to its provider's connected account.
 
     Every event is chained by hash to the payout's previous event (see
-    [`ChainedAggregate`][payout_ledger.chain.ChainedAggregate]).
+    [`ChainedAggregate`][payout_ledger.domain.chain.ChainedAggregate]).
     """
 
     TOPIC = "payout_ledger:PayoutAggregate"

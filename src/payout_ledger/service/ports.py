@@ -26,8 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from payout_ledger.domain.money import Money, _currency, _library_error, _minor_units
 from payout_ledger.errors import InvalidMoneyError, InvalidRequestError, SendWindowClosed
-from payout_ledger.money import Money, _currency, _library_error, _minor_units
 
 __all__ = [
     "MAX_METADATA_KEYS",
@@ -87,7 +87,7 @@ MAX_METADATA_KEY_LENGTH = 40
 """Stripe's limit on a metadata key's length; keys may not contain ``[`` or ``]``."""
 MAX_METADATA_VALUE_LENGTH = 500
 """Stripe's limit on a metadata value's length. The ledger sends ``event_service_id``
-(an [`Identifier`][payout_ledger.ports.Identifier], at most 200 characters),
+(an [`Identifier`][payout_ledger.service.ports.Identifier], at most 200 characters),
 ``payout_id`` (a UUID) and ``attempt``: always within it."""
 _MAX_IDEMPOTENCY_KEY_LENGTH = 255  # Stripe's limit (payout.MAX_IDEMPOTENCY_KEY_LENGTH)
 
@@ -233,7 +233,7 @@ class StripeTransfer:
 class TransferGateway(Protocol):
     """Creates transfers, idempotently by ``request.idempotency_key``.
 
-    Implementations call [`check_send_window`][payout_ledger.ports.check_send_window]
+    Implementations call [`check_send_window`][payout_ledger.service.ports.check_send_window]
     immediately before each HTTP attempt of ``create_transfer``, and raise
     [`TransferDeclined`][payout_ledger.TransferDeclined] for a definite refusal,
     [`TransferNotExecuted`][payout_ledger.TransferNotExecuted] when the request
@@ -269,7 +269,7 @@ class Clock(Protocol):
     (seconds, only ever moving forward, counting while the machine sleeps):
     the ledger measures its send windows with it and with ``now()``, and tests
     give one that moves with their fake time. Without one the ledger uses
-    [`elapsed_seconds`][payout_ledger.ports.elapsed_seconds].
+    [`elapsed_seconds`][payout_ledger.service.ports.elapsed_seconds].
     """
 
     def now(self) -> datetime:
@@ -299,7 +299,8 @@ class SystemClock:
 
 
 def monotonic_of(clock: Clock) -> Callable[[], float]:
-    """The clock's ``monotonic()``, or [`elapsed_seconds`][payout_ledger.ports.elapsed_seconds]."""
+    """The clock's ``monotonic()``, else
+    [`elapsed_seconds`][payout_ledger.service.ports.elapsed_seconds]."""
     monotonic = getattr(clock, "monotonic", None)
     return monotonic if callable(monotonic) else elapsed_seconds
 

@@ -3,7 +3,7 @@
 The mapper builds an event from whatever JSON is stored: a string where the
 class declares ``amount: int`` is not refused there. Verify, seal, export and
 the audit check the fields they rely on with
-[`type_check`][payout_ledger.audit.typecheck.type_check], derived once per
+[`type_check`][payout_ledger.domain.typecheck.type_check], derived once per
 event class (and field selection) from its dataclass annotations and cached.
 
 ``int`` means an int and not a bool (``True`` is not an attempt number), and a

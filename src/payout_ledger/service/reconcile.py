@@ -1,6 +1,6 @@
 """Reconciliation: do the ledger's books agree with Stripe's transfers?
 
-[`reconcile`][payout_ledger.reconcile.reconcile] compares the payouts of a set
+[`reconcile`][payout_ledger.service.reconcile.reconcile] compares the payouts of a set
 of event services, or of a time window, with the transfers Stripe lists, and
 reports every disagreement. Stripe has no metadata search for transfers, so
 transfers are listed by ``transfer_group`` (one per event service) or by
@@ -16,10 +16,11 @@ from enum import StrEnum
 from typing import Any, cast
 from uuid import UUID
 
+from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus, transfer_group
 from payout_ledger.errors import ConfigurationError, InvalidRequestError
-from payout_ledger.ledger import SIMULATED_PREFIX, PayoutLedger
-from payout_ledger.payout import PayoutAggregate, PayoutStatus, transfer_group
-from payout_ledger.ports import StripeTransfer
+from payout_ledger.service.attempts import SIMULATED_PREFIX
+from payout_ledger.service.ledger import PayoutLedger
+from payout_ledger.service.ports import StripeTransfer
 
 __all__ = ["Mismatch", "MismatchKind", "ReconcileReport", "reconcile"]
 

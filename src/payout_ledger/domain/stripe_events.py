@@ -14,8 +14,8 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID, uuid5
 
-from payout_ledger.chain import ChainedAggregate
-from payout_ledger.payout import PAYOUT_NAMESPACE
+from payout_ledger.domain.chain import ChainedAggregate
+from payout_ledger.domain.payout import PAYOUT_NAMESPACE
 
 __all__ = [
     "CapturedPayment",

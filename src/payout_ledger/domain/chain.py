@@ -1,9 +1,9 @@
 """Tamper evidence: every stored event names the digest of the event before it.
 
 Every aggregate the ledger stores derives from
-[`ChainedAggregate`][payout_ledger.chain.ChainedAggregate]. Its events carry a
-``previous_hash``: the [`event_digest`][payout_ledger.chain.event_digest] of the
-aggregate's previous event, or [`GENESIS`][payout_ledger.chain.GENESIS] (64
+[`ChainedAggregate`][payout_ledger.domain.chain.ChainedAggregate]. Its events carry a
+``previous_hash``: the [`event_digest`][payout_ledger.domain.chain.event_digest] of the
+aggregate's previous event, or [`GENESIS`][payout_ledger.domain.chain.GENESIS] (64
 zeros) for the first. The link is injected centrally, in ``trigger_event`` and
 ``_create``, so command methods do not mention it and ``apply`` methods stay
 pure assignments.
@@ -11,26 +11,26 @@ pure assignments.
 An event's digest covers the event **exactly as stored**: it is the SHA-256 of
 its topic, originator id, version and stored state *bytes*, the plaintext the
 transcoder wrote (decrypted and decompressed, not yet decoded), see
-[`state_digest`][payout_ledger.chain.state_digest]. Nothing in the stored data
+[`state_digest`][payout_ledger.domain.chain.state_digest]. Nothing in the stored data
 can choose what is digested: any change to a stored event, even a re-encoding of
 the same JSON, changes its digest. Upcasting happens after the digest is taken,
 so an upcaster added later never changes yesterday's digests.
 
-[`ChainedMapper`][payout_ledger.chain.ChainedMapper], the ledger's mapper,
+[`ChainedMapper`][payout_ledger.adapters.mapper.ChainedMapper], the ledger's mapper,
 attaches each loaded event's digest, computed from the bytes it decoded. An
 event created in this process has not been stored yet: its digest is computed
 from the bytes the mapper *will* store
-([`stored_state`][payout_ledger.chain.stored_state], with the one transcoder
-from [`ledger_transcoder`][payout_ledger.chain.ledger_transcoder]), so events
+([`stored_state`][payout_ledger.domain.chain.stored_state], with the one transcoder
+from [`ledger_transcoder`][payout_ledger.domain.chain.ledger_transcoder]), so events
 triggered together before one save can be chained.
 
 Stores written by the previous release have links made with the *v1* digest,
-[`legacy_digest`][payout_ledger.chain.legacy_digest] (canonical JSON of the
+[`legacy_digest`][payout_ledger.domain.chain.legacy_digest] (canonical JSON of the
 decoded fields). [`verify_ledger`][payout_ledger.audit.verify_ledger] still
 accepts those links, counted and only before an aggregate's first v2 link.
 
 A per-aggregate chain cannot notice that the newest events were removed, or
-that the newest event was edited. [`LedgerSeal`][payout_ledger.chain.LedgerSeal]
+that the newest event was edited. [`LedgerSeal`][payout_ledger.domain.seal.LedgerSeal]
 closes that gap: each seal records the highest notification id, the number of
 events and a rolling digest over every event in notification order, and is
 itself chained to the previous seal. See ``docs/audit.md`` for the threat model.
@@ -53,21 +53,15 @@ from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
     JSONTranscoder,
-    Mapper,
-    MapperDeserialisationError,
-    StoredEvent,
     Transcoder,
     UUIDAsHex,
 )
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import get_topic
 
 __all__ = [
     "GENESIS",
-    "LEDGER_SEAL_ID",
     "AsStored",
     "ChainedAggregate",
-    "ChainedMapper",
-    "LedgerSeal",
     "LedgerTranscoder",
     "as_stored",
     "broken_link",
@@ -84,11 +78,9 @@ __all__ = [
 GENESIS = "0" * 64
 """The ``previous_hash`` of an aggregate's first event, and the empty log's rolling digest."""
 
-LEDGER_SEAL_ID = UUID("5ea15ea1-0c1d-4b6e-9a2f-000000005ea1")
-"""The id of the ledger's one seal aggregate; fixed forever."""
 
 _AS_STORED = "_as_stored"
-"""The attribute under which the mapper attaches [`AsStored`][payout_ledger.chain.AsStored]."""
+"""Where the mapper attaches [`AsStored`][payout_ledger.domain.chain.AsStored]."""
 _NOT_STORED = frozenset({"originator_id", "originator_version", _AS_STORED})
 _DIGEST_FRAME = b"payout-ledger event digest v2"
 
@@ -116,7 +108,8 @@ _TRANSCODER = LedgerTranscoder()
 
 
 def ledger_transcoder() -> LedgerTranscoder:
-    """The transcoder of every ledger, and of [`stored_state`][payout_ledger.chain.stored_state].
+    """The transcoder of every ledger and of
+    [`stored_state`][payout_ledger.domain.chain.stored_state].
 
     A single (stateless, thread-safe) instance, so the bytes an aggregate
     predicts for its fresh events and the bytes the mapper stores cannot differ.
@@ -163,7 +156,7 @@ class AsStored:
     """How a loaded event was stored (attached by the mapper when it loads the event)."""
 
     digest: str
-    """[`state_digest`][payout_ledger.chain.state_digest] of the stored event."""
+    """[`state_digest`][payout_ledger.domain.chain.state_digest] of the stored event."""
     class_version: int
     """The class version it was stored with (before upcasting)."""
     plaintext: bytes
@@ -250,84 +243,6 @@ def roll(rolling: str, notification_id: int, digest: str) -> str:
     ).hexdigest()
 
 
-class ChainedMapper(Mapper[UUID]):
-    """The ledger's mapper: stores [`stored_state`][payout_ledger.chain.stored_state] and
-    attaches each loaded event's digest.
-
-    The digest is computed from the plaintext bytes before they are decoded and
-    attached after the event is built, so no stored key can set it.
-    """
-
-    def to_stored_event(self, domain_event: Any) -> StoredEvent:
-        state = stored_state(domain_event)
-        if self.compressor:
-            state = self.compressor.compress(state)
-        if self.cipher:
-            state = self.cipher.encrypt(state)
-        return StoredEvent(
-            originator_id=domain_event.originator_id,
-            originator_version=domain_event.originator_version,
-            topic=get_topic(type(domain_event)),
-            state=state,
-        )
-
-    def plaintext(self, stored_event: StoredEvent) -> bytes:
-        """The stored state, decrypted and decompressed."""
-        state = stored_event.state
-        try:
-            if self.cipher:
-                state = self.cipher.decrypt(state)
-            if self.compressor:
-                state = self.compressor.decompress(state)
-        except Exception as exc:
-            raise MapperDeserialisationError(_cannot_read(stored_event, exc)) from exc
-        return state
-
-    def to_domain_event(self, stored_event: StoredEvent) -> Any:
-        return self.from_plaintext(stored_event, self.plaintext(stored_event))
-
-    def from_plaintext(self, stored_event: StoredEvent, plaintext: bytes) -> Any:
-        """The event, from its :meth:`plaintext`, upcast, with its digest attached."""
-        topic = stored_event.topic
-        digest = state_digest(
-            topic, stored_event.originator_id, stored_event.originator_version, plaintext
-        )
-        cls = resolve_topic(topic)
-        if get_topic(cls) != topic:
-            # eventsourcing resolves other import paths to the same class; an event
-            # stored under one is not what the ledger wrote, and readers that
-            # select by topic would not see it.
-            raise MapperDeserialisationError(
-                _cannot_read(stored_event, f"the topic is not {cls.__qualname__}'s own")
-            )
-        try:
-            state = self.transcoder.decode(plaintext)
-        except Exception as exc:
-            raise MapperDeserialisationError(_cannot_read(stored_event, exc)) from exc
-        if not isinstance(state, dict):
-            raise MapperDeserialisationError(
-                _cannot_read(stored_event, "the state is not a JSON object")
-            )
-        stored_version = version = state.pop("class_version", 1)
-        if type(stored_version) is not int:
-            raise MapperDeserialisationError(
-                _cannot_read(stored_event, f"class_version {stored_version!r} is not an int")
-            )
-        originator_id = stored_event.originator_id
-        state["originator_id"] = (
-            originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
-        )
-        state["originator_version"] = stored_event.originator_version
-        class_version = getattr(cls, "class_version", 1)
-        while version < class_version:
-            getattr(cls, f"upcast_v{version}_v{version + 1}")(state)
-            version += 1
-        event = object.__new__(cls)
-        object.__setattr__(event, "__dict__", state)
-        state[_AS_STORED] = AsStored(digest, stored_version, plaintext)
-        return event
-
-
 def broken_link(events: Sequence[Any], transcoder: Transcoder) -> str | None:
     """Why one aggregate's events, oldest first, do not chain, or None if they do.
 
@@ -372,14 +287,6 @@ def _stored_legacy_digest(event: Any, transcoder: Transcoder) -> str | None:
         return None
     return legacy_digest(
         get_topic(type(event)), event.originator_id, event.originator_version, state
-    )
-
-
-def _cannot_read(stored_event: StoredEvent, why: object) -> str:
-    return (
-        f"Failed to deserialise state of stored event with topic '{stored_event.topic}', "
-        f"originator_id '{stored_event.originator_id}' and originator_version "
-        f"{stored_event.originator_version}: {why}"
     )
 
 
@@ -447,69 +354,3 @@ def create_or_continue(event: ChainedAggregate.Event, aggregate: Any) -> Any:
         mutated = CanMutateAggregate.mutate(event, aggregate)
     _record_head(mutated, event)
     return mutated
-
-
-class LedgerSeal(ChainedAggregate):
-    """The chain of seals over the whole log (one aggregate, id ``LEDGER_SEAL_ID``)."""
-
-    TOPIC = "payout_ledger:LedgerSeal"
-
-    class Event(ChainedAggregate.Event):
-        TOPIC = "payout_ledger:LedgerSeal.Event"
-
-    class Sealed(Event, ChainedAggregate.Created):
-        """The log up to ``through_notification_id`` had ``event_count`` events and ``log_digest``.
-
-        It creates the seal aggregate the first time and extends it afterwards.
-        Version 2: ``log_digest`` rolls over v2 digests (of the stored bytes).
-        Version 1 seals, written by the previous release, roll over v1 digests
-        ([`legacy_digest`][payout_ledger.chain.legacy_digest]); their fields
-        are the same, so the upcaster changes nothing.
-        """
-
-        TOPIC = "payout_ledger:Sealed"
-        class_version = 2
-        through_notification_id: int
-        event_count: int
-        log_digest: str
-
-        @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
-            """Nothing to change: only the meaning of ``log_digest`` differs."""
-
-        def mutate(self, aggregate: Any) -> Any:
-            return create_or_continue(self, aggregate)
-
-        def apply(self, aggregate: LedgerSeal) -> None:
-            aggregate.through_notification_id = self.through_notification_id
-            aggregate.event_count = self.event_count
-            aggregate.log_digest = self.log_digest
-
-    def __init__(self) -> None:
-        self.through_notification_id: int
-        self.event_count: int
-        self.log_digest: str
-
-    @staticmethod
-    def create_id() -> UUID:
-        return LEDGER_SEAL_ID
-
-    @classmethod
-    def first(cls, *, through_notification_id: int, event_count: int, log_digest: str) -> Self:
-        """The first seal."""
-        return cls._create(
-            cls.Sealed,
-            through_notification_id=through_notification_id,
-            event_count=event_count,
-            log_digest=log_digest,
-        )
-
-    def extend(self, *, through_notification_id: int, event_count: int, log_digest: str) -> None:
-        """A further seal, chained to the previous one."""
-        self.trigger_event(
-            self.Sealed,
-            originator_topic=get_topic(type(self)),
-            through_notification_id=through_notification_id,
-            event_count=event_count,
-            log_digest=log_digest,
-        )

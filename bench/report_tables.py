@@ -1,0 +1,443 @@
+"""The tables of ``docs/performance.md``, each computed from ``bench/results.json`` alone.
+
+A table is a header and rows of cells; ``report.py`` numbers and labels the tables and
+places them in the page's template. Every figure on the page is in one of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+Results = dict[str, Any]
+Row = dict[str, Any]
+Table = tuple[list[str], list[list[str]]]
+Column = tuple[str, Callable[[Row], str]]
+COMMITS_PER_RELEASE = 2
+TARGET_LATENCY_RATIO = 5.0
+TARGET_DB_VS_BASELINE = 1.0
+TARGET_DB_VS_PGBENCH = 0.2
+TARGET_CONTENTION_P99_MS = 100.0
+TOP = 16  # workers (and pgbench clients) of the database-bound targets
+LATENCY_CALLERS = 64
+
+
+def find(rows: Iterable[Row], **match: Any) -> Row | None:
+    """The first row whose fields equal ``match``."""
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def rate(row: Row | None) -> float | None:
+    return None if row is None else row.get("per_second")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else round(a / b, 3)
+
+
+def pgbench_tps(
+    results: Results, clients: int, script: str = "single_insert", block: str = "pgbench"
+) -> float | None:
+    """pgbench's median tps in one block (``pgbench`` or ``prototypes_pgbench``)."""
+    row = find(results.get(block, []), script=script, clients=clients)
+    return None if row is None else row["tps"]
+
+
+def ledger_db(results: Results, workers: int, block: str = "database_bound") -> Row | None:
+    """The shipped ledger on PostgreSQL in ``block``, with a pool of ``workers``."""
+    rows = results.get(block, [])
+    return find(
+        rows, system="ledger", store="postgres", variant="ours", workers=workers, pool_size=workers
+    )
+
+
+def baseline_db(results: Results, workers: int) -> Row | None:
+    return find(results.get("database_bound", []), system="baseline", workers=workers)
+
+
+def num(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def times(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+def holds(value: bool | None) -> str:
+    return {True: "**holds**", False: "**does not hold**", None: "not measured"}[value]
+
+
+def col(header: str, key: str, digits: int = 1) -> Column:
+    """A column showing ``row[key]``."""
+    return header, lambda r: num(r.get(key), digits)
+
+
+def per_repetition(header: str = "per repetition", key: str = "per_second_runs") -> Column:
+    return header, lambda r: ", ".join(num(v) for v in r.get(key, []))
+
+
+def table(rows: Iterable[Row], *columns: Column) -> Table:
+    """One row of cells per row of ``rows``, one cell per column."""
+    return [h for h, _ in columns], [[cell(r) for _, cell in columns] for r in rows]
+
+
+# The tables, in page order.
+
+
+def run(results: Results, source: str) -> Table:
+    meta = results["meta"]
+    m, pg = meta["machine"], meta["machine"]["postgres"]
+    dirty = " (src/ had local changes)" if m.get("git_src_dirty") else ""
+    pg_settings = ("fsync", "synchronous_commit", "wal_sync_method")
+    items = {
+        "results": f"`{source}`",
+        "command": f"`{meta['command']}`",
+        "mode": f"{meta['mode']}: {meta['repetitions']} repetition(s), median reported",
+        "seconds per timed run": num(meta["seconds_per_run"]),
+        "started": meta["started_at"],
+        "run took": f"{num(meta.get('duration_s'))} s",
+        "git commit": f"`{m['git_commit']}`{dirty}",
+        "CPU": f"{m['nproc']} x {m['cpu_model']}",
+        "memory": f"{num(m['mem_total_mb'])} MB",
+        "PostgreSQL": ", ".join([pg["server_version"], *(f"{k}={pg[k]}" for k in pg_settings)]),
+        "Python": m["python"],
+        "packages": ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
+        "load average (1/5/15 min)": f"start {meta['load_average_at_start']}, "
+        f"end {meta.get('load_average_at_end')}",
+    }
+    return ["", "this run"], [[k, v] for k, v in items.items()]
+
+
+TARGET_LABELS = {
+    "latency_bound_vs_baseline": "latency-bound (200 ms gateway, 64 callers, pool 10): "
+    "ledger / baseline",
+    "database_bound_16_vs_baseline": "database-bound, 16 workers: ledger / baseline",
+    "database_bound_16_vs_pgbench": "database-bound, 16 workers: 2 x releases/s / pgbench tps",
+    "contention_p99_gateway_0ms": "hot contention, 32 callers, 0 ms gateway: p99 of every caller",
+    "contention_losers_p99_gateway_200ms": "hot contention, 32 callers, 200 ms gateway: "
+    "p99 of the callers that did not transfer",
+}
+
+
+def targets(results: Results) -> Table:
+    def measured(r: Row) -> str:
+        if r["key"].startswith("contention"):
+            return f"{num(r['value'])} ms"
+        return pct(r["value"]) if r["key"].endswith("pgbench") else times(r["value"])
+
+    return table(
+        [{**v, "key": k, "label": TARGET_LABELS[k]} for k, v in results["targets"].items()],
+        col("target (the ledger as shipped)", "label"),
+        col("required", "target"),
+        ("measured", measured),
+        ("verdict", lambda r: holds(r["holds"])),
+    )
+
+
+def checks(results: Results) -> Table:
+    return table(
+        results.get("checks", []),
+        col("configuration", "label"),
+        col("release", "first"),
+        col("release again", "again"),
+        col("gateway calls, 16-caller race", "race_gateway_calls"),
+        ("check", lambda c: "ok" if c["ok"] else "**FAILED**"),
+    )
+
+
+def database_bound(results: Results) -> Table:
+    def commits(r: Row) -> float:
+        return float(r["per_second"] * (COMMITS_PER_RELEASE if r["system"] == "ledger" else 1))
+
+    def on_pg(show: Callable[[Row], str]) -> Callable[[Row], str]:
+        return lambda r: show(r) if r["store"] == "postgres" else "-"
+
+    return table(
+        # The stock and default-pool rows are in the settings table.
+        [
+            r
+            for r in results.get("database_bound", [])
+            if r["variant"] == "ours"
+            and (r["store"] != "postgres" or r["pool_size"] == r["workers"])
+        ],
+        col("system", "label"),
+        col("workers", "workers"),
+        col("releases/s", "per_second"),
+        col("p50 ms", "p50_ms", 2),
+        col("p99 ms", "p99_ms", 2),
+        ("commits/s", lambda r: num(commits(r))),
+        (
+            "vs baseline",
+            on_pg(lambda r: times(ratio(rate(r), rate(baseline_db(results, r["workers"]))))),
+        ),
+        ("vs pgbench", on_pg(lambda r: pct(ratio(commits(r), pgbench_tps(results, r["workers"]))))),
+        col("client CPU ms/release", "client_cpu_ms_per_release", 2),
+        per_repetition("releases/s per repetition"),
+    )
+
+
+def pgbench(results: Results) -> Table:
+    blocks = {"pgbench": "database-bound", "prototypes_pgbench": "prototypes"}
+    return table(
+        [{**r, "block": name} for key, name in blocks.items() for r in results.get(key, [])],
+        col("block", "block"),
+        col("pgbench script", "script"),
+        col("clients", "clients"),
+        col("tps (median)", "tps"),
+        ("= releases/s at 2 commits", lambda r: num(r["tps"] / COMMITS_PER_RELEASE)),
+        per_repetition("tps per repetition", "tps_runs"),
+    )
+
+
+def latency_bound(results: Results) -> Table:
+    found = results.get("latency_bound", [])
+    base = rate(find(found, system="baseline"))
+    return table(
+        found,
+        col("system", "label"),
+        col("callers", "workers"),
+        col("releases/s", "per_second"),
+        col("p50 ms", "p50_ms"),
+        col("p99 ms", "p99_ms"),
+        ("vs baseline", lambda r: times(ratio(rate(r), base))),
+        per_repetition(),
+    )
+
+
+def contention(results: Results) -> Table:
+    return table(
+        results.get("contention", []),
+        col("system", "label"),
+        ("gateway ms", lambda r: num(r["gateway_latency_s"] * 1000, 0)),
+        ("rounds x callers", lambda r: f"{r['rounds']} x {r['callers']}"),
+        (
+            "one transfer per round",
+            lambda r: "yes" if r["exactly_one_transfer_every_round"] else "**NO**",
+        ),
+        col("p50 ms", "p50_ms", 2),
+        col("p99 ms", "p99_ms", 2),
+        col("p99 ms, callers that did not transfer", "losers_p99_ms", 2),
+        col("p99 ms until all answered", "all_answered_p99_ms", 2),
+        ("outcomes", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))),
+    )
+
+
+def replay(results: Results) -> Table:
+    found = results.get("replay") or {}
+    rows = [
+        {"command": c, "status": "not run: no bench/replay.py"} for c in found.get("commands", [])
+    ]
+    for r in found.get("runs", []):
+        result = r.get("result") or {}
+        for m in result.get("runs") or [result]:
+            status = r["status"] if m.get("ok", True) else "**check failed**"
+            rows.append({**result, **m, "command": r["command"], "status": status})
+    return table(
+        rows,
+        ("command", lambda r: f"`{r['command']}`"),
+        col("status", "status"),
+        col("replay", "what"),
+        col("events", "events"),
+        col("events/s", "events_per_s"),
+        col("replay s", "seconds", 2),
+        col("peak RSS MB", "peak_rss_mb"),
+        col("RSS before MB", "rss_before_mb"),
+        col("writing the log s", "write_s"),
+    )
+
+
+def settings(results: Results) -> Table:
+    s = results["settings"]
+    return table(
+        [{"key": k, "stock": s["stock"][k], "ours": v} for k, v in s["ours"].items()],
+        col("eventsourcing datastore setting", "key"),
+        col("stock", "stock"),
+        col("ours", "ours"),
+        ("", lambda r: "differs" if r["key"] in s["differ"] else ""),
+    )
+
+
+def settings_measured(results: Results) -> Table:
+    return table(
+        [
+            {**r, "scenario": scenario.replace("_", "-")}
+            for scenario in ("database_bound", "latency_bound")
+            for r in results.get(scenario, [])
+            if r["system"] == "ledger"
+            and r["store"] == "postgres"
+            and r["variant"] in ("stock", "ours")
+            and (r["workers"] == TOP or scenario == "latency_bound")
+        ],
+        col("scenario", "scenario"),
+        col("configuration", "label"),
+        col("workers", "workers"),
+        col("releases/s", "per_second"),
+        col("p99 ms", "p99_ms", 2),
+        per_repetition(),
+    )
+
+
+def hot_path(results: Results) -> Table:
+    profiles = results.get("profile", [])
+    flat = [{**p, **p["per_release"], **p["buckets_share"]} for p in profiles]
+    lines = [
+        col("round trips per release", "round_trips"),
+        col("statements per release", "statements"),
+        col("round trips while the table lock is held", "round_trips_after_lock_table"),
+        col("wall ms per release (1 worker, unprofiled)", "wall_ms_per_release", 2),
+        col("client CPU ms per release (unprofiled)", "client_cpu_ms_per_release", 2),
+        *[
+            (f"profile share: {b}", lambda p, b=b: pct(p.get(b)))
+            for b in dict.fromkeys(b for p in profiles for b in p["buckets_share"])
+        ],
+        ("full profile (HTML, not committed)", lambda p: f"`{p['html']}`"),
+    ]
+    rows = [[name, *[cell(p) for p in flat]] for name, cell in lines]
+    return ["", *[f"`{p['variant']}`" for p in profiles]], rows if profiles else []
+
+
+def _variants(protos: list[Row]) -> list[str]:
+    return list(dict.fromkeys(p["variant"] for p in protos if p["system"] == "ledger"))
+
+
+def prototypes(results: Results) -> Table:
+    protos = results.get("prototypes", [])
+    pg16 = pgbench_tps(results, TOP, block="prototypes_pgbench")
+
+    def of(variant: str, workers: int, system: str = "ledger") -> float | None:
+        return rate(find(protos, system=system, variant=variant, workers=workers))
+
+    def vs(over: str, base: float | None) -> Callable[[Row], str]:
+        return lambda r: "-" if r[over] is None else times(ratio(r[over], base))
+
+    rows = []
+    for v in _variants(protos):
+        db = find(protos, system="ledger", variant=v, workers=TOP)
+        lat = find(protos, system="ledger", variant=v, workers=LATENCY_CALLERS)
+        safe = (db or lat or {}).get("safe")
+        rows.append({**(db or {}), "variant": v, "safe": safe, "db": rate(db), "lat": rate(lat)})
+    return table(
+        rows,
+        ("prototype", lambda r: f"`{r['variant']}`"),
+        ("keeps every guarantee", lambda r: "yes" if r.get("safe") else "**no**"),
+        col("16 workers rel/s", "db"),
+        ("gain", vs("db", of("ours", TOP))),
+        col("p99 ms", "p99_ms"),
+        col("CPU ms/release", "client_cpu_ms_per_release", 2),
+        ("vs baseline", vs("db", of("ours", TOP, "baseline"))),
+        (
+            "vs pgbench",
+            lambda r: pct(ratio(None if r["db"] is None else r["db"] * COMMITS_PER_RELEASE, pg16)),
+        ),
+        ("latency-bound rel/s", lambda r: "-" if r["lat"] is None else num(r["lat"])),
+        ("gain", vs("lat", of("ours", LATENCY_CALLERS))),
+        ("vs baseline", vs("lat", of("ours", LATENCY_CALLERS, "baseline"))),
+    )
+
+
+def prototype_baseline(results: Results) -> Table:
+    return table(
+        [r for r in results.get("prototypes", []) if r["system"] == "baseline"],
+        ("baseline", lambda r: f"{r['label']}, {r['workers']} workers"),
+        col("releases/s", "per_second"),
+        col("p99 ms", "p99_ms"),
+        per_repetition(),
+    )
+
+
+def prototype_changes(results: Results) -> Table:
+    protos = results.get("prototypes", [])
+    found = [find(protos, system="ledger", variant=v) or {} for v in _variants(protos)]
+    return table(
+        [r for r in found if r.get("proposal")],
+        ("prototype", lambda r: f"`{r['variant']}`"),
+        col("what it is", "summary"),
+        col("the change to src/ it stands for", "proposal"),
+    )
+
+
+def bounds(results: Results) -> Table:
+    ledger, pg16 = ledger_db(results, TOP) or {}, pgbench_tps(results, TOP)
+    ceiling = pgbench_tps(results, TOP, "recorder_one_round_trip")
+    need = None if pg16 is None else pg16 * TARGET_DB_VS_PGBENCH / COMMITS_PER_RELEASE
+    cpu = ledger.get("client_cpu_ms_per_release")
+
+    def cap(row: Row | None) -> str:
+        """Releases/s one process allows at the row's client CPU: Python runs on one core."""
+        ms = None if row is None else row.get("client_cpu_ms_per_release")
+        return num(1000 / ms if ms else None)
+
+    def commits(releases: float | None) -> float | None:
+        return None if releases is None else releases * COMMITS_PER_RELEASE
+
+    target = f"{TARGET_DB_VS_PGBENCH:.0%} of single_insert tps at 16 clients / 2 commits"
+    lock = "recorder_one_round_trip tps at 16 clients: lock, NOTIFY and insert in one call"
+    one_core = "1000 / client CPU ms per release (threads share one core for Python)"
+    core_share = None if need is None or cpu is None else need * cpu / 1000
+    rows = [
+        ["releases/s the pgbench target needs", num(need), target],
+        ["table-lock ceiling, commits/s", num(ceiling), lock],
+        [
+            "the pgbench target, as a share of the ceiling",
+            pct(ratio(commits(need), ceiling)),
+            "2 x the first row / the ceiling",
+        ],
+        [
+            "the ledger at 16 workers, as a share of the ceiling",
+            pct(ratio(commits(rate(ledger)), ceiling)),
+            "2 x releases/s / the ceiling",
+        ],
+        ["ledger: most releases/s one process allows at its client CPU", cap(ledger), one_core],
+        [
+            "the pgbench target, as a share of one core in Python",
+            pct(core_share),
+            "the first row x the ledger's client CPU ms per release / 1000",
+        ],
+        [
+            "baseline: most releases/s one process allows at its client CPU",
+            cap(baseline_db(results, TOP)),
+            "as for the ledger",
+        ],
+    ]
+    return ["bound", "value", "computed as"], rows
+
+
+def repetitions(results: Results) -> Table:
+    rows = []
+    for block, key, pg_key in (
+        ("database-bound", "database_bound", "pgbench"),
+        ("prototypes", "prototypes", "prototypes_pgbench"),
+    ):
+        ledger = ledger_db(results, TOP, key)
+        bench = find(results.get(pg_key, []), script="single_insert", clients=TOP)
+        if ledger is not None and bench is not None:
+            pairs = zip(ledger["per_second_runs"], bench["tps_runs"], strict=False)
+            for n, (releases, tps) in enumerate(pairs, 1):
+                rows.append({"block": block, "n": n, "releases": releases, "tps": tps})
+
+    def share(r: Row) -> float | None:
+        return ratio(r["releases"] * COMMITS_PER_RELEASE, r["tps"])
+
+    def verdict(r: Row) -> str:
+        value = share(r)
+        return holds(None if value is None else value >= TARGET_DB_VS_PGBENCH)
+
+    return table(
+        rows,
+        col("block", "block"),
+        col("repetition", "n"),
+        col("ledger releases/s, 16 workers", "releases"),
+        col("pgbench tps, 16 clients", "tps"),
+        ("2 x releases/s / pgbench tps", lambda r: pct(share(r))),
+        ("pgbench target", verdict),
+    )

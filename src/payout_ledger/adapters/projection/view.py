@@ -1,0 +1,129 @@
+"""What a payouts view is: the row type, the abstract view and its table names."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.persistence import TrackingRecorder
+
+from payout_ledger.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class PayoutRow:
+    """One row of the payouts table: an event service's payout as of its last event."""
+
+    payout_id: str
+    event_service_id: str
+    provider_id: str
+    payee_user_id: str
+    destination_account: str | None
+    amount: int
+    currency: str
+    status: str
+    """A [`PayoutStatus`][payout_ledger.PayoutStatus] value."""
+    attempt: int
+    transfer_id: str | None
+    amount_reversed: int
+    failure_code: str | None
+    released_at: datetime | None
+    updated_at: datetime
+    """The time of the payout's last event."""
+    version: int
+    """The payout aggregate's version after its last event."""
+    notification_id: int
+    """The notification id of the payout's last event."""
+
+
+COLUMNS = tuple(f.name for f in fields(PayoutRow))
+
+
+class ProjectionConflictError(Exception):
+    """Another runner moved the tracking record while this batch was being applied."""
+
+
+class PayoutsView(TrackingRecorder, ABC):
+    """The payouts table and its tracking record, in one database."""
+
+    table: str
+
+    @abstractmethod
+    def apply(
+        self,
+        application_name: str,
+        after: int | None,
+        through: int,
+        payout_ids: Iterable[str],
+        update: Callable[[dict[str, dict[str, Any]]], Mapping[str, dict[str, Any]]],
+    ) -> None:
+        """In one transaction: check the tracking record is ``after``, load the rows
+        of ``payout_ids``, let ``update`` change them, write them and track ``through``."""
+
+    @abstractmethod
+    def rows(self) -> list[PayoutRow]:
+        """Every row, ordered by event service id."""
+
+    @abstractmethod
+    def get(self, event_service_id: str) -> PayoutRow | None:
+        """One event service's row."""
+
+    @abstractmethod
+    def reset(self, application_name: str) -> None:
+        """Empty the table and forget the tracking record (for a rebuild)."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """How many rows (payouts) the table has."""
+
+    @abstractmethod
+    def staging(self) -> PayoutsView:
+        """A new, empty view of the same kind for a rebuild (``<table>_rb_<hex>``,
+        without secondary indexes), to be swapped in by
+        [`replace_with`][payout_ledger.adapters.projection.PayoutsView.replace_with]."""
+
+    @abstractmethod
+    def replace_with(self, staging: PayoutsView, application_name: str) -> None:
+        """In one transaction: replace this table by ``staging``'s (indexes recreated),
+        take over its tracking record, and drop its tracking table and every other
+        rebuild's leftover tables."""
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Drop this (staging) view's table and tracking table, if they exist."""
+
+    def _leftovers(self, names: Iterable[str]) -> list[str]:
+        """Of ``names``, the tables of this table's rebuilds (and their tracking tables)."""
+        pattern = re.compile(rf"^{re.escape(self.table)}_rb_[0-9a-f]{{6}}(_tracking)?$")
+        return sorted(n for n in names if pattern.match(n))
+
+
+_TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+_STAGING_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}_rb_[0-9a-f]{6}$")
+
+
+def checked_name(table: str) -> str:
+    """``table``, if it is a plain identifier (SQLite statements are built with it)."""
+    if not (_TABLE_NAME.match(table) or _STAGING_NAME.match(table)):
+        raise ConfigurationError(f"not a plain table name: {table!r}")
+    return table
+
+
+def staging_name(table: str) -> str:
+    """A new rebuild table's name: ``<table>_rb_<6 hex digits>``."""
+    return f"{table}_rb_{secrets.token_hex(3)}"
+
+
+def payout_row(values: Mapping[str, Any]) -> PayoutRow:
+    """The row a database returned (payout id and timestamps as text or native)."""
+    data = dict(values)
+    for name in ("released_at", "updated_at"):
+        if isinstance(data[name], str):
+            data[name] = datetime.fromisoformat(data[name])
+    data["payout_id"] = str(data["payout_id"])
+    return PayoutRow(**data)

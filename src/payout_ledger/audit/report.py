@@ -1,0 +1,236 @@
+"""What an audit reports: its findings, per-payout summaries and totals."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from payout_ledger.domain.payout import PayoutStatus
+
+__all__ = [
+    "AuditReport",
+    "CurrencyTotals",
+    "InFlightPayout",
+    "PayoutSummary",
+    "ProviderTotals",
+    "Violation",
+    "ViolationKind",
+]
+
+
+class ViolationKind(StrEnum):
+    """The rules an audit checks."""
+
+    DOUBLE_TRANSFER = "double_transfer"
+    """A second ``TransferSucceeded`` for one event service: money moved twice."""
+    TRANSFER_ID_REUSED = "transfer_id_reused"
+    """A transfer id already recorded for another payout."""
+    RELEASE_WITHOUT_TRANSFER = "release_without_transfer"
+    """``Released`` without the payout's own ``TransferSucceeded`` before it (or twice)."""
+    REVERSAL_EXCEEDS_AMOUNT = "reversal_exceeds_amount"
+    """More reversed than the transfer's amount."""
+    REVERSAL_WITHOUT_TRANSFER = "reversal_without_transfer"
+    """A reversal of a transfer the payout does not have."""
+    ATTEMPT_WITHOUT_OUTCOME = "attempt_without_outcome"
+    """A new attempt started while the previous one had no recorded outcome."""
+    OUTCOME_WITHOUT_ATTEMPT = "outcome_without_attempt"
+    """A failure or success recorded for an attempt that is not in flight."""
+    UNDECODABLE = "undecodable"
+    """A stored event that cannot be read (damaged, or the wrong cipher key)."""
+    ATTEMPT_TERMS_CHANGED = "attempt_terms_changed"
+    """A later attempt claims another amount, currency or provider than the
+    payout's first: the ledger never writes one (a release with other terms is
+    refused), so the log was written behind its back."""
+    TRANSFER_UNLIKE_CLAIM = "transfer_unlike_claim"
+    """A ``TransferSucceeded`` whose amount, currency or destination is not its
+    attempt's claim."""
+    SIMULATED_IN_REAL_STORE = "simulated_in_real_store"
+    """A simulated transfer (Stripe disabled: no money moved) in a store whose
+    money is real: a payout counted as released that nobody was paid. A store
+    that never recorded its mode is judged by its first transfer."""
+    REAL_IN_SIMULATED_STORE = "real_in_simulated_store"
+    """A real transfer in a store recorded as simulated (development)."""
+    HIDDEN_ROW = "hidden_row"
+    """A row without a notification id (PostgreSQL, after its NOT NULL was dropped):
+    no reader in notification order sees it, yet the ledger loads it with its payout."""
+    ILL_TYPED = "ill_typed"
+    """A stored event whose folded fields do not have their declared types (an
+    amount that is a string, an attempt that is a float or a bool...): it is
+    left out of the payout's summary and the totals."""
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule, naming the event that broke it."""
+
+    kind: ViolationKind
+    notification_id: int | None
+    """None for a row that has none (``hidden_row``)."""
+    payout_id: str
+    originator_version: int
+    event_type: str
+    event_service_id: str | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class InFlightPayout:
+    """A payout whose current attempt has no recorded outcome."""
+
+    event_service_id: str
+    payout_id: str
+    attempt: int
+    amount: int
+    currency: str
+    started_notification_id: int
+
+
+@dataclass
+class CurrencyTotals:
+    """Money per currency (minor units)."""
+
+    currency: str
+    payouts: int = 0
+    released: int = 0
+    released_amount: int = 0
+    reversed_amount: int = 0
+    in_flight: int = 0
+    in_flight_amount: int = 0
+    failed: int = 0
+    captured: int = 0
+    captured_amount: int = 0
+
+    @property
+    def net_amount(self) -> int:
+        """Released minus reversed: what the providers kept."""
+        return self.released_amount - self.reversed_amount
+
+
+@dataclass
+class ProviderTotals:
+    """Money per provider and currency (minor units)."""
+
+    provider_id: str
+    currency: str
+    payouts: int = 0
+    released: int = 0
+    released_amount: int = 0
+    reversed_amount: int = 0
+    in_flight: int = 0
+
+    @property
+    def net_amount(self) -> int:
+        return self.released_amount - self.reversed_amount
+
+
+class PayoutSummary:
+    """What the audit keeps per payout: a handful of fields, never the events."""
+
+    __slots__ = (
+        "amount",
+        "attempt",
+        "currency",
+        "destination",
+        "event_service_id",
+        "failed",
+        "key",
+        "open_since",
+        "provider_id",
+        "released_transfer",
+        "reversed",
+        "successes",
+        "transfer_id",
+        "version",
+    )
+
+    def __init__(
+        self, key: int, event_service_id: str, provider_id: str, amount: int, currency: str
+    ) -> None:
+        self.key = key
+        """The payout id as an int (``UUID(int=key)``)."""
+        self.event_service_id: str | None = event_service_id
+        """None once the payout has no attempt in flight, unless the audit keeps them all."""
+        self.provider_id = provider_id
+        self.amount = amount
+        self.currency = currency
+        self.attempt = 0
+        self.destination: str | None = None
+        """The destination claimed by the attempt in flight (None once concluded)."""
+        self.open_since: int | None = None
+        """Notification id of the attempt in flight, if any."""
+        self.successes = 0
+        self.failed = False
+        self.released_transfer: str | None = None
+        """The transfer id of the last ``Released``."""
+        self.transfer_id: str | None = None
+        self.reversed = 0
+        self.version = 0
+
+    @property
+    def released(self) -> bool:
+        return self.released_transfer is not None
+
+    @property
+    def status(self) -> PayoutStatus:
+        """The status the aggregate would have."""
+        if self.open_since is not None:
+            return PayoutStatus.IN_FLIGHT
+        if self.released:
+            if self.amount and self.reversed >= self.amount:
+                return PayoutStatus.REVERSED
+            return PayoutStatus.RELEASED
+        if self.successes:
+            return PayoutStatus.TRANSFERRED
+        return PayoutStatus.FAILED
+
+    @property
+    def payout_id(self) -> UUID:
+        return UUID(int=self.key)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "event_service_id": self.event_service_id,
+            "payout_id": str(self.payout_id),
+            "provider_id": self.provider_id,
+            "status": self.status.value,
+            "amount": self.amount,
+            "currency": self.currency,
+            "attempts": self.attempt,
+            "transfer_id": self.transfer_id,
+            "amount_reversed": self.reversed,
+            "version": self.version,
+        }
+
+
+@dataclass
+class AuditReport:
+    """Everything an audit found."""
+
+    events: int = 0
+    last_notification_id: int = 0
+    payouts: int = 0
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    currencies: list[CurrencyTotals] = field(default_factory=list)
+    providers: list[ProviderTotals] = field(default_factory=list)
+    in_flight: list[InFlightPayout] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No rule was broken."""
+        return not self.violations
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "last_notification_id": self.last_notification_id,
+            "payouts": self.payouts,
+            "events_by_type": dict(sorted(self.events_by_type.items())),
+            "currencies": [{**asdict(c), "net_amount": c.net_amount} for c in self.currencies],
+            "providers": [{**asdict(p), "net_amount": p.net_amount} for p in self.providers],
+            "in_flight": [asdict(p) for p in self.in_flight],
+            "violations": [asdict(v) for v in self.violations],
+        }

@@ -1,0 +1,45 @@
+"""PayoutLedger: the one application a host builds, combining the ledger's use cases.
+
+Each use case has its module: [release][payout_ledger.service.release],
+[resume][payout_ledger.service.resume],
+[Stripe event effects][payout_ledger.service.stripe_event_effects] and
+[sealing][payout_ledger.service.sealing]; they share the
+[core][payout_ledger.service.core] (settings, store, clock, queries) and the
+[attempt][payout_ledger.service.attempts] (send one transfer, record its
+outcome). docs/architecture.md draws the layers.
+"""
+
+from __future__ import annotations
+
+from payout_ledger.service.release import Releasing
+from payout_ledger.service.resume import Resuming
+from payout_ledger.service.sealing import SealInfo, seal_ledger
+from payout_ledger.service.stripe_event_effects import StripeEventEffects
+
+__all__ = ["PayoutLedger"]
+
+
+class PayoutLedger(Releasing, Resuming, StripeEventEffects):
+    """Releases event services' payments to their providers, exactly once.
+
+    ```python
+    ledger = PayoutLedger(
+        settings=LedgerSettings(store_url="sqlite:///payouts.db"),
+        providers=my_provider_directory,
+        gateway=StripeTransferGateway(...),
+    )
+    result = ledger.release_payment(
+        {"event_service_id": "es_1", "provider_id": "prov_1",
+         "amount": {"amount": 5000, "currency": "usd"}}
+    )
+    ```
+    """
+
+    def seal(self) -> SealInfo:
+        """Seal the log: record its event count and rolling digest up to now.
+
+        A seal is chained to the previous one, so removing the newest events or
+        editing them is noticed by [`verify_ledger`][payout_ledger.audit.verify_ledger].
+        Export each seal's ``seal_digest`` outside the database (see docs/audit.md).
+        """
+        return seal_ledger(self)
