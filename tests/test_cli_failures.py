@@ -38,6 +38,7 @@ COMMANDS = {
     "seal": ["seal"],
     "project": ["project"],
     "export": ["export"],
+    "sync-account": ["sync-account", "acct_1"],
 }
 EVERY_COMMAND = pytest.mark.parametrize("command", sorted(COMMANDS))
 

@@ -153,7 +153,7 @@ def test_json_shapes_are_the_documented_ones(fake: FakeStripe, env: dict[str, st
     shapes = {
         "audit": {
             "ok", "events", "last_notification_id", "payouts", "events_by_type",
-            "currencies", "providers", "in_flight", "violations",
+            "currencies", "providers", "in_flight", "reversals_in_flight", "violations",
         },
         "verify": {
             "ok", "events", "aggregates", "chained_events", "legacy_events", "v1_links",
@@ -165,7 +165,8 @@ def test_json_shapes_are_the_documented_ones(fake: FakeStripe, env: dict[str, st
             "seal_digest", "sealed_at",
         },
         "reconcile": {
-            "payouts_checked", "transfers_checked", "ok", "mismatches", "unknown_services",
+            "payouts_checked", "transfers_checked", "ok", "mismatches", "reversals_in_flight",
+            "unknown_services",
         },
     }  # fmt: skip
     for command, keys in shapes.items():

@@ -15,8 +15,11 @@ import payout_ledger.testing
 def test_public_names_are_pinned() -> None:
     """Adding or removing a public name is a conscious change to this list."""
     assert sorted(payout_ledger.__all__) == [
+        "AccountLookup",
+        "AccountPayability",
         "Clock",
         "ConfigurationError",
+        "DestinationUnpayable",
         "GatewayError",
         "InvalidMoneyError",
         "InvalidRequestError",
@@ -25,6 +28,7 @@ def test_public_names_are_pinned() -> None:
         "LedgerSettings",
         "LivemodeMismatchError",
         "Money",
+        "PayabilitySource",
         "PayoutAggregate",
         "PayoutLedger",
         "PayoutLedgerError",
@@ -36,11 +40,18 @@ def test_public_names_are_pinned() -> None:
         "ReleaseOutcome",
         "ReleaseRequest",
         "ReleaseResult",
+        "ReversalConflictError",
+        "ReversalOutcome",
+        "ReversalRefusedError",
+        "ReversalResult",
+        "STRIPE_API_VERSION",
         "SendWindowClosed",
         "ServiceProvider",
+        "SourceTransactionError",
         "StoreError",
         "StoreNotFoundError",
         "StoreUnavailableError",
+        "StripeAccount",
         "TransferDeclined",
         "TransferGateway",
         "TransferNotExecuted",
@@ -72,9 +83,11 @@ PINNED_SUBPACKAGES = {
         "ChainProblem",
         "CurrencyTotals",
         "InFlightPayout",
+        "InFlightReversal",
         "PayoutSummary",
         "ProblemKind",
         "ProviderTotals",
+        "ReversalSummary",
         "SealInfo",
         "VerifyReport",
         "Violation",
@@ -105,6 +118,8 @@ def test_the_ledger_keeps_its_methods() -> None:
     """PayoutLedger's own public attributes (beyond eventsourcing's Application) are pinned."""
     own = sorted(set(dir(payout_ledger.PayoutLedger)) - set(dir(Application)))
     assert [n for n in own if not n.startswith("_")] == [
+        "accepts_api_version",
+        "account_payability",
         "captured_payment",
         "check_livemode",
         "find_payout",
@@ -122,7 +137,12 @@ def test_the_ledger_keeps_its_methods() -> None:
         "release_payment_async",
         "resume",
         "resume_in_flight",
+        "resume_reversal",
+        "resume_reversals_in_flight",
+        "reversals_in_flight",
+        "reverse_payment",
         "seal",
+        "sync_account",
     ]
     assert payout_ledger.PayoutLedger.name == "PayoutLedger"  # names its PostgreSQL table
 
@@ -143,11 +163,19 @@ def test_event_topics_are_stable() -> None:
         agg.TransferFailed.TOPIC,
         agg.TransferSucceeded.TOPIC,
         agg.Released.TOPIC,
+        agg.TransferReversed.TOPIC,
+        agg.ReversalStarted.TOPIC,
+        agg.ReversalSucceeded.TOPIC,
+        agg.ReversalFailed.TOPIC,
     ] == [
         "payout_ledger:PayoutStarted",
         "payout_ledger:TransferFailed",
         "payout_ledger:TransferSucceeded",
         "payout_ledger:Released",
+        "payout_ledger:TransferReversed",
+        "payout_ledger:ReversalStarted",
+        "payout_ledger:ReversalSucceeded",
+        "payout_ledger:ReversalFailed",
     ]
 
 

@@ -37,7 +37,7 @@ from payout_ledger import LedgerSettings, PayoutLedger, ServiceProvider
 from payout_ledger.adapters.projection import run_projection
 from payout_ledger.audit import audit_ledger, export_events, verify_ledger
 from payout_ledger.cli import app
-from payout_ledger.settings import store_environment
+from payout_ledger.settings import STRIPE_API_VERSION, store_environment
 from payout_ledger.stripe import StripeTransferGateway
 from payout_ledger.stripe.webhooks import WebhookHandler
 from payout_ledger.testing import InMemoryProviderDirectory
@@ -231,6 +231,7 @@ def _exercise(world: World) -> None:
     event = {
         "id": "evt_secret_1",
         "object": "event",
+        "api_version": STRIPE_API_VERSION,
         "type": "payment_intent.succeeded",
         "livemode": False,
         "data": {"object": {"id": "pi_1", "amount": 5000, "currency": "usd", "metadata": {}}},

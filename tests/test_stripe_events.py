@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from payout_ledger import (
+    STRIPE_API_VERSION,
     InvalidRequestError,
     PayoutAggregate,
     PayoutLedger,
@@ -30,6 +31,7 @@ def transfer_event(
 
 
 def deliver(ledger: PayoutLedger, event: dict[str, Any]) -> StripeEventOutcome:
+    event.setdefault("api_version", STRIPE_API_VERSION)  # as Stripe's events always have
     body = json.dumps(event).encode()
     receipt = ledger.record_stripe_event(
         event=event, raw_body=body, headers={"Stripe-Signature": "t=1,v1=abc"}
@@ -144,10 +146,10 @@ def test_payment_intent_succeeded_records_the_payment_as_captured(ledger: Payout
     "event",
     [
         {"id": "evt_u", "type": "customer.created", "data": {"object": {"id": "cus_1"}}},
+        # The platform's own account: a connected account's update records payability.
         {
             "id": "evt_a",
             "type": "account.updated",
-            "account": "acct_1",
             "data": {"object": {"id": "acct_1", "payouts_enabled": True}},
         },
         {

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from payout_ledger import (
+    STRIPE_API_VERSION,
     ConfigurationError,
     InvalidMoneyError,
     InvalidRequestError,
@@ -310,7 +311,7 @@ def test_a_255_character_stripe_event_id_is_still_taken(ledger: PayoutLedger) ->
         ({"id": "evt_1", "type": "x.y", "data": {"object": {}}}, b"{}", {"a": 1}),
         ({"id": "evt_1", "type": "x.y", "account": "acct_\ud800", "data": {"object": {}}},
          b"{}", {}),
-        ({"id": "evt_1", "type": "payment_intent.succeeded",
+        ({"id": "evt_1", "type": "payment_intent.succeeded", "api_version": STRIPE_API_VERSION,
           "data": {"object": {"id": "pi_1", "amount": 1, "currency": "usd",
                               "metadata": {"k": "\ud800"}}}}, b"{}", {}),
     ],

@@ -2,10 +2,12 @@
 
 from importlib import metadata as _metadata
 
+from payout_ledger.domain.account import AccountPayability, PayabilitySource
 from payout_ledger.domain.money import Money
 from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus, idempotency_key
 from payout_ledger.errors import (
     ConfigurationError,
+    DestinationUnpayable,
     GatewayError,
     InvalidMoneyError,
     InvalidRequestError,
@@ -16,7 +18,10 @@ from payout_ledger.errors import (
     PayoutNotFoundError,
     ProviderNotFoundError,
     ReleaseConflictError,
+    ReversalConflictError,
+    ReversalRefusedError,
     SendWindowClosed,
+    SourceTransactionError,
     StoreError,
     StoreNotFoundError,
     StoreUnavailableError,
@@ -26,16 +31,24 @@ from payout_ledger.errors import (
 )
 from payout_ledger.service.ledger import PayoutLedger
 from payout_ledger.service.ports import (
+    AccountLookup,
     Clock,
     ProviderDirectory,
     ServiceProvider,
+    StripeAccount,
     TransferGateway,
     TransferRequest,
     TransferResult,
     check_send_window,
 )
-from payout_ledger.service.requests import ReleaseOutcome, ReleaseRequest, ReleaseResult
-from payout_ledger.settings import LedgerSettings
+from payout_ledger.service.requests import (
+    ReleaseOutcome,
+    ReleaseRequest,
+    ReleaseResult,
+    ReversalOutcome,
+    ReversalResult,
+)
+from payout_ledger.settings import STRIPE_API_VERSION, LedgerSettings
 
 try:
     __version__ = _metadata.version("payout-ledger")
@@ -44,8 +57,12 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that is no
     __version__ = "0+unknown"
 
 __all__ = [
+    "STRIPE_API_VERSION",
+    "AccountLookup",
+    "AccountPayability",
     "Clock",
     "ConfigurationError",
+    "DestinationUnpayable",
     "GatewayError",
     "InvalidMoneyError",
     "InvalidRequestError",
@@ -54,6 +71,7 @@ __all__ = [
     "LedgerSettings",
     "LivemodeMismatchError",
     "Money",
+    "PayabilitySource",
     "PayoutAggregate",
     "PayoutLedger",
     "PayoutLedgerError",
@@ -65,11 +83,17 @@ __all__ = [
     "ReleaseOutcome",
     "ReleaseRequest",
     "ReleaseResult",
+    "ReversalConflictError",
+    "ReversalOutcome",
+    "ReversalRefusedError",
+    "ReversalResult",
     "SendWindowClosed",
     "ServiceProvider",
+    "SourceTransactionError",
     "StoreError",
     "StoreNotFoundError",
     "StoreUnavailableError",
+    "StripeAccount",
     "TransferDeclined",
     "TransferGateway",
     "TransferNotExecuted",

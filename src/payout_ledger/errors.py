@@ -16,6 +16,7 @@ PayoutLedgerError
 ├── LedgerIntegrityError         the log or Stripe says a failed attempt paid: not paid again
 └── GatewayError                 raised by TransferGateway implementations
     ├── TransferDeclined         definite refusal: nothing moved, a new attempt needs a new key
+    │   └── DestinationUnpayable the connected account cannot be paid (capability, deleted)
     ├── TransferNotExecuted      not executed (rate limited): retry later with the same key
     └── TransferOutcomeUnknown   timeout, dropped connection, 5xx: money may have moved
         └── SendWindowClosed     the attempt's send window closed before this HTTP attempt
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "DestinationUnpayable",
     "GatewayError",
     "InvalidMoneyError",
     "InvalidRequestError",
@@ -43,7 +45,10 @@ __all__ = [
     "PayoutNotFoundError",
     "ProviderNotFoundError",
     "ReleaseConflictError",
+    "ReversalConflictError",
+    "ReversalRefusedError",
     "SendWindowClosed",
+    "SourceTransactionError",
     "StoreError",
     "StoreNotFoundError",
     "StoreUnavailableError",
@@ -147,6 +152,39 @@ class ReleaseConflictError(PayoutLedgerError):
         self.requested = requested
 
 
+class SourceTransactionError(InvalidRequestError):
+    """The charge a release names cannot fund its transfer (Stripe's rules).
+
+    Raised before anything is recorded: the charge does not exist, is in
+    another currency, or is smaller than the amount (less what was refunded).
+    """
+
+
+class ReversalRefusedError(InvalidRequestError):
+    """A reversal the ledger will not ask Stripe for; nothing is recorded.
+
+    The payout is not paid, the amount is more than what is not yet reversed,
+    or a partial reversal names no reference (a retry could not be told from a
+    second refund).
+    """
+
+
+class ReversalConflictError(PayoutLedgerError):
+    """A reversal's reference was used before for another amount; nothing is recorded."""
+
+    def __init__(
+        self, event_service_id: str, reference: str, recorded: int, requested: int
+    ) -> None:
+        super().__init__(
+            f"reversal {reference!r} of event service {event_service_id!r} was recorded "
+            f"for {recorded}, not {requested}"
+        )
+        self.event_service_id = event_service_id
+        self.reference = reference
+        self.recorded = recorded
+        self.requested = requested
+
+
 class LedgerBusyError(PayoutLedgerError):
     """Every claim on the payout lost a concurrent write; try again later."""
 
@@ -196,6 +234,34 @@ class TransferDeclined(GatewayError):  # noqa: N818 - it names an outcome
     Stripe caches the refusal under its idempotency key, so the next attempt
     must use a new key.
     """
+
+
+class DestinationUnpayable(TransferDeclined):
+    """Stripe refused the transfer because the connected account cannot be paid.
+
+    The destination lacks an active ``transfers`` capability (Stripe's code
+    ``insufficient_capabilities_for_transfer``) or no longer exists ("No such
+    destination"). Like every refusal nothing moved and the attempt is recorded
+    as failed; the release answers ``provider_action_required`` and the
+    account's payability is recorded, so later releases wait until the
+    provider has acted. ``account_id`` is the destination (when known) and
+    ``reason`` the ledger's code: ``transfers_capability_inactive`` or
+    ``no_such_destination``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        account_id: str | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message, code=code, request_id=request_id, http_status=http_status)
+        self.reason = reason
+        self.account_id = account_id
 
 
 class TransferNotExecuted(GatewayError):  # noqa: N818

@@ -32,13 +32,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from pydantic import (
     Field,
     SecretStr,
+    StringConstraints,
     ValidationError,
+    computed_field,
     field_serializer,
     field_validator,
     model_validator,
@@ -47,7 +49,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from payout_ledger.errors import ConfigurationError
 
-__all__ = ["LedgerSettings", "livemode_of_key", "redact_url", "store_environment"]
+__all__ = [
+    "STRIPE_API_VERSION",
+    "LedgerSettings",
+    "livemode_of_key",
+    "redact_url",
+    "store_environment",
+]
 
 Environment = Literal["development", "test", "staging", "production"]
 
@@ -59,6 +67,15 @@ after the client gave up on it, and clocks run at slightly different rates."""
 MAX_STRIPE_TIMEOUT = 600.0
 """The longest accepted ``stripe_timeout`` (Stripe's own SDKs use 80 s)."""
 
+
+STRIPE_API_VERSION = "2026-10-28.endive"
+"""The Stripe API version the library is built and tested against: the version the
+installed stripe SDK (16.x) is generated for. The gateway sends it as
+``Stripe-Version`` on every request, and a Stripe event of another version has no
+effect on the books unless it is listed in ``stripe_accepted_api_versions``
+(see the "API versions" section of docs/stripe.md)."""
+
+_API_VERSION = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(\.[a-z]+)?$"
 
 ENV_PREFIX = "PAYOUT_LEDGER_"
 """The prefix of the environment variables ``LedgerSettings()`` reads."""
@@ -117,6 +134,14 @@ class LedgerSettings(BaseSettings):
     stripe_webhook_tolerance: int = Field(default=300, ge=1)
     """Seconds a webhook signature's timestamp may be old; older is a replay (403)."""
 
+    stripe_accepted_api_versions: tuple[
+        Annotated[str, StringConstraints(pattern=_API_VERSION)], ...
+    ] = ()
+    """Stripe API versions, besides ``stripe_api_version``, whose events the host has
+    checked and lets act on the books (``["2025-09-30.clover"]``, in JSON in the
+    environment). An event of any other version is recorded for audit and changes
+    nothing; see the "API versions" section of docs/stripe.md."""
+
     sqlite_lock_timeout: int = Field(default=10, ge=1)
     """Seconds an SQLite writer waits for the database lock."""
 
@@ -146,6 +171,14 @@ class LedgerSettings(BaseSettings):
     )
     """The read model's table (one row per event service), in the events' database;
     its tracking table is this name plus ``_tracking``."""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def stripe_api_version(self) -> str:
+        """The Stripe API version the gateway asks for and the ledger's events are
+        read with: [`STRIPE_API_VERSION`][payout_ledger.settings.STRIPE_API_VERSION]
+        (read-only, shown wherever settings are shown)."""
+        return STRIPE_API_VERSION
 
     if not TYPE_CHECKING:  # type checkers keep pydantic's typed signature
 

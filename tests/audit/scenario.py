@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from payout_ledger import (
+    STRIPE_API_VERSION,
     PayoutLedger,
     ServiceProvider,
     TransferOutcomeUnknown,
@@ -49,6 +50,7 @@ def transfer_event(
 
 def deliver(ledger: PayoutLedger, event: dict[str, Any]) -> None:
     """Record a (verified) Stripe event."""
+    event.setdefault("api_version", STRIPE_API_VERSION)  # as Stripe's events always have
     ledger.record_stripe_event(
         event=event,
         raw_body=json.dumps(event).encode(),
@@ -117,3 +119,25 @@ def run_scenario(ledger: PayoutLedger, gateway: InMemoryTransferGateway, prefix:
             "data": {"object": {"id": "acct_alice", "object": "account"}},
         },
     )
+
+
+def run_reversal_scenario(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, prefix: str = ""
+) -> None:
+    """Platform reversals: one succeeded, one refused, a reversal reported by a
+    webhook in between, and one left in flight (its response lost after Stripe
+    made it). The payout ``{prefix}es_rev`` ends 5000 usd, 1500 known reversed,
+    reversal attempt 3 (700, reference ``r3``) in flight."""
+    service = f"{prefix}es_rev"
+    ledger.release_payment(release(service, amount=5000))
+    ledger.reverse_payment(service, 1000, reference="r1")
+    gateway.decline_next("balance_insufficient")
+    ledger.reverse_payment(service, 1000, reference="r2")
+    [paid] = gateway.transfers_for(service)
+    outside = gateway.reverse(paid.transfer_id, 500)
+    reported = transfer_event(
+        f"{prefix}evt_rev_out", "transfer.reversed", outside, outside.amount_reversed
+    )
+    deliver(ledger, {**reported, "api_version": ledger.settings.stripe_api_version})
+    gateway.fail_next(TransferOutcomeUnknown("response lost"), after_commit=True)
+    ledger.reverse_payment(service, 700, reference="r3")

@@ -211,15 +211,19 @@ def test_every_rule_has_a_planted_violation() -> None:
     """Only damaged rows (tested on their own) and a simulated store's rule lack a planter.
 
     REAL_IN_SIMULATED_STORE needs a simulated store (tests/test_store_mode.py plants
-    it), HIDDEN_ROW PostgreSQL (tests/audit/test_hidden_rows.py).
+    it), HIDDEN_ROW PostgreSQL (tests/audit/test_hidden_rows.py); the platform
+    reversals' rules are planted in tests/audit/test_reversals.py.
     """
+    from tests.audit.test_reversals import PLANTERS as REVERSAL_PLANTERS
+
     unplanted = {
         ViolationKind.UNDECODABLE,
         ViolationKind.ILL_TYPED,
         ViolationKind.REAL_IN_SIMULATED_STORE,
         ViolationKind.HIDDEN_ROW,
     }
-    assert set(PLANTERS) | unplanted == set(ViolationKind)
+    reversals = {kind for kind, _ in REVERSAL_PLANTERS.values()}
+    assert set(PLANTERS) | unplanted | reversals == set(ViolationKind)
 
 
 def test_a_clean_history_has_no_violations(

@@ -21,7 +21,7 @@ from payout_ledger.adapters.projection import (
 )
 from payout_ledger.cli import app
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
-from tests.audit.scenario import release, run_scenario
+from tests.audit.scenario import release, run_reversal_scenario, run_scenario
 from tests.audit.support import replay_all
 
 
@@ -33,8 +33,10 @@ def store_url(durable_store_url: str) -> str:
 
 @pytest.fixture
 def history(ledger: PayoutLedger, gateway: InMemoryTransferGateway) -> PayoutLedger:
-    """The ledger, with the scenario written and a second round of payouts after it."""
+    """The ledger, with the scenario written and a second round of payouts after it,
+    platform reversals included."""
     run_scenario(ledger, gateway)
+    run_reversal_scenario(ledger, gateway)
     run_scenario(ledger, gateway, prefix="b_")
     return ledger
 
@@ -64,6 +66,8 @@ def expected_rows(ledger: PayoutLedger) -> list[dict[str, Any]]:
                 "released_at": p.released_at,
                 "updated_at": p.modified_on,
                 "version": p.version,
+                "reversal_attempt": p.reversal_attempt,
+                "reversal_status": p.reversal_status.value if p.reversal_status else None,
             }
             for p in payouts
         ),

@@ -143,6 +143,8 @@ def expected_rows_except(ledger: PayoutLedger, service: str) -> list[dict[str, A
                 "released_at": p.released_at,
                 "updated_at": p.modified_on,
                 "version": p.version,
+                "reversal_attempt": p.reversal_attempt,
+                "reversal_status": p.reversal_status.value if p.reversal_status else None,
             }
         )
     return rows

@@ -4,8 +4,11 @@
 (``fixtures/generate.py``): ``legacy_unchained`` before events were chained and
 before ``PayoutStarted`` had a class version; ``chained_v2`` (unsealed) and
 ``digest_v1_sealed`` (sealed twice) by the release whose links and seals used
-the v1 digest (canonical JSON of the decoded fields); ``digest_v2_sealed`` as
-written today (digests over the stored bytes, sealed twice).
+the v1 digest (canonical JSON of the decoded fields); ``digest_v2_sealed`` by
+the release whose ``PayoutStarted`` was class version 2; ``connect_v3`` as
+written today (``PayoutStarted`` v3, platform reversals, a connected account's
+payability, Stripe events with their ``api_version``). The last two have
+digests over the stored bytes and are sealed twice.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def store(ledger: PayoutLedger, rows: list[dict[str, Any]]) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["legacy_unchained", "chained_v2", "digest_v1_sealed", "digest_v2_sealed"]
+    "name",
+    ["legacy_unchained", "chained_v2", "digest_v1_sealed", "digest_v2_sealed", "connect_v3"],
 )
 def test_stored_events_of_earlier_releases_replay_to_the_recorded_state(
     name: str, ledger: PayoutLedger
@@ -83,9 +87,10 @@ def test_the_legacy_prefix_verifies_as_unchained_and_is_refused_when_strict(
     assert [p.kind for p in strict.problems] == [ProblemKind.LEGACY_UNCHAINED] * len(events)
 
 
-def test_todays_fixture_verifies_strict_with_only_v2_links(ledger: PayoutLedger) -> None:
+@pytest.mark.parametrize("name", ["digest_v2_sealed", "connect_v3"])
+def test_todays_fixture_verifies_strict_with_only_v2_links(name: str, ledger: PayoutLedger) -> None:
     """The events written today all carry previous_hash, link v2 digests, and both seals hold."""
-    data = fixture("digest_v2_sealed")
+    data = fixture(name)
     store(ledger, data["events"])
 
     report = verify_ledger(ledger, strict=True, anchors=data["seal_digests"])
@@ -137,7 +142,7 @@ def test_new_events_and_seals_continue_a_store_of_the_previous_release(
 @pytest.mark.parametrize(
     "store_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
 )
-@pytest.mark.parametrize("name", ["digest_v1_sealed", "digest_v2_sealed"])
+@pytest.mark.parametrize("name", ["digest_v1_sealed", "digest_v2_sealed", "connect_v3"])
 def test_an_edit_under_a_seal_of_either_release_is_caught(
     name: str, ledger: PayoutLedger, store_url: str
 ) -> None:

@@ -74,7 +74,7 @@ def test_account_metadata_updates_merge_and_unset_keys(
     event = fake.events()[-1]
     assert event["type"] == "account.updated"
     assert event["account"] == account.id
-    assert event["data"]["previous_attributes"] == {"metadata": {"a": "1", "b": "2"}}
+    assert event["data"]["previous_attributes"] == {"metadata": {"b": "2", "c": None}}
 
 
 def test_payouts_enabled_is_switched_by_the_test_control(

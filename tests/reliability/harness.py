@@ -2,7 +2,8 @@
 
 The ledger's I/O points are its recorder's ``select_events``, ``insert_events``
 and ``select_notifications`` (every load, save and scan goes through them) and
-its gateway's ``create_transfer`` and ``list_transfers``. ``instrument`` routes
+its gateway's ``create_transfer``, ``list_transfers``, ``create_reversal`` and
+``list_reversals``. ``instrument`` routes
 each call through a *hook* ``hook(label, call)``, which may run ``call()``,
 refuse to, or do something before and after: crash plans (the state machine)
 and the deterministic scheduler (the interleaving explorer) are such hooks.
@@ -15,7 +16,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from payout_ledger import PayoutLedger, TransferRequest, TransferResult
-from payout_ledger.service.ports import StripeTransfer
+from payout_ledger.service.ports import (
+    ReversalCreated,
+    ReversalRequest,
+    StripeReversal,
+    StripeTransfer,
+)
 from tests.reliability.system import SimulatedCrash
 
 Hook = Callable[[str, Callable[[], Any]], Any]
@@ -36,7 +42,8 @@ def instrument_recorder(ledger: PayoutLedger, hook: Hook) -> None:
 
 
 class HookedGateway:
-    """A transfer gateway whose calls go through ``hook`` (labels ``stripe.<method>``)."""
+    """A transfer and reversal gateway whose calls go through ``hook`` (labels
+    ``stripe.<method>``)."""
 
     def __init__(self, inner: Any, hook: Hook) -> None:
         self.inner = inner
@@ -52,6 +59,18 @@ class HookedGateway:
     def list_transfers(self, **filters: Any) -> Iterable[StripeTransfer]:
         found: list[StripeTransfer] = self.hook(
             "stripe.list_transfers", lambda: list(self.inner.list_transfers(**filters))
+        )
+        return found
+
+    def create_reversal(self, request: ReversalRequest) -> ReversalCreated:
+        created: ReversalCreated = self.hook(
+            "stripe.create_reversal", lambda: self.inner.create_reversal(request)
+        )
+        return created
+
+    def list_reversals(self, transfer_id: str) -> Iterable[StripeReversal]:
+        found: list[StripeReversal] = self.hook(
+            "stripe.list_reversals", lambda: list(self.inner.list_reversals(transfer_id))
         )
         return found
 

@@ -58,8 +58,24 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     "connected_account_events_applied": (
         "a connected account's event settles and captures like the platform's",
         "service/stripe_event_effects.py",
-        "            if account is None:\n",
-        "            if True:\n",
+        "            elif account is None:\n",
+        "            elif True:\n",
+    ),
+    "reversal_resume_skips_lookup": (
+        "a reversal's resume sends its key again without asking Stripe first",
+        "service/reversal.py",
+        "            found = self._find_reversals(gateway, payout)\n",
+        "            found = []\n",
+    ),
+    "reversal_claim_ignores_conflict": (
+        "a reversal that loses the claim race sends its own claim anyway",
+        "service/reversal.py",
+        "                payout = self.get_payout(event_service_id)\n"
+        '                logger.info("reversal of %s lost the claim race", event_service_id)\n'
+        "                continue\n",
+        "                return self._conclude_reversal(\n"
+        "                    payout, self._send_reversal(payout, window)\n"
+        "                )\n",
     ),
 }
 

@@ -73,6 +73,8 @@ def render(document: dict[str, Any]) -> str:
     ]
 
     sm = "state_machine"
+    rv = "interleavings_reversals"
+    reversal_rows = f.rows(rv)
     fuzz_examples = sum(f.prefixed("bad_input", "examples: ").values())
     interleavings = f.rows("interleavings")
     reduced = [r for r in interleavings if r["reduction"] != "none" and r["violations"] == 0]
@@ -159,6 +161,30 @@ def render(document: dict[str, Any]) -> str:
                 f"{sum(r['events_expected'] for r in killed)}",
             ],
             [
+                "reversals asked for in the state machine (of them killed mid-way) / "
+                "reversals at Stripe, each example settled",
+                f"{f.count(sm, 'reversals')} ({f.count(sm, 'reversals_killed')}) / "
+                f"{f.count(sm, 'final_reversals_at_stripe')}",
+            ],
+            [
+                "reversal faults injected in the state machine / refusals for the connected "
+                "account's balance (state machine + interleavings)",
+                f"{f.count(sm, 'reversal_faults_injected')} / "
+                f"{f.count(sm, 'reversal_balance_refusals')} + {f.count(rv, 'balance refusals')}",
+            ],
+            [
+                "interleavings of reversal scenarios explored (classes, sleep-set reduction)",
+                sum(r["runs"] for r in reversal_rows),
+            ],
+            [
+                "over-reversals at Stripe (state machine / interleavings; must be 0)",
+                f"{f.count(sm, 'over_reversals')} / {f.count(rv, 'over-reversals')}",
+            ],
+            [
+                "duplicate reversals at Stripe (state machine / interleavings; must be 0)",
+                f"{f.count(sm, 'duplicate_reversals')} / {f.count(rv, 'duplicate reversals')}",
+            ],
+            [
                 "most transfers for one service (state machine / killed processes)",
                 f"{f.count(sm, 'max_transfers_per_service')} / "
                 f"{max((r['max_transfers_per_service'] for r in killed), default=0)}",
@@ -213,6 +239,51 @@ def render(document: dict[str, Any]) -> str:
         "after it (Stripe holding one request for a day).",
         "",
     ]
+    if reversal_rows:
+        out += [
+            "**Explored interleavings of reversals** (the payout paid in the set-up; "
+            "after each run no over-reversal, no duplicate reversal, every recorded "
+            "reversal at Stripe as claimed; settled, exactly the wanted reversals):",
+            "",
+        ]
+        out += _table(
+            [
+                "scenario",
+                "clocks",
+                "actors",
+                "crash budget",
+                "runs",
+                "redundant",
+                "runs with a crash",
+                "max steps",
+                "exhaustive",
+                "violations",
+            ],
+            [
+                [
+                    r["scenario"],
+                    r.get("clocks", "one clock"),
+                    r["actors"],
+                    r["crash_budget"],
+                    r["runs"],
+                    r["redundant_runs"],
+                    r["runs_with_crash"],
+                    r["max_steps"],
+                    "yes" if r["exhaustive"] else "no",
+                    r["violations"],
+                ]
+                for r in reversal_rows
+            ],
+        )
+        answers = f.prefixed(rv, "answer ")
+        out += [
+            "",
+            "Rows with violations are known bugs, kept as strict expected failures "
+            "until fixed (see *Bugs these tests found*). Answers seen: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(answers.items()))
+            + ".",
+            "",
+        ]
     controls = f.prefixed("interleavings", "positive control: ")
     if controls:
         out += [
@@ -264,7 +335,12 @@ def render(document: dict[str, Any]) -> str:
     out += _table(
         ["what", "counts"],
         [
-            ["Stripe faults by kind", ", ".join(f"{k} {v}" for k, v in sorted(faults.items()))],
+            [
+                "Stripe faults by kind",
+                ", ".join(
+                    f"{k} {v}" for k, v in sorted(faults.items()) if not k.startswith("revers")
+                ),
+            ],
             ["crashes by point", ", ".join(f"{k} {v}" for k, v in sorted(crashes.items()))],
             [
                 "release outcomes",
@@ -274,6 +350,34 @@ def render(document: dict[str, Any]) -> str:
                 "resumes / how they settled",
                 f"{f.count(sm, 'resumes')}: "
                 + ", ".join(f"{k} {v}" for k, v in sorted(f.prefixed(sm, "resume ").items())),
+            ],
+            [
+                "reversals: outcomes",
+                ", ".join(
+                    f"{k} {v}" for k, v in sorted(f.prefixed(sm, "reversal outcome ").items())
+                ),
+            ],
+            [
+                "reversals refused before any claim",
+                ", ".join(
+                    f"{k} {v}" for k, v in sorted(f.prefixed(sm, "reversal refused: ").items())
+                ),
+            ],
+            [
+                "reversal faults by kind",
+                ", ".join(f"{k} {v}" for k, v in sorted(f.prefixed(sm, "reversal fault ").items())),
+            ],
+            [
+                "reversal resumes / how they settled",
+                f"{f.count(sm, 'reversal resumes')}: "
+                + ", ".join(
+                    f"{k} {v}" for k, v in sorted(f.prefixed(sm, "reversal resume ").items())
+                ),
+            ],
+            [
+                "connected account drained / refilled; transfer.reversed webhooks delivered",
+                f"{f.count(sm, 'account_drained')} / {f.count(sm, 'account_refilled')}; "
+                f"{f.count(sm, 'webhooks_transfer_reversed')}",
             ],
             [
                 "webhooks: duplicates, out of order",

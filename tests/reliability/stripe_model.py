@@ -12,6 +12,13 @@ its send window as a gateway does; crashing here means it was never sent) and
 ``stripe.commit`` (Stripe executes; crashing here means Stripe executed and the
 caller died before reading the answer).
 ``stripe.list`` is the lookup by ``transfer_group``.
+
+Reversals (``POST /v1/transfers/{id}/reversals``) follow the same key rules and
+pass the same points: ``stripe.send``, ``stripe.commit`` (Stripe executes the
+reversal, or refuses it and keeps the refusal under the key) and ``stripe.list``
+(the transfer's reversals). Stripe refuses a reversal above what is not yet
+reversed of the transfer, and one the connected account's balance cannot cover
+(``balance_insufficient``); a reversal executed twice shows up in ``reversals``.
 """
 
 from __future__ import annotations
@@ -26,7 +33,13 @@ from payout_ledger import (
     TransferResult,
     check_send_window,
 )
-from payout_ledger.service.ports import StripeTransfer
+from payout_ledger.errors import GatewayError, TransferDeclined
+from payout_ledger.service.ports import (
+    ReversalCreated,
+    ReversalRequest,
+    StripeReversal,
+    StripeTransfer,
+)
 from payout_ledger.testing.memory import newest_matching
 from tests.reliability.system import SimulatedCrash, Transfer
 
@@ -53,7 +66,7 @@ class ModelClock:
 class _Key:
     created: datetime
     params: tuple[object, ...]
-    answer: TransferResult | None = None
+    answer: TransferResult | ReversalCreated | GatewayError | None = None
 
 
 class ModelStripe:
@@ -68,6 +81,9 @@ class ModelStripe:
         self._keys: dict[str, _Key] = {}
         self.lose_next_answer = False
         self.refuse_next_request = False
+        self.reversals: list[StripeReversal] = []
+        self.account_balance: int | None = None
+        """The connected account's available balance (None: enough for anything)."""
 
     def create_transfer(self, request: TransferRequest) -> TransferResult:
         if self.point("stripe.send"):
@@ -87,6 +103,7 @@ class ModelStripe:
                 raise TransferOutcomeUnknown("409 idempotency_key_in_use", code="idempotency_error")
             if key.params != params:
                 raise TransferOutcomeUnknown("idempotency_error", code="idempotency_error")
+            assert isinstance(key.answer, TransferResult)
             return key.answer  # replayed
         key = _Key(self.clock.now(), params)
         self._keys[request.idempotency_key] = key
@@ -101,13 +118,76 @@ class ModelStripe:
             created=int(self.clock.now().timestamp()),
         )
         self.transfers.append(transfer)
-        key.answer = TransferResult(transfer_id=transfer.id)
+        answer = key.answer = TransferResult(transfer_id=transfer.id)
         if crash:
             raise SimulatedCrash("after stripe.commit")
         if self.lose_next_answer:  # set-up: committed, the answer was lost
             self.lose_next_answer = False
             raise TransferOutcomeUnknown("response lost")
-        return key.answer
+        return answer
+
+    def create_reversal(self, request: ReversalRequest) -> ReversalCreated:
+        if self.point("stripe.send"):
+            raise SimulatedCrash("before stripe.send")
+        check_send_window()
+        if self.refuse_next_request:
+            self.refuse_next_request = False
+            raise TransferOutcomeUnknown("timeout before Stripe")
+        self.sent.append(request.idempotency_key)
+        self._prune()
+        params = _reversal_params(request)
+        key = self._keys.get(request.idempotency_key)
+        if key is not None:
+            if key.answer is None:
+                raise TransferOutcomeUnknown("409 idempotency_key_in_use", code="idempotency_error")
+            if key.params != params:
+                raise TransferOutcomeUnknown("idempotency_error", code="idempotency_error")
+            return _replayed(key.answer)
+        key = _Key(self.clock.now(), params)
+        self._keys[request.idempotency_key] = key
+        crash = self.point("stripe.commit")
+        key.answer = self._reverse(request)
+        if crash:
+            raise SimulatedCrash("after stripe.commit")
+        if self.lose_next_answer:
+            self.lose_next_answer = False
+            raise TransferOutcomeUnknown("response lost")
+        return _replayed(key.answer)
+
+    def _reverse(self, request: ReversalRequest) -> ReversalCreated | GatewayError:
+        """Execute a reversal, or the refusal Stripe keeps under the key."""
+        [transfer] = [t for t in self.transfers if t.id == request.transfer_id]
+        remaining = transfer.amount - self.amount_reversed(transfer.id)
+        if request.amount > remaining:
+            return TransferDeclined(
+                f"Reversal amount ({request.amount}) is greater than what is not yet "
+                f"reversed ({remaining})"
+            )
+        if self.account_balance is not None:
+            if self.account_balance < request.amount:
+                return TransferDeclined(
+                    "Insufficient funds in the destination account",
+                    code="balance_insufficient",
+                )
+            self.account_balance -= request.amount
+        reversal = StripeReversal(
+            id=f"trr_model_{len(self.reversals) + 1}",
+            transfer=transfer.id,
+            amount=request.amount,
+            currency=request.currency,
+            metadata=dict(request.metadata),
+            created=int(self.clock.now().timestamp()),
+        )
+        self.reversals.append(reversal)
+        return ReversalCreated(reversal_id=reversal.id)
+
+    def list_reversals(self, transfer_id: str) -> list[StripeReversal]:
+        if self.point("stripe.list"):
+            raise SimulatedCrash("before stripe.list")
+        return [r for r in reversed(self.reversals) if r.transfer == transfer_id]
+
+    def amount_reversed(self, transfer_id: str) -> int:
+        return sum(r.amount for r in self.reversals if r.transfer == transfer_id)
 
     def list_transfers(
         self,
@@ -144,6 +224,23 @@ class ModelStripe:
         for name, key in list(self._keys.items()):
             if key.answer is not None and now - key.created > KEY_MAX_AGE:
                 del self._keys[name]
+
+
+def _replayed(answer: object) -> ReversalCreated:
+    if isinstance(answer, GatewayError):
+        raise answer
+    assert isinstance(answer, ReversalCreated)
+    return answer
+
+
+def _reversal_params(request: ReversalRequest) -> tuple[object, ...]:
+    return (
+        "reversal",
+        request.transfer_id,
+        request.amount,
+        request.currency,
+        tuple(sorted(request.metadata.items())),
+    )
 
 
 def _params(request: TransferRequest) -> tuple[object, ...]:

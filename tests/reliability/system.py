@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from payout_ledger import (
     ServiceProvider,
     idempotency_key,
 )
+from payout_ledger.domain.payout import reversal_idempotency_key
 from payout_ledger.stripe import StripeTransferGateway
 from payout_ledger.testing import InMemoryProviderDirectory
 from payout_ledger.testing.fake_stripe import FakeClock, FakeStripe
@@ -169,6 +170,10 @@ def check_history(events: Sequence[PayoutAggregate.Event], event_service_id: str
     ``PayoutStarted (TransferFailed PayoutStarted)* [TransferSucceeded Released]``
     with each attempt's own key; a ``TransferSucceeded`` is never the last
     event (the outcome is one save of two events: no half-saved outcome).
+    Once paid, reversal attempts follow
+    ``(ReversalStarted (ReversalSucceeded | ReversalFailed))* [ReversalStarted]``,
+    numbered from 1 with each attempt's own key; a reference succeeds at most
+    once, and what succeeded never adds up to more than the transfer.
     """
     if not events:
         return "absent"
@@ -176,12 +181,15 @@ def check_history(events: Sequence[PayoutAggregate.Event], event_service_id: str
     if versions != list(range(1, len(events) + 1)):
         raise AuditError(f"{event_service_id}: versions {versions} have a gap")
     state, attempt = "new", 0
+    reversal, reversal_attempt, reference = "none", 0, ""
+    amount, reversed_total, succeeded = 0, 0, set()
     for i, e in enumerate(events):
         kind = type(e).__name__
         if isinstance(e, PayoutAggregate.PayoutStarted):
             ok = state in ("new", "failed") and e.attempt == attempt + 1
             attempt = e.attempt
             ok = ok and e.idempotency_key == idempotency_key(event_service_id, attempt)
+            amount = e.amount
             state = "in_flight"
         elif isinstance(e, PayoutAggregate.TransferFailed):
             ok = state == "in_flight" and e.attempt == attempt
@@ -200,6 +208,28 @@ def check_history(events: Sequence[PayoutAggregate.Event], event_service_id: str
             state = "paid"
         elif isinstance(e, PayoutAggregate.TransferReversed):
             ok = state == "paid"
+        elif isinstance(e, PayoutAggregate.ReversalStarted):
+            ok = (
+                state == "paid"
+                and reversal != "in_flight"
+                and e.reversal_attempt == reversal_attempt + 1
+                and e.idempotency_key
+                == reversal_idempotency_key(event_service_id, e.reversal_attempt)
+                and e.reference not in succeeded
+                and 0 < e.amount <= amount - reversed_total
+            )
+            reversal, reversal_attempt, reference = "in_flight", e.reversal_attempt, e.reference
+        elif isinstance(e, PayoutAggregate.ReversalSucceeded | PayoutAggregate.ReversalFailed):
+            ok = (
+                reversal == "in_flight"
+                and e.reversal_attempt == reversal_attempt
+                and e.reference == reference
+            )
+            reversal = "settled"
+            if isinstance(e, PayoutAggregate.ReversalSucceeded):
+                succeeded.add(e.reference)
+                reversed_total += e.amount
+                ok = ok and reversed_total <= amount
         else:
             ok = False
         if not ok:
@@ -276,3 +306,140 @@ def check_agreement(
     if stray:
         raise AuditError(f"transfers for unknown services at Stripe: {sorted(stray)}")
     return states
+
+
+# -- reversals -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reversal:
+    """A transfer reversal at Stripe, as the audits need it."""
+
+    id: str
+    transfer: str
+    amount: int
+    payout_id: str | None
+    attempt: str | None
+    reference: str | None
+
+    @classmethod
+    def from_metadata(
+        cls, id: str, transfer: str, amount: int, metadata: Mapping[str, Any]
+    ) -> Reversal:
+        return cls(
+            id=id,
+            transfer=transfer,
+            amount=amount,
+            payout_id=metadata.get("payout_id"),
+            attempt=metadata.get("reversal_attempt"),
+            reference=metadata.get("reference"),
+        )
+
+
+def fake_reversals(fake: FakeStripe) -> tuple[dict[str, int], list[Reversal]]:
+    """Each transfer's amount, and every reversal, at the fake Stripe."""
+    amounts: dict[str, int] = {}
+    reversals: list[Reversal] = []
+    for t in fake.transfers():
+        amounts[str(t["id"])] = int(t["amount"])
+        listing = t["reversals"]
+        if listing["has_more"]:
+            raise AuditError(f"{t['id']}: more reversals than one page: {listing['total_count']}")
+        for r in listing["data"]:
+            reversals.append(
+                Reversal.from_metadata(str(r["id"]), str(t["id"]), int(r["amount"]), r["metadata"])
+            )
+        if sum(r.amount for r in reversals if r.transfer == t["id"]) != t["amount_reversed"]:
+            raise AuditError(f"{t['id']}: its reversals do not add up to amount_reversed")
+    return amounts, reversals
+
+
+@dataclass
+class ReversalAudit:
+    """What ``check_reversals`` saw: the counts the figures publish."""
+
+    at_stripe: int = 0
+    amount_at_stripe: int = 0
+    recorded_succeeded: int = 0
+    over_reversals: int = 0
+    duplicate_reversals: int = 0
+    reversed_transfers: dict[str, int] = field(default_factory=dict)
+    """Stripe's reversed total per transfer."""
+
+
+def check_reversals(
+    ledger: PayoutLedger,
+    transfer_amounts: Mapping[str, int],
+    reversals: Iterable[Reversal],
+    services: Iterable[str],
+) -> ReversalAudit:
+    """The always-true agreement between the ledger's reversals and Stripe's.
+
+    At Stripe, per transfer: the reversals add up to no more than the transfer
+    (no over-reversal); at most one reversal per (payout, reversal attempt) and
+    one per host reference (no duplicate reversal); each one is a reversal
+    attempt the ledger claimed, for the claimed amount, and not one it recorded
+    as refused. In the ledger: every reversal recorded as succeeded exists at
+    Stripe on the payout's transfer with the claimed amount, reference and
+    attempt, and the ledger's ``amount_reversed`` never exceeds Stripe's.
+    """
+    audit = ReversalAudit()
+    by_transfer: dict[str, list[Reversal]] = {}
+    for r in reversals:
+        by_transfer.setdefault(r.transfer, []).append(r)
+    by_id: dict[str, Reversal] = {}
+    for transfer, found in by_transfer.items():
+        total = sum(r.amount for r in found)
+        audit.at_stripe += len(found)
+        audit.amount_at_stripe += total
+        audit.reversed_transfers[transfer] = total
+        if total > transfer_amounts[transfer]:
+            audit.over_reversals += 1
+            raise AuditError(f"over-reversal of {transfer}: {total} > {transfer_amounts[transfer]}")
+        attempts = [(r.payout_id, r.attempt) for r in found]
+        references = [(r.payout_id, r.reference) for r in found]
+        if len(set(attempts)) != len(attempts) or len(set(references)) != len(references):
+            audit.duplicate_reversals += 1
+            raise AuditError(f"duplicate reversal of {transfer}: {found}")
+        by_id.update((r.id, r) for r in found)
+    for service in services:
+        events = ledger.history(service)
+        payout = ledger.find_payout(service)
+        if payout is None or payout.transfer_id is None:
+            continue
+        at_stripe = by_transfer.get(payout.transfer_id, [])
+        claimed: dict[int, PayoutAggregate.ReversalStarted] = {}
+        refused: set[int] = set()
+        for e in events:
+            if isinstance(e, PayoutAggregate.ReversalStarted):
+                claimed[e.reversal_attempt] = e
+            elif isinstance(e, PayoutAggregate.ReversalFailed):
+                refused.add(e.reversal_attempt)
+            elif isinstance(e, PayoutAggregate.ReversalSucceeded):
+                audit.recorded_succeeded += 1
+                r = by_id.get(e.reversal_id)
+                if r is None or (r.transfer, r.amount, r.reference, r.attempt) != (
+                    payout.transfer_id,
+                    e.amount,
+                    e.reference,
+                    str(e.reversal_attempt),
+                ):
+                    raise AuditError(
+                        f"{service}: recorded reversal {e.reversal_id} of {e.amount} "
+                        f"({e.reference}, attempt {e.reversal_attempt}); Stripe has {r}"
+                    )
+        for r in at_stripe:
+            start = claimed.get(int(r.attempt or 0))
+            if r.payout_id != str(payout.id) or start is None:
+                raise AuditError(f"{service}: a reversal the ledger never claimed: {r}")
+            if (r.amount, r.reference) != (start.amount, start.reference):
+                raise AuditError(f"{service}: Stripe's {r} differs from the claim {start}")
+            if int(r.attempt or 0) in refused:
+                raise AuditError(f"{service}: {r} exists, the ledger recorded it refused")
+        stripe_total = sum(r.amount for r in at_stripe)
+        if payout.amount_reversed > stripe_total:
+            raise AuditError(
+                f"{service}: the ledger has {payout.amount_reversed} reversed, "
+                f"Stripe {stripe_total}"
+            )
+    return audit

@@ -49,6 +49,7 @@ from payout_ledger import (
 from payout_ledger.cli import app
 from payout_ledger.domain.money import STRIPE_CURRENCIES, max_amount
 from payout_ledger.domain.stripe_events import StripeEventReceipt
+from payout_ledger.settings import STRIPE_API_VERSION
 from payout_ledger.stripe.webhooks import WebhookHandler
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
 from payout_ledger.testing.fake_stripe import FakeStripe, sign_payload
@@ -311,6 +312,7 @@ def stripe_events(draw: st.DrawFn) -> dict[str, Any]:
         "type": draw(st.sampled_from(EVENT_TYPES) | st.text(max_size=20)),
         "data": {"object": obj},
         "created": int(time.time()),
+        "api_version": STRIPE_API_VERSION,
     }
     for key in draw(st.sets(st.sampled_from(["id", "type", "data", "account", "created"]))):
         if draw(st.booleans()):
@@ -358,6 +360,7 @@ def test_a_stripe_object_with_an_infinite_number_is_an_invalid_request(
     led, _ = ledger
     obj = {"id": "tr_1", "object": "transfer", "amount": 5000, "currency": "usd", field: value}
     event = {"id": "evt_bad", "type": event_type, "data": {"object": obj}}
+    event["api_version"] = STRIPE_API_VERSION
     with pytest.raises(InvalidRequestError):
         led.record_stripe_event(event=event, raw_body=b"{}", headers={})
 
@@ -369,7 +372,8 @@ def test_a_signed_event_with_an_overflowing_amount_is_answered_400_not_500(
     handler = WebhookHandler(ledger[0], secrets=[SECRET], environment="production")
     body = (
         b'{"id": "evt_big", "type": "transfer.created", "data": {"object": '
-        b'{"id": "tr_1", "amount": 1e400, "currency": "usd"}}}'
+        b'{"id": "tr_1", "amount": 1e400, "currency": "usd"}}, '
+        b'"api_version": "' + STRIPE_API_VERSION.encode() + b'"}'
     )
     response = handler.handle(
         body, {"Stripe-Signature": sign_payload(body, SECRET, int(time.time()))}

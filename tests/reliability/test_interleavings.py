@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -37,9 +37,13 @@ from payout_ledger import (
     PayoutLedger,
     PayoutStatus,
     ReleaseResult,
+    ReversalOutcome,
+    ReversalRefusedError,
+    ReversalResult,
 )
 from payout_ledger.service.release import _Claimed, _LostClaim
 from payout_ledger.service.requests import ReleaseOutcome
+from payout_ledger.settings import STRIPE_API_VERSION
 from tests.reliability.config import SIZES
 from tests.reliability.figures import FIGURES
 from tests.reliability.harness import instrument_recorder
@@ -47,10 +51,13 @@ from tests.reliability.scheduler import Exploration, Scheduler, explore
 from tests.reliability.stripe_model import ModelClock, ModelStripe
 from tests.reliability.system import (
     DAY_AND_A_BIT,
+    AuditError,
+    Reversal,
     SimulatedCrash,
     build_ledger,
     check_agreement,
     check_history,
+    check_reversals,
     release_request,
     replay,
     state_of,
@@ -155,6 +162,7 @@ def webhook(world: World) -> Callable[[], Any]:
         for t in list(world.stripe.transfers):
             obj = {"object": "transfer", **t.__dict__, "metadata": dict(t.metadata)}
             event = {"id": f"evt_{t.id}", "type": "transfer.created", "data": {"object": obj}}
+            event["api_version"] = STRIPE_API_VERSION
             receipts.append(
                 ledger.record_stripe_event(
                     event=event, raw_body=json.dumps(event).encode(), headers={}
@@ -198,6 +206,7 @@ def unlike_claim(world: World) -> Callable[[], Any]:
                 "data": {"object": {**obj, "amount": 5000, "destination": ACCOUNT}},
             },
         ):
+            event = {**event, "api_version": STRIPE_API_VERSION}
             receipts.append(
                 ledger.record_stripe_event(
                     event=event, raw_body=json.dumps(event).encode(), headers={}
@@ -672,3 +681,407 @@ def test_the_explorer_catches_a_ledger_whose_send_window_never_closes() -> None:
 def _note_sizes() -> None:
     FIGURES.note(SECTION, "three_releases_crash_budget", SIZES.explore_three_releases_crashes)
     FIGURES.note(SECTION, "stores", "memory (shared ledger), SQLite (ledger per actor)")
+
+
+# -- reversals -------------------------------------------------------------------------
+#
+# The payout is paid in the set-up; the actors reverse (part of) its transfer. After
+# each run: no over-reversal and no duplicate reversal at Stripe, every reversal the
+# ledger recorded exists there as claimed, and the ledger never counts more reversed
+# than Stripe (``check_reversals``). Settling (resume, past the key window if need be,
+# then the host asking again for each reversal it wants) leaves exactly the intended
+# reversals at Stripe, and the ledger's reversed total equal to Stripe's.
+
+REVERSAL_SECTION = "interleavings_reversals"
+REFUND_A, REFUND_B = ("refund_a", 1500), ("refund_b", 2000)
+REFUND_B_SAME_AMOUNT = ("refund_b", 1500)
+
+
+def reverser(reference: str, amount: int) -> Actor:
+    def actor(world: World) -> Callable[[], Any]:
+        ledger = world.ledger()
+        return lambda: ledger.reverse_payment(SERVICE, amount, reference=reference)
+
+    return actor
+
+
+def reversals_in_turn(*refunds: tuple[str, int]) -> Actor:
+    """A host refunding several things one after the other (each reversal asked once)."""
+
+    def actor(world: World) -> Callable[[], Any]:
+        ledger = world.ledger()
+        return lambda: [ledger.reverse_payment(SERVICE, a, reference=r) for r, a in refunds]
+
+    return actor
+
+
+def reversal_resumer(world: World) -> Callable[[], Any]:
+    """``resume_reversal``: refused (nothing recorded, nothing sent) while none was claimed."""
+    ledger = world.ledger()
+
+    def run() -> Any:
+        try:
+            return ledger.resume_reversal(SERVICE)
+        except ReversalRefusedError:
+            return "no reversal to resume"
+
+    return run
+
+
+def reversal_operator_after_a_day(world: World) -> Callable[[], Any]:
+    """24 hours pass (at a moment the scheduler picks), then an operator resumes reversals."""
+    ledger = world.ledger()
+
+    def run() -> list[ReversalResult]:
+        if world.scheduler.point("clock.jump_24h"):
+            raise SimulatedCrash("before clock.jump_24h")
+        world.clock.advance(DAY_AND_A_BIT)
+        return ledger.resume_reversals_in_flight()
+
+    return run
+
+
+def paid(world: World) -> None:
+    assert world.shared.release_payment(release_request(SERVICE)).success
+
+
+def paid_and_balance_for_one(world: World) -> None:
+    """Paid; the connected account then holds enough for only one of two reversals."""
+    paid(world)
+    world.stripe.account_balance = 2000
+
+
+def reversal_answer_lost(world: World) -> None:
+    """Paid; refund A's reversal executed at Stripe and its answer was lost."""
+    paid(world)
+    world.stripe.lose_next_answer = True
+    reference, amount = REFUND_A
+    assert world.shared.reverse_payment(SERVICE, amount, reference=reference).in_flight
+
+
+def reversal_answer_lost_then_24h(world: World) -> None:
+    """As above, then a day passes and Stripe prunes the key."""
+    reversal_answer_lost(world)
+    world.clock.advance(DAY_AND_A_BIT)
+
+
+def reversal_never_sent_then_24h(world: World) -> None:
+    """Paid; refund A's reversal was claimed, its request never reached Stripe; a day passes."""
+    paid(world)
+    world.stripe.refuse_next_request = True
+    reference, amount = REFUND_A
+    assert world.shared.reverse_payment(SERVICE, amount, reference=reference).in_flight
+    world.clock.advance(DAY_AND_A_BIT)
+
+
+@dataclass(frozen=True)
+class ReversalScenario:
+    name: str
+    actors: tuple[tuple[str, Actor], ...]
+    setup: Callable[[World], None]
+    wanted: tuple[tuple[str, int], ...]
+    """The reversals the host wants: asked again when settling, until each is done."""
+    one_of: bool = False
+    """The account covers only one of ``wanted``: exactly one is made, the rest refused."""
+
+
+def stripe_reversals(world: World) -> list[Reversal]:
+    return [
+        Reversal.from_metadata(r.id, r.transfer, r.amount, r.metadata)
+        for r in world.stripe.reversals
+    ]
+
+
+def audit_reversals(world: World) -> None:
+    """No over-reversal, no duplicate, the ledger's reversals as Stripe has them."""
+    amounts = {t.id: t.amount for t in world.stripe.transfers}
+    try:
+        check_reversals(world.shared, amounts, stripe_reversals(world), [SERVICE])
+    except AuditError as exc:
+        kind = "over-reversals" if "over-reversal" in str(exc) else "duplicate reversals"
+        if "over-reversal" in str(exc) or "duplicate reversal" in str(exc):
+            FIGURES.add(REVERSAL_SECTION, kind)
+        raise
+
+
+def check_reversal_answers(world: World, outcomes: dict[str, Any]) -> None:
+    """No unexpected errors; a reversed answer names a reversal Stripe has, as answered."""
+    by_id = {r.id: r for r in world.stripe.reversals}
+    for name, outcome in outcomes.items():
+        assert outcome.error is None, f"{name} failed: {outcome.error!r}"
+        results = outcome.result if isinstance(outcome.result, list) else [outcome.result]
+        for result in results:
+            if not isinstance(result, ReversalResult):
+                continue
+            FIGURES.add(REVERSAL_SECTION, f"answer {result.outcome.value}")
+            if result.outcome is ReversalOutcome.REVERSED:
+                found = by_id.get(cast(str, result.reversal_id))
+                assert found is not None, f"{name}: {result} is not at Stripe"
+                assert found.metadata["reference"] == result.reference, (name, result, found)
+                assert found.amount == result.amount, (name, result, found)
+            elif result.outcome is ReversalOutcome.FAILED:
+                assert result.error_code == "balance_insufficient", (name, result)
+                FIGURES.add(REVERSAL_SECTION, "balance refusals")
+
+
+def settle_reversals_and_check(world: World, scenario: ReversalScenario) -> None:
+    """Resume (past the key window if need be), ask again for each wanted reversal: exactly
+    the wanted reversals are at Stripe, once each, and the ledger agrees with Stripe."""
+    ledger = world.shared
+    for _ in range(2):
+        ledger.resume_reversals_in_flight()
+        if not ledger.reversals_in_flight():
+            break
+        world.clock.advance(DAY_AND_A_BIT)
+    assert ledger.reversals_in_flight() == []
+    for reference, amount in scenario.wanted:
+        again = ledger.reverse_payment(SERVICE, amount, reference=reference)
+        assert again.outcome in (
+            ReversalOutcome.REVERSED,
+            ReversalOutcome.ALREADY_REVERSED,
+            ReversalOutcome.FAILED,
+        ), again
+        if again.outcome is ReversalOutcome.FAILED:
+            assert scenario.one_of and again.error_code == "balance_insufficient", again
+    audit_reversals(world)
+    made = sorted(r.metadata["reference"] for r in world.stripe.reversals)
+    wanted = sorted(reference for reference, _ in scenario.wanted)
+    if scenario.one_of:
+        assert len(made) == 1 and made[0] in wanted, made
+    else:
+        assert made == wanted, f"Stripe has {made}, the host wanted {wanted}"
+    payout = ledger.get_payout(SERVICE)
+    assert payout.amount_reversed == world.stripe.amount_reversed(cast(str, payout.transfer_id))
+    assert sorted(payout.reversals) == made
+    history = ledger.history(SERVICE)
+    check_history(history, SERVICE)
+    assert state_of(replay(history)) == state_of(payout)
+    FIGURES.add(REVERSAL_SECTION, "reversals at Stripe after settling", len(made))
+
+
+def run_reversal_scenario(
+    scenario: ReversalScenario,
+    *,
+    crash_budget: int,
+    errors: dict[str, float] | None = None,
+    ledger_class: type[PayoutLedger] = PayoutLedger,
+) -> Exploration:
+    def run_once(scheduler: Scheduler) -> None:
+        world = World(scheduler, "memory", ledger_class, dict(errors or {}))
+        try:
+            scenario.setup(world)
+            for name, actor in scenario.actors:
+                scheduler.spawn(name, actor(world))
+            outcomes = scheduler.run()
+            check_agreement(world.shared, world.stripe.audit_transfers(), [SERVICE])
+            audit_reversals(world)
+            check_reversal_answers(world, outcomes)
+            settle_reversals_and_check(world, scenario)
+        finally:
+            world.close()
+
+    return explore(run_once, crash_budget=crash_budget)
+
+
+def record_reversals(
+    scenario: ReversalScenario, crashes: int, found: Exploration, clocks: str = "one clock"
+) -> None:
+    FIGURES.row(
+        REVERSAL_SECTION,
+        {
+            "scenario": scenario.name,
+            "clocks": clocks,
+            "actors": len(scenario.actors),
+            "crash_budget": crashes,
+            "runs": found.runs,
+            "redundant_runs": found.redundant_runs,
+            "runs_with_crash": found.runs_with_crash,
+            "max_steps": found.max_depth,
+            "exhaustive": found.exhaustive,
+            "violations": len(found.violations),
+        },
+    )
+    FIGURES.add(REVERSAL_SECTION, "explored runs", found.runs)
+    FIGURES.add(REVERSAL_SECTION, "explored runs with a crash", found.runs_with_crash)
+    FIGURES.add(REVERSAL_SECTION, "steps scheduled", found.steps)
+    FIGURES.add(REVERSAL_SECTION, "over-reversals", 0)
+    FIGURES.add(REVERSAL_SECTION, "duplicate reversals", 0)
+
+
+SAME_REFERENCE = ReversalScenario(
+    "two reversals of the same reference",
+    (("reverse_1", reverser(*REFUND_A)), ("reverse_2", reverser(*REFUND_A))),
+    paid,
+    (REFUND_A,),
+)
+TWO_REFERENCES = ReversalScenario(
+    "two reversals of different references",
+    (("reverse_a", reverser(*REFUND_A)), ("reverse_b", reverser(*REFUND_B))),
+    paid,
+    (REFUND_A, REFUND_B),
+)
+BALANCE_FOR_ONE = ReversalScenario(
+    "two references, the account covers one",
+    (("reverse_a", reverser(*REFUND_A)), ("reverse_b", reverser(*REFUND_B_SAME_AMOUNT))),
+    paid_and_balance_for_one,
+    (REFUND_A, REFUND_B_SAME_AMOUNT),
+    one_of=True,
+)
+REVERSAL_AND_RESUME = ReversalScenario(
+    "reversal + resume_reversal",
+    (("reverse", reverser(*REFUND_A)), ("resume", reversal_resumer)),
+    paid,
+    (REFUND_A,),
+)
+LOST_REVERSAL_RESUMERS = ReversalScenario(
+    "reversal answer lost, two resumers",
+    (("resume_1", reversal_resumer), ("resume_2", reversal_resumer)),
+    reversal_answer_lost,
+    (REFUND_A,),
+)
+LOST_REVERSAL_RESUMERS_PAST_WINDOW = ReversalScenario(
+    "reversal answer lost, two resumers past the key window",
+    (("resume_1", reversal_resumer), ("resume_2", reversal_resumer)),
+    reversal_answer_lost_then_24h,
+    (REFUND_A,),
+)
+NEVER_SENT_REVERSAL_RESUMERS_PAST_WINDOW = ReversalScenario(
+    "reversal never sent, two resumers past the key window",
+    (("resume_1", reversal_resumer), ("resume_2", reversal_resumer)),
+    reversal_never_sent_then_24h,
+    (REFUND_A,),
+)
+LOST_REVERSAL_RETRIED_AND_RESUMED = ReversalScenario(
+    "reversal answer lost, its retry + the next refund + resume_reversal",
+    (
+        ("host", reversals_in_turn(REFUND_A, REFUND_B_SAME_AMOUNT)),
+        ("resume", reversal_resumer),
+    ),
+    reversal_answer_lost,
+    (REFUND_A, REFUND_B_SAME_AMOUNT),
+)
+LOST_REVERSAL_AND_A_DAY = ReversalScenario(
+    "reversal answer lost, a resumer + an operator a day later",
+    (("resume", reversal_resumer), ("operator", reversal_operator_after_a_day)),
+    reversal_answer_lost,
+    (REFUND_A,),
+)
+
+REVERSAL_CASES = [
+    (SAME_REFERENCE, 0),
+    (SAME_REFERENCE, 1),
+    (TWO_REFERENCES, 0),
+    (TWO_REFERENCES, 1),
+    (BALANCE_FOR_ONE, 0),
+    (BALANCE_FOR_ONE, 1),
+    (REVERSAL_AND_RESUME, 0),
+    (REVERSAL_AND_RESUME, 1),
+    (LOST_REVERSAL_RESUMERS, 0),
+    (LOST_REVERSAL_RESUMERS, 1),
+    (LOST_REVERSAL_RESUMERS_PAST_WINDOW, 0),
+    (LOST_REVERSAL_RESUMERS_PAST_WINDOW, 1),
+    (NEVER_SENT_REVERSAL_RESUMERS_PAST_WINDOW, 0),
+    (NEVER_SENT_REVERSAL_RESUMERS_PAST_WINDOW, 1),
+    (LOST_REVERSAL_AND_A_DAY, 0),
+]
+LONG_REVERSAL_CASES = [
+    (LOST_REVERSAL_AND_A_DAY, 1),
+]
+
+
+def _reversal_id(case: tuple[ReversalScenario, int]) -> str:
+    scenario, crashes = case
+    words = scenario.name.replace(",", "").replace("+", "and").replace("_", " ")
+    return f"{'_'.join(words.split())}-crash{crashes}"
+
+
+@pytest.mark.parametrize("case", REVERSAL_CASES, ids=[_reversal_id(c) for c in REVERSAL_CASES])
+def test_every_interleaving_of_reversals_reverses_once(
+    case: tuple[ReversalScenario, int],
+) -> None:
+    """Every order of reversals and resumes, with up to one crash: never more than the
+    transfer, never a reference twice, exactly the wanted reversals once settled."""
+    scenario, crashes = case
+    found = run_reversal_scenario(scenario, crash_budget=crashes)
+    record_reversals(scenario, crashes, found)
+    assert_exhaustive_and_clean(found)
+
+
+@pytest.mark.reliability_long
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize(
+    "case", LONG_REVERSAL_CASES, ids=[_reversal_id(c) for c in LONG_REVERSAL_CASES]
+)
+def test_every_interleaving_of_a_larger_reversal_scenario_reverses_once(
+    case: tuple[ReversalScenario, int],
+) -> None:
+    """The reversal scenarios with more steps, with a crash (long run only)."""
+    scenario, crashes = case
+    found = run_reversal_scenario(scenario, crash_budget=crashes)
+    record_reversals(scenario, crashes, found)
+    assert_exhaustive_and_clean(found)
+
+
+SKEWED_REVERSAL_CASES = [
+    (LOST_REVERSAL_RESUMERS_PAST_WINDOW, 0, "claimant+12h, resumers-12h"),
+    (LOST_REVERSAL_RESUMERS, 0, "claimant-12h, resumers+12h"),
+    (REVERSAL_AND_RESUME, 1, "claimant+3h, resumers-3h"),
+]
+
+
+@pytest.mark.parametrize(
+    "case",
+    SKEWED_REVERSAL_CASES,
+    ids=[f"{_reversal_id((s, c))}-{errors}" for s, c, errors in SKEWED_REVERSAL_CASES],
+)
+def test_every_interleaving_of_reversals_with_hosts_clocks_hours_apart_reverses_once(
+    case: tuple[ReversalScenario, int, str],
+) -> None:
+    """Each actor's wall clock off by its own error: every order still reverses once."""
+    scenario, crashes, errors = case
+    clocks = {**CLOCK_ERRORS[errors], "reverse": CLOCK_ERRORS[errors]["release"]}
+    found = run_reversal_scenario(scenario, crash_budget=crashes, errors=clocks)
+    record_reversals(scenario, crashes, found, clocks=errors)
+    assert_exhaustive_and_clean(found)
+
+
+# -- found by these tests: a resume that outlives its reversal attempt -------------------
+# resume_reversal once looked up attempt N's reversal and then recorded it for attempt
+# N+1 when that was claimed meanwhile; it now decides only for the attempt it looked up.
+
+
+def test_every_interleaving_of_a_lost_reversal_its_retry_the_next_refund_and_a_resume() -> None:
+    """The host retries refund A (answer lost) then asks for refund B of the same amount,
+    while a resume runs: the resume must not record A's reversal as B's."""
+    found = run_reversal_scenario(LOST_REVERSAL_RETRIED_AND_RESUMED, crash_budget=0)
+    record_reversals(LOST_REVERSAL_RETRIED_AND_RESUMED, 0, found)
+    assert_exhaustive_and_clean(found)
+
+
+def test_a_resume_that_outlives_its_attempt_never_counts_a_reversal_stripe_lacks() -> None:
+    """One schedule, step by step: the resume lists attempt 1's reversal; meanwhile the
+    host settles attempt 1 and claims attempt 2 (refund B, same amount), whose request
+    never reaches Stripe; the resume then records attempt 1's reversal as refund B's.
+    The ledger counts 3000 reversed where Stripe has 1500: money it never recovered."""
+    world = World(Scheduler(), "memory")
+    try:
+        reversal_answer_lost(world)
+        host, resumer = world.ledger(), world.ledger()
+        listing = world.stripe.list_reversals
+
+        def list_while_the_host_moves_on(transfer_id: str) -> list[Any]:
+            world.stripe.list_reversals = listing  # type: ignore[method-assign]
+            found = listing(transfer_id)
+            reference, amount = REFUND_A
+            assert host.reverse_payment(SERVICE, amount, reference=reference).success
+            world.stripe.refuse_next_request = True
+            reference, amount = REFUND_B_SAME_AMOUNT
+            assert host.reverse_payment(SERVICE, amount, reference=reference).in_flight
+            return found
+
+        world.stripe.list_reversals = list_while_the_host_moves_on  # type: ignore[method-assign]
+        resumer.resume_reversal(SERVICE)
+
+        audit_reversals(world)
+    finally:
+        world.close()

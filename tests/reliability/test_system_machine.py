@@ -20,11 +20,20 @@ After every step:
 * every payout's log is whole and well formed, and a fresh ledger replaying it
   sees what each caller's live ledger sees;
 * a forged webhook, a connected account's event or an event of the other mode
-  changed no payout and captured no payment (checked in its rules).
+  changed no payout and captured no payment (checked in its rules);
+* reversals (rules reverse by any caller, a partial one with a reference drawn
+  from a small pool so retries of one reference happen, or a full one; crash a
+  caller at any I/O step of one; program reversal faults; drain or refill the
+  connected account so Stripe refuses with ``balance_insufficient``): at
+  Stripe the reversals of a transfer never add up to more than it, there is at
+  most one per reversal attempt and one per host reference, each recorded
+  reversal exists at Stripe as claimed, and the ledger never counts more
+  reversed than Stripe (``check_reversals``).
 
-``settle_everything`` then proves liveness: faults cleared, resumed (past the
-key window if need be) and released again, every service is paid exactly once
-and ``reconcile`` is clean.
+``settle_everything`` then proves liveness: faults cleared, releases and
+reversals resumed (past the key window if need be) and released again, every
+service is paid exactly once, the ledger's reversed total equals Stripe's for
+every transfer and ``reconcile`` is clean.
 """
 
 from __future__ import annotations
@@ -54,7 +63,17 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from payout_ledger import PayoutLedger, PayoutStatus, ReleaseOutcome, ReleaseResult
+from payout_ledger import (
+    PayoutLedger,
+    PayoutStatus,
+    ReleaseOutcome,
+    ReleaseResult,
+    ReversalConflictError,
+    ReversalOutcome,
+    ReversalRefusedError,
+    ReversalResult,
+)
+from payout_ledger.domain.payout import ReversalStatus
 from payout_ledger.errors import TransferOutcomeUnknown
 from payout_ledger.service.reconcile import MismatchKind, reconcile
 from payout_ledger.settings import MAX_STRIPE_TIMEOUT, SEND_MARGIN, STRIPE_KEY_RETENTION
@@ -65,6 +84,7 @@ from tests.reliability.config import SIZES
 from tests.reliability.figures import FIGURES
 from tests.reliability.harness import CrashPlan, HookedGateway, SwitchableHook, instrument_recorder
 from tests.reliability.system import (
+    CURRENCY,
     DAY_AND_A_BIT,
     HostClock,
     LedgerClock,
@@ -73,6 +93,8 @@ from tests.reliability.system import (
     by_service,
     check_agreement,
     check_replay_equals_live,
+    check_reversals,
+    fake_reversals,
     fake_transfers,
     release_request,
     stripe_gateway,
@@ -94,6 +116,12 @@ LOOKUP_FAULTS: dict[str, Callable[[], faults.Fault]] = {
     "lookup_5xx": faults.server_error,
     "lookup_timeout": faults.drop_before_commit,
 }
+REVERSAL_PATH = "/v1/transfers/*/reversals"
+REFUNDS = {"refund_a": 1500, "refund_b": 1500, "refund_c": 2500}
+"""The host's refunds: a small pool, so the same reference is asked for again; A and B
+have one amount, and the three add up to more than a transfer (5000)."""
+REFUND_DRAWS = st.sampled_from([*sorted(REFUNDS), *sorted(REFUNDS), "full"])
+ACCOUNT_BALANCES = [0, 0, 1000, 2000]
 CLOCK_JUMPS = [3600, 23 * 3600 + 1800, DAY_AND_A_BIT]
 FORGERIES = ["wrong_secret", "tampered_body", "stale_signature", "unsigned", "fabricated"]
 FOREIGN_EVENTS = [
@@ -222,6 +250,8 @@ class WholeSystem(RuleBasedStateMachine):
                     self.fake.counters.get("faults_triggered", 0),
                 )
                 count("final_transfers_at_stripe", len(transfers))
+                _, reversals = fake_reversals(self.fake)
+                count("final_reversals_at_stripe", len(reversals))
                 count("final_transfers_expected", len(SERVICES))
                 FIGURES.maximum(
                     SECTION,
@@ -274,6 +304,8 @@ class WholeSystem(RuleBasedStateMachine):
                     payout.attempt,
                     payout.transfer_id,
                     payout.amount_reversed,
+                    payout.reversal_attempt,
+                    payout.reversal_status,
                 )
             )
         return books
@@ -322,7 +354,7 @@ class WholeSystem(RuleBasedStateMachine):
 
     def _check_settled_agree(self) -> None:
         """With nothing in flight, reconcile finds no disagreement at all."""
-        if self.auditor.in_flight():
+        if self.auditor.in_flight() or self.auditor.reversals_in_flight():
             return
         try:
             report = reconcile(self.auditor, event_service_ids=SERVICES)
@@ -426,12 +458,20 @@ class WholeSystem(RuleBasedStateMachine):
     @step
     def resume(self, caller: int, crash: tuple[int, bool] | None) -> None:
         plan = None if crash is None else CrashPlan(crash[0], after=crash[1])
-        results = self._crashable(caller, plan, lambda ledger: ledger.resume_in_flight())
+        results = self._crashable(
+            caller,
+            plan,
+            lambda ledger: [*ledger.resume_in_flight(), *ledger.resume_reversals_in_flight()],
+        )
         self._operation_done()
         count("resumes")
         if results is None:
             return
         for result in results:
+            if isinstance(result, ReversalResult):
+                count(f"reversal resume {result.detail or result.outcome.value}")
+                self._check_reversal_result(result)
+                continue
             count(f"resume {result.detail or result.outcome.value}")
             self._check_result(result)
         self._check_settled_agree()
@@ -450,6 +490,8 @@ class WholeSystem(RuleBasedStateMachine):
         )
         assert response.status == 200, response
         count("webhooks_delivered")
+        if event["type"] == "transfer.reversed":
+            count("webhooks_transfer_reversed")
         if event["id"] in self.delivered:
             count("webhooks_duplicate")
             assert response.body.get("duplicate") is True
@@ -619,6 +661,161 @@ class WholeSystem(RuleBasedStateMachine):
             "data": {"object": obj},
         }
 
+    # -- reversals --------------------------------------------------------------
+
+    def _check_reversal_result(self, result: ReversalResult) -> None:
+        """A reversal's answer agrees with the ledger and with Stripe right after."""
+        payout = self.auditor.get_payout(result.event_service_id)
+        _, reversals = fake_reversals(self.fake)
+        by_id = {r.id: r for r in reversals}
+        count(f"reversal outcome {result.outcome.value}")
+        if result.outcome is ReversalOutcome.REVERSED:
+            found = by_id.get(str(result.reversal_id))
+            assert found is not None, result
+            assert (found.reference, found.amount) == (result.reference, result.amount), result
+            assert payout.reversals[result.reference] == result.reversal_id
+        elif result.outcome is ReversalOutcome.ALREADY_REVERSED:
+            if result.amount:
+                assert result.reference in payout.reversals, result
+        elif result.outcome is ReversalOutcome.FAILED:
+            assert result.error_code == "balance_insufficient", result
+            assert payout.reversal_status is not ReversalStatus.IN_FLIGHT, result
+            count("reversal_balance_refusals")
+        else:
+            # in progress, unknown or not executed: a reversal stays in flight
+            assert payout.reversal_status is ReversalStatus.IN_FLIGHT, result
+
+    def _draw_reversible(self, data: st.DataObject) -> str:
+        """Any paid service, or (as often) one not yet wholly reversed."""
+        paid = [s for s in SERVICES if self._paid(s)]
+        reversible = [s for s in paid if self.auditor.get_payout(s).reversible > 0]
+        pool = st.sampled_from(paid)
+        if reversible:
+            pool = pool | st.sampled_from(reversible)
+        return data.draw(pool, label="paid service")
+
+    @precondition(lambda self: any(self._paid(s) for s in SERVICES))
+    @rule(
+        caller=st.integers(0, CALLERS - 1),
+        refund=REFUND_DRAWS,
+        other_amount=st.booleans() | st.just(False),
+        account=st.none() | st.none() | st.none() | st.sampled_from(ACCOUNT_BALANCES),
+        data=st.data(),
+    )
+    @step
+    def reverse(
+        self,
+        caller: int,
+        refund: str,
+        other_amount: bool,
+        account: int | None,
+        data: st.DataObject,
+    ) -> None:
+        """A refund's reversal by any caller: a reference from the pool (its amount, or
+        now and then another one), or the whole rest; now and then the connected account
+        was paid out just before (drained to little or nothing, until refilled)."""
+        if account is not None:
+            self.fake.set_account_balance(self.account, CURRENCY, account)
+            count("account_drained")
+        self._reverse(caller, refund, other_amount, None, data)
+
+    @precondition(lambda self: any(self._paid(s) for s in SERVICES))
+    @rule(
+        caller=st.integers(0, CALLERS - 1),
+        refund=REFUND_DRAWS,
+        at=st.integers(0, 5),
+        after=st.booleans(),
+        data=st.data(),
+    )
+    @step
+    def reverse_and_crash(
+        self, caller: int, refund: str, at: int, after: bool, data: st.DataObject
+    ) -> None:
+        """A reversal killed at its at-th I/O call (load, claim, lookup, Stripe, outcome)."""
+        self._reverse(caller, refund, False, (at, after), data)
+
+    def _reverse(
+        self,
+        caller: int,
+        refund: str,
+        other_amount: bool,
+        crash: tuple[int, bool] | None,
+        data: st.DataObject,
+    ) -> None:
+        service = self._draw_reversible(data)
+        if refund == "full":
+            amount, reference = None, None
+        else:
+            amount, reference = REFUNDS[refund] + (100 if other_amount else 0), refund
+        plan = None if crash is None else CrashPlan(crash[0], after=crash[1])
+        count("reversals")
+        try:
+            result = self._crashable(
+                caller,
+                plan,
+                lambda ledger: ledger.reverse_payment(
+                    service, amount, reference=reference, reason="requested_by_customer"
+                ),
+            )
+        except ReversalRefusedError:
+            count("reversal refused: more than not yet reversed")
+            payout = self.auditor.get_payout(service)
+            assert amount is not None and amount > payout.reversible, (amount, payout.reversible)
+            return
+        except ReversalConflictError:
+            count("reversal refused: reference used for another amount")
+            payout = self.auditor.get_payout(service)
+            assert reference is not None and payout.reversal_amounts[reference] != amount
+            return
+        finally:
+            self._operation_done()
+        if result is None:
+            count("reversals_killed")
+            return
+        if plan is not None:
+            count("crash point not reached")
+        self._check_reversal_result(result)
+
+    @precondition(lambda self: bool(self.auditor.reversals_in_flight()))
+    @rule(caller=st.integers(0, CALLERS - 1), data=st.data())
+    @step
+    def resume_reversal(self, caller: int, data: st.DataObject) -> None:
+        """``resume_reversal`` of a service whose reversal is in flight, by any caller."""
+        service = data.draw(st.sampled_from(self.auditor.reversals_in_flight()), label="service")
+        result = self.callers[caller].ledger.resume_reversal(service)
+        count("reversal resumes")
+        count(f"reversal resume {result.detail or result.outcome.value}")
+        self._check_reversal_result(result)
+
+    @precondition(lambda self: any(self._paid(s) for s in SERVICES))
+    @rule(kind=st.sampled_from(sorted(TRANSFER_FAULTS)))
+    @step
+    def reversal_fault(self, kind: str) -> None:
+        """The next reversal request: dropped before or after Stripe commits, a 5xx, a 429."""
+        self.fake.inject(TRANSFER_FAULTS[kind](), method="POST", path=REVERSAL_PATH)
+        count(f"reversal fault {kind}")
+        count("reversal_faults_injected")
+        count("faults_injected")
+
+    @precondition(lambda self: any(self._paid(s) for s in SERVICES))
+    @rule(kind=st.sampled_from(sorted(LOOKUP_FAULTS)))
+    @step
+    def reversal_lookup_fault(self, kind: str) -> None:
+        """The next listing of a transfer's reversals fails (500 or dropped)."""
+        self.fake.inject(LOOKUP_FAULTS[kind](), method="GET", path=REVERSAL_PATH)
+        count(f"reversal fault {kind}")
+        count("reversal_faults_injected")
+        count("faults_injected")
+
+    @precondition(lambda self: any(self._paid(s) for s in SERVICES))
+    @rule(available=st.sampled_from(ACCOUNT_BALANCES) | st.just(BALANCE))
+    @step
+    def set_account_balance(self, available: int) -> None:
+        """The connected account is paid out (drained to little or nothing), or refilled:
+        reversals it cannot cover are refused (``balance_insufficient``)."""
+        self.fake.set_account_balance(self.account, CURRENCY, available)
+        count("account_drained" if available < BALANCE else "account_refilled")
+
     @rule()
     @step
     def reconcile_now(self) -> None:
@@ -630,7 +827,12 @@ class WholeSystem(RuleBasedStateMachine):
             return
         count("reconciles")
         in_flight = set(self.auditor.in_flight())
+        reversing = set(self.auditor.reversals_in_flight())
         for m in report.mismatches:
+            if m.kind is MismatchKind.REVERSED:
+                # Stripe reversed more than the ledger knows: only a reversal in flight.
+                assert m.event_service_id in reversing, m
+                continue
             assert m.kind is MismatchKind.MISSING_IN_LEDGER, m
             assert m.event_service_id in in_flight, m
 
@@ -645,17 +847,25 @@ class WholeSystem(RuleBasedStateMachine):
         self._operation_done()
         for _ in range(3):
             self.auditor.resume_in_flight()
-            if not self.auditor.in_flight():
+            self.auditor.resume_reversals_in_flight()
+            if not self.auditor.in_flight() and not self.auditor.reversals_in_flight():
                 break
             self.clock_for_ledgers.advance(DAY_AND_A_BIT)
             count("settle_needed_the_key_window")
         assert self.auditor.in_flight() == []
+        assert self.auditor.reversals_in_flight() == []
         for service in SERVICES:
             result = self.callers[0].ledger.release_payment(release_request(service))
             assert result.success, result
         grouped = by_service(fake_transfers(self.fake))
         assert sorted(grouped) == SERVICES
         assert all(len(ts) == 1 for ts in grouped.values()), grouped
+        amounts, reversals = fake_reversals(self.fake)
+        audit = check_reversals(self.auditor, amounts, reversals, SERVICES)
+        for service in SERVICES:
+            payout = self.auditor.get_payout(service)
+            at_stripe = audit.reversed_transfers.get(str(payout.transfer_id), 0)
+            assert payout.amount_reversed == at_stripe, (service, payout.amount_reversed, at_stripe)
         report = reconcile(self.auditor, event_service_ids=SERVICES)
         assert report.ok, report.mismatches
         count("settled_histories")
@@ -666,6 +876,19 @@ class WholeSystem(RuleBasedStateMachine):
     @step
     def ledger_and_stripe_agree(self) -> None:
         check_agreement(self.auditor, fake_transfers(self.fake), SERVICES)
+        amounts, reversals = fake_reversals(self.fake)
+        try:
+            audit = check_reversals(self.auditor, amounts, reversals, SERVICES)
+        except AssertionError as exc:
+            if "over-reversal" in str(exc):
+                count("over_reversals")
+            if "duplicate reversal" in str(exc):
+                count("duplicate_reversals")
+            raise
+        count("over_reversals", audit.over_reversals)
+        count("duplicate_reversals", audit.duplicate_reversals)
+        count("reversal_checks")
+        FIGURES.maximum(SECTION, "max_reversals_at_stripe_in_a_step", audit.at_stripe)
         count("invariant_checks")
 
     @invariant()

@@ -130,15 +130,17 @@ def test_insufficient_balance_is_a_recorded_failure_with_stripes_code_and_reques
 def test_an_unknown_destination_account_is_a_recorded_failure(
     make_stripe_ledger: LedgerMaker, sqlite_url: str, fake: FakeStripe
 ) -> None:
-    """A provider whose connected account Stripe does not know: FAILED, nothing moved."""
+    """A provider whose connected account Stripe does not know ("No such destination"):
+    the refusal is recorded, nothing moved, and the provider must act."""
     ledger = make_stripe_ledger(sqlite_url, account_id="acct_doesnotexist")
 
     result = ledger.release_payment(release_request("es_nowhere"))
 
-    assert result.outcome is ReleaseOutcome.FAILED
-    assert result.error_code == "resource_missing"
+    assert result.outcome is ReleaseOutcome.PROVIDER_ACTION_REQUIRED
+    assert result.error_code == "no_such_destination"
     assert result.stripe_request_id is not None
     assert topics(ledger, "es_nowhere") == ["PayoutStarted", "TransferFailed"]
+    assert ledger.get_payout("es_nowhere").failure_code == "resource_missing"
     assert ledger.in_flight() == []
     assert fake.transfers() == []
 

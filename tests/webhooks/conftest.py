@@ -24,7 +24,7 @@ import uvicorn
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from payout_ledger import PayoutLedger
+from payout_ledger import STRIPE_API_VERSION, PayoutLedger
 from payout_ledger.asgi import webhook_app
 from payout_ledger.stripe.webhooks import StripeEventSink, WebhookHandler
 
@@ -98,7 +98,7 @@ def make_event(
     event: dict[str, Any] = {
         "id": event_id or new_event_id(),
         "object": "event",
-        "api_version": "2024-06-20",
+        "api_version": STRIPE_API_VERSION,
         "created": int(time.time()),
         "data": {"object": dict(obj)},
         "livemode": False,

@@ -56,8 +56,14 @@ EVENT_COLUMNS = (
     "digest",
     "error",
     "fields",
+    "reversal_attempt",
+    "reference",
+    "reversal_id",
+    "reversed_before",
 )
-"""CSV columns of the events export; ``fields`` holds every field as canonical JSON."""
+"""CSV columns of the events export; ``fields`` holds every field as canonical JSON.
+The platform reversals' columns (``reversal_attempt``...) come after ``fields``,
+so the earlier columns keep their places."""
 
 PAYOUT_COLUMNS = (
     "event_service_id",
@@ -70,11 +76,24 @@ PAYOUT_COLUMNS = (
     "transfer_id",
     "amount_reversed",
     "version",
+    "reversal_attempts",
+    "reversal_status",
 )
-"""Columns of the payouts export."""
+"""Columns of the payouts export (the platform reversals' last)."""
 
 _ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "previous_hash"})
-_FLAT = ("event_service_id", "attempt", "amount", "currency", "transfer_id", "amount_reversed")
+_FLAT = (
+    "event_service_id",
+    "attempt",
+    "amount",
+    "currency",
+    "transfer_id",
+    "amount_reversed",
+    "reversal_attempt",
+    "reference",
+    "reversal_id",
+    "reversed_before",
+)
 
 
 ErrorCallback = Callable[[int | None, str], None]

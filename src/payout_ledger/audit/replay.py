@@ -21,9 +21,20 @@ notification order, a page at a time. It keeps a compact summary per payout
 | every row has a notification id (PostgreSQL) | ``hidden_row`` |
 | a real store (Stripe enabled) records no simulated transfer | ``simulated_in_real_store`` |
 | a simulated store records no real transfer | ``real_in_simulated_store`` |
+| ``ReversalStarted`` only on a paid payout, naming its transfer | ``reversal_without_transfer`` |
+| one reversal attempt in flight at a time | ``reversal_without_outcome`` |
+| reversal attempts numbered 1, 2, 3... | ``reversal_out_of_sequence`` |
+| a reversal attempt's key is ``reverse_payment.attempt{N}:{service}`` | ``reversal_key_mismatch`` |
+| a reversal claims a positive amount in the payout's currency | ``reversal_unlike_payout`` |
+| a reversal claims no more than is not yet reversed | ``reversal_exceeds_amount`` |
+| ``reversed_before`` is what was reversed; | ``reversal_amounts_inconsistent`` |
+| ``amount_reversed >= reversed_before + amount`` | ``reversal_amounts_inconsistent`` |
+| a reversal outcome concludes the attempt in flight | ``reversal_outcome_without_attempt`` |
+| ... with its claim's reference, key and amount | ``reversal_unlike_claim`` |
 
 A payout whose last attempt has no outcome yet is not a violation: it is
-reported as in flight. Totals are given per currency and per provider.
+reported as in flight, and so is a reversal attempt without an outcome.
+Totals are given per currency and per provider.
 
 The rules themselves are in ``payout_ledger.audit.rules``, the totals in
 ``payout_ledger.audit.totals`` and the report's types in ``payout_ledger.audit.report``.
@@ -51,13 +62,16 @@ from payout_ledger.audit.report import (
     AuditReport,
     CurrencyTotals,
     InFlightPayout,
+    InFlightReversal,
     PayoutSummary,
     ProviderTotals,
+    ReversalSummary,
     Violation,
     ViolationKind,
 )
 from payout_ledger.audit.rules import Auditor
 from payout_ledger.audit.totals import add_totals
+from payout_ledger.domain.account import ConnectedAccount
 from payout_ledger.domain.payout import PayoutAggregate
 from payout_ledger.domain.seal import LedgerSeal
 from payout_ledger.domain.store_mode import StoreModeRecord
@@ -70,8 +84,10 @@ __all__ = [
     "AuditReport",
     "CurrencyTotals",
     "InFlightPayout",
+    "InFlightReversal",
     "PayoutSummary",
     "ProviderTotals",
+    "ReversalSummary",
     "Violation",
     "ViolationKind",
     "audit_ledger",
@@ -171,6 +187,12 @@ def audit_ledger(
     report.violations = [_named(ledger, v) for v in auditor.violations]
     report.payouts = len(auditor.payouts)
     add_totals(report, auditor.payouts, auditor.captured)
+    report.reversals_in_flight = [
+        r
+        if r.event_service_id
+        else replace(r, event_service_id=_service_named(ledger, r.payout_id))
+        for r in report.reversals_in_flight
+    ]
     if keep_summaries is not None:
         keep_summaries(auditor.payouts)
     return report
@@ -202,12 +224,18 @@ def _named(ledger: PayoutLedger, violation: Violation) -> Violation:
     """The violation with its event service id (read back from the payout's first event)."""
     if violation.event_service_id is not None:
         return violation
+    service = _service_named(ledger, violation.payout_id)
+    return replace(violation, event_service_id=service) if service else violation
+
+
+def _service_named(ledger: PayoutLedger, payout_id: str) -> str:
+    """The event service of a payout, read back from its first event ("" if unreadable)."""
     try:
-        [first] = ledger.events.get(UUID(violation.payout_id), lte=1)
+        [first] = ledger.events.get(UUID(payout_id), lte=1)
     except Exception:
-        return violation
+        return ""
     service = getattr(first, "event_service_id", None)
-    return replace(violation, event_service_id=service) if isinstance(service, str) else violation
+    return service if isinstance(service, str) else ""
 
 
 _BAD_COLUMNS = "the stored row's columns have impossible types (an edited SQLite file)"
@@ -220,8 +248,12 @@ KNOWN_TOPICS = frozenset(
         PayoutAggregate.TransferSucceeded,
         PayoutAggregate.Released,
         PayoutAggregate.TransferReversed,
+        PayoutAggregate.ReversalStarted,
+        PayoutAggregate.ReversalSucceeded,
+        PayoutAggregate.ReversalFailed,
         StripeEventRecord.StripeEventReceived,
         CapturedPayment.PaymentCaptured,
+        ConnectedAccount.PayabilityReported,
         LedgerSeal.Sealed,
         StoreModeRecord.ModeDeclared,
     )
@@ -268,6 +300,9 @@ _AUDITED_TOPICS = frozenset(
         PayoutAggregate.TransferSucceeded.TOPIC,
         PayoutAggregate.Released.TOPIC,
         PayoutAggregate.TransferReversed.TOPIC,
+        PayoutAggregate.ReversalStarted.TOPIC,
+        PayoutAggregate.ReversalSucceeded.TOPIC,
+        PayoutAggregate.ReversalFailed.TOPIC,
         CapturedPayment.PaymentCaptured.TOPIC,
         StoreModeRecord.ModeDeclared.TOPIC,
     }

@@ -13,8 +13,10 @@ __all__ = [
     "AuditReport",
     "CurrencyTotals",
     "InFlightPayout",
+    "InFlightReversal",
     "PayoutSummary",
     "ProviderTotals",
+    "ReversalSummary",
     "Violation",
     "ViolationKind",
 ]
@@ -30,9 +32,11 @@ class ViolationKind(StrEnum):
     RELEASE_WITHOUT_TRANSFER = "release_without_transfer"
     """``Released`` without the payout's own ``TransferSucceeded`` before it (or twice)."""
     REVERSAL_EXCEEDS_AMOUNT = "reversal_exceeds_amount"
-    """More reversed than the transfer's amount."""
+    """More reversed than the transfer's amount, or a reversal claim for more than
+    is not yet reversed."""
     REVERSAL_WITHOUT_TRANSFER = "reversal_without_transfer"
-    """A reversal of a transfer the payout does not have."""
+    """A reversal of a transfer the payout does not have, or of a payout that is
+    not paid (a ``ReversalStarted`` before ``Released``)."""
     ATTEMPT_WITHOUT_OUTCOME = "attempt_without_outcome"
     """A new attempt started while the previous one had no recorded outcome."""
     OUTCOME_WITHOUT_ATTEMPT = "outcome_without_attempt"
@@ -59,6 +63,28 @@ class ViolationKind(StrEnum):
     """A stored event whose folded fields do not have their declared types (an
     amount that is a string, an attempt that is a float or a bool...): it is
     left out of the payout's summary and the totals."""
+    REVERSAL_WITHOUT_OUTCOME = "reversal_without_outcome"
+    """A ``ReversalStarted`` while the payout's previous reversal attempt had no
+    recorded outcome: only one reversal may be in flight per payout."""
+    REVERSAL_OUT_OF_SEQUENCE = "reversal_out_of_sequence"
+    """A reversal attempt whose number does not follow the payout's previous one
+    (attempts are numbered 1, 2, 3... per payout)."""
+    REVERSAL_KEY_MISMATCH = "reversal_key_mismatch"
+    """A ``ReversalStarted`` whose idempotency key is not
+    ``reverse_payment.attempt{N}:{event_service_id}`` of its attempt and payout."""
+    REVERSAL_UNLIKE_PAYOUT = "reversal_unlike_payout"
+    """A reversal claim of no positive amount, or in another currency than the payout's."""
+    REVERSAL_AMOUNTS_INCONSISTENT = "reversal_amounts_inconsistent"
+    """A reversal's bookkeeping does not add up: ``reversed_before`` is not what the
+    log says was reversed at the claim, or a ``ReversalSucceeded``'s
+    ``amount_reversed`` is below ``reversed_before + amount`` (or below what was
+    already known reversed)."""
+    REVERSAL_OUTCOME_WITHOUT_ATTEMPT = "reversal_outcome_without_attempt"
+    """A ``ReversalSucceeded`` or ``ReversalFailed`` for a reversal attempt that is
+    not in flight."""
+    REVERSAL_UNLIKE_CLAIM = "reversal_unlike_claim"
+    """A reversal outcome whose reference, idempotency key or amount is not its
+    attempt's claim."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +108,19 @@ class InFlightPayout:
     event_service_id: str
     payout_id: str
     attempt: int
+    amount: int
+    currency: str
+    started_notification_id: int
+
+
+@dataclass(frozen=True)
+class InFlightReversal:
+    """A payout whose latest reversal attempt has no recorded outcome."""
+
+    event_service_id: str
+    payout_id: str
+    reversal_attempt: int
+    reference: str
     amount: int
     currency: str
     started_notification_id: int
@@ -125,6 +164,27 @@ class ProviderTotals:
         return self.released_amount - self.reversed_amount
 
 
+class ReversalSummary:
+    """A payout's latest platform reversal attempt, as the audit keeps it.
+
+    Only payouts the platform reversed have one; the claim's terms are kept
+    while the attempt is in flight, to check its outcome against them.
+    """
+
+    __slots__ = ("amount", "attempt", "key", "reference", "reversed_before", "since", "status")
+
+    def __init__(self) -> None:
+        self.attempt = 0
+        self.status: str | None = None
+        """A [`ReversalStatus`][payout_ledger.domain.payout.ReversalStatus] value."""
+        self.since: int | None = None
+        """Notification id of the attempt in flight, if any."""
+        self.reference = ""
+        self.key = ""
+        self.amount = 0
+        self.reversed_before = 0
+
+
 class PayoutSummary:
     """What the audit keeps per payout: a handful of fields, never the events."""
 
@@ -139,6 +199,7 @@ class PayoutSummary:
         "open_since",
         "provider_id",
         "released_transfer",
+        "reversal",
         "reversed",
         "successes",
         "transfer_id",
@@ -166,6 +227,11 @@ class PayoutSummary:
         """The transfer id of the last ``Released``."""
         self.transfer_id: str | None = None
         self.reversed = 0
+        """What the log says is reversed of the transfer: the largest cumulative amount
+        reported by a webhook (``TransferReversed``) or implied by a platform reversal
+        (``ReversalSucceeded``), so no reversal is counted twice."""
+        self.reversal: ReversalSummary | None = None
+        """The latest platform reversal attempt (None: the platform never reversed)."""
         self.version = 0
 
     @property
@@ -201,6 +267,8 @@ class PayoutSummary:
             "transfer_id": self.transfer_id,
             "amount_reversed": self.reversed,
             "version": self.version,
+            "reversal_attempts": self.reversal.attempt if self.reversal else 0,
+            "reversal_status": self.reversal.status if self.reversal else None,
         }
 
 
@@ -216,6 +284,9 @@ class AuditReport:
     providers: list[ProviderTotals] = field(default_factory=list)
     in_flight: list[InFlightPayout] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
+    reversals_in_flight: list[InFlightReversal] = field(default_factory=list)
+    """Payouts whose latest reversal attempt has no recorded outcome (settle them
+    with ``payout-ledger resume``); not violations."""
 
     @property
     def ok(self) -> bool:
@@ -232,5 +303,6 @@ class AuditReport:
             "currencies": [{**asdict(c), "net_amount": c.net_amount} for c in self.currencies],
             "providers": [{**asdict(p), "net_amount": p.net_amount} for p in self.providers],
             "in_flight": [asdict(p) for p in self.in_flight],
+            "reversals_in_flight": [asdict(r) for r in self.reversals_in_flight],
             "violations": [asdict(v) for v in self.violations],
         }

@@ -6,6 +6,7 @@ feeds every event to an ``Auditor``.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +14,12 @@ from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
-from payout_ledger.audit.report import PayoutSummary, Violation, ViolationKind
-from payout_ledger.domain.payout import PayoutAggregate
+from payout_ledger.audit.report import PayoutSummary, ReversalSummary, Violation, ViolationKind
+from payout_ledger.domain.payout import (
+    PayoutAggregate,
+    ReversalStatus,
+    parse_reversal_idempotency_key,
+)
 from payout_ledger.domain.store_mode import StoreMode, StoreModeRecord
 from payout_ledger.domain.stripe_events import CapturedPayment
 from payout_ledger.domain.typecheck import TypeCheck, type_check
@@ -36,6 +41,8 @@ _FOLDED: dict[type, tuple[str, ...]] = {
         "currency",
         "attempt",
         "destination_account",
+        "source_transaction",
+        "description",
     ),
     PayoutAggregate.TransferFailed: ("attempt",),
     PayoutAggregate.TransferSucceeded: (
@@ -48,6 +55,33 @@ _FOLDED: dict[type, tuple[str, ...]] = {
     ),
     PayoutAggregate.Released: ("transfer_id",),
     PayoutAggregate.TransferReversed: ("transfer_id", "amount_reversed"),
+    PayoutAggregate.ReversalStarted: (
+        "reversal_attempt",
+        "reference",
+        "transfer_id",
+        "amount",
+        "currency",
+        "reason",
+        "idempotency_key",
+        "reversed_before",
+    ),
+    PayoutAggregate.ReversalSucceeded: (
+        "reversal_attempt",
+        "reference",
+        "idempotency_key",
+        "reversal_id",
+        "amount",
+        "amount_reversed",
+        "stripe_request_id",
+    ),
+    PayoutAggregate.ReversalFailed: (
+        "reversal_attempt",
+        "reference",
+        "idempotency_key",
+        "failure_code",
+        "failure_message",
+        "stripe_request_id",
+    ),
     CapturedPayment.PaymentCaptured: ("currency", "amount"),
     StoreModeRecord.ModeDeclared: ("mode",),
 }
@@ -76,6 +110,9 @@ class Auditor:
             PayoutAggregate.TransferSucceeded: self.succeeded,
             PayoutAggregate.Released: self.released,
             PayoutAggregate.TransferReversed: self.reversed,
+            PayoutAggregate.ReversalStarted: self.reversal_started,
+            PayoutAggregate.ReversalSucceeded: self.reversal_succeeded,
+            PayoutAggregate.ReversalFailed: self.reversal_failed,
             CapturedPayment.PaymentCaptured: self.captured_payment,
             StoreModeRecord.ModeDeclared: self.mode_declared,
         }
@@ -281,6 +318,152 @@ class Auditor:
         if p is not None:
             p.reversed = max(p.reversed, amount_reversed)
             p.version = version
+
+    def reversal_started(self, e: dict[str, Any], nid: int, key: int, version: int) -> None:
+        p = self.payouts.get(key)
+        attempt, amount = e["reversal_attempt"], e["amount"]
+        rule = functools.partial(self.violate, event_type="ReversalStarted", nid=nid, key=key,
+                                 version=version)  # fmt: skip
+        paid = p is not None and p.released and p.open_since is None
+        if p is None or not paid or p.transfer_id != e["transfer_id"]:
+            has = "no payout" if p is None else f"a {p.status.value} payout"
+            if paid and p is not None:
+                has = f"transfer {p.transfer_id}"
+            rule(
+                ViolationKind.REVERSAL_WITHOUT_TRANSFER,
+                detail=f"reversal attempt {attempt} of transfer {e['transfer_id']}, but the "
+                f"payout has {has}",
+            )
+        if p is None:
+            return
+        r = p.reversal
+        if r is None:
+            r = p.reversal = ReversalSummary()
+        if r.since is not None:
+            rule(
+                ViolationKind.REVERSAL_WITHOUT_OUTCOME,
+                detail=f"reversal attempt {attempt} started while reversal attempt {r.attempt} "
+                f"(notification {r.since}) has no outcome",
+            )
+        if attempt != r.attempt + 1:
+            rule(
+                ViolationKind.REVERSAL_OUT_OF_SEQUENCE,
+                detail=f"reversal attempt {attempt} follows reversal attempt {r.attempt}",
+            )
+        parsed = parse_reversal_idempotency_key(e["idempotency_key"])
+        if (
+            parsed is None
+            or parsed[1] != attempt
+            or PayoutAggregate.create_id(parsed[0]).int != key
+        ):
+            rule(
+                ViolationKind.REVERSAL_KEY_MISMATCH,
+                detail=f"reversal attempt {attempt} has the key {e['idempotency_key']!r}, not "
+                "its own (reverse_payment.attempt{N}:{event service})",
+            )
+        left = p.amount - p.reversed
+        if amount <= 0 or e["currency"] != p.currency:
+            rule(
+                ViolationKind.REVERSAL_UNLIKE_PAYOUT,
+                detail=f"reversal attempt {attempt} claims {amount} {e['currency']} of a "
+                f"{p.amount} {p.currency} payout",
+            )
+        elif amount > left:
+            rule(
+                ViolationKind.REVERSAL_EXCEEDS_AMOUNT,
+                detail=f"reversal attempt {attempt} claims {amount} {p.currency}, "
+                f"{left} of the {p.amount} transferred is not yet reversed",
+            )
+        if e["reversed_before"] != p.reversed:
+            rule(
+                ViolationKind.REVERSAL_AMOUNTS_INCONSISTENT,
+                detail=f"reversal attempt {attempt} says {e['reversed_before']} was reversed "
+                f"before it, the log says {p.reversed}",
+            )
+        r.attempt = attempt
+        r.status = ReversalStatus.IN_FLIGHT.value
+        r.since = nid
+        r.reference = e["reference"]
+        r.key = e["idempotency_key"]
+        r.amount = amount
+        r.reversed_before = e["reversed_before"]
+        p.version = version
+
+    def _concludes_reversal(
+        self, e: dict[str, Any], event_type: str, nid: int, key: int, version: int
+    ) -> PayoutSummary | None:
+        p = self.payouts.get(key)
+        r = p.reversal if p is not None else None
+        attempt = e["reversal_attempt"]
+        rule = functools.partial(self.violate, event_type=event_type, nid=nid, key=key,
+                                 version=version)  # fmt: skip
+        if r is None or r.since is None or attempt != r.attempt:
+            current = "no reversal attempt" if r is None else f"reversal attempt {r.attempt}"
+            if r is not None:
+                current += " already concluded" if r.since is None else " in flight"
+            rule(
+                ViolationKind.REVERSAL_OUTCOME_WITHOUT_ATTEMPT,
+                detail=f"{event_type} for reversal attempt {attempt}, but {current}",
+            )
+        elif (e["reference"], e["idempotency_key"]) != (r.reference, r.key) or (
+            "amount" in e and e["amount"] != r.amount
+        ):
+            theirs = f"reference {e['reference']!r}, key {e['idempotency_key']!r}"
+            ours = f"reference {r.reference!r}, key {r.key!r}"
+            if "amount" in e:
+                theirs, ours = f"{theirs}, {e['amount']}", f"{ours}, {r.amount}"
+            rule(
+                ViolationKind.REVERSAL_UNLIKE_CLAIM,
+                detail=f"{event_type} of reversal attempt {attempt} has {theirs}; "
+                f"the claim has {ours}",
+            )
+        return p
+
+    def reversal_succeeded(self, e: dict[str, Any], nid: int, key: int, version: int) -> None:
+        p = self._concludes_reversal(e, "ReversalSucceeded", nid, key, version)
+        if p is None:
+            return
+        r, total = p.reversal, e["amount_reversed"]
+        if r is not None and r.since is not None and e["reversal_attempt"] == r.attempt:
+            least = max(p.reversed, r.reversed_before + r.amount)
+            if total < least:
+                self.violate(
+                    ViolationKind.REVERSAL_AMOUNTS_INCONSISTENT,
+                    "ReversalSucceeded",
+                    nid,
+                    key,
+                    version,
+                    f"amount_reversed {total} after reversing {r.amount} of which "
+                    f"{r.reversed_before} was reversed before (and {p.reversed} known): "
+                    f"at least {least}",
+                )
+        if total > p.amount:
+            self.violate(
+                ViolationKind.REVERSAL_EXCEEDS_AMOUNT,
+                "ReversalSucceeded",
+                nid,
+                key,
+                version,
+                f"{total} reversed of a {p.amount} {p.currency} transfer",
+            )
+        self._conclude_reversal(p, ReversalStatus.SUCCEEDED)
+        p.reversed = max(p.reversed, total)
+        p.version = version
+
+    def reversal_failed(self, e: dict[str, Any], nid: int, key: int, version: int) -> None:
+        p = self._concludes_reversal(e, "ReversalFailed", nid, key, version)
+        if p is not None:
+            self._conclude_reversal(p, ReversalStatus.FAILED)
+            p.version = version
+
+    @staticmethod
+    def _conclude_reversal(p: PayoutSummary, status: ReversalStatus) -> None:
+        # As the aggregate does: an outcome sets the latest attempt's status, whatever it names.
+        r = p.reversal
+        if r is None:
+            r = p.reversal = ReversalSummary()
+        r.status = status.value
+        r.since = None
 
     def captured_payment(self, e: dict[str, Any], nid: int, key: int, version: int) -> None:
         totals = self.captured.setdefault(e["currency"], [0, 0])

@@ -11,8 +11,10 @@ Exit codes, the same for every command:
 - ``1``: findings: ``audit`` violations, ``verify`` problems, ``reconcile``
   mismatches or a ``--service`` the ledger has no payout for, ``export``
   events that cannot be read, ``project`` events the read model cannot hold,
-  ``resume`` payouts still in flight, or the
-  ledger refusing to act on what it read (``seal`` over a damaged seal chain).
+  ``resume`` payouts or reversals still in flight, a ``reverse`` that did not
+  reverse (failed, in flight, or another reversal in flight), a
+  ``sync-account`` account that cannot be paid, or the ledger refusing to
+  act on what it read (``seal`` over a damaged seal chain).
 - ``2``: usage or configuration: a bad option or argument (``--since`` not
   before ``--until``...), an invalid ``PAYOUT_LEDGER_*`` setting (named, with
   the reason, never its value), a store URL that can name no existing store
@@ -47,7 +49,9 @@ ISO 8601 strings):
   "providers": [{"provider_id", "currency", "payouts", "released",
   "released_amount", "reversed_amount", "in_flight", "net_amount"}],
   "in_flight": [{"event_service_id", "payout_id", "attempt", "amount",
-  "currency", "started_notification_id"}], "violations": [{"kind",
+  "currency", "started_notification_id"}], "reversals_in_flight":
+  [{"event_service_id", "payout_id", "reversal_attempt", "reference",
+  "amount", "currency", "started_notification_id"}], "violations": [{"kind",
   "notification_id", "payout_id", "originator_version", "event_type",
   "event_service_id", "detail"}]}``
 - ``verify``: ``{"ok", "events", "aggregates", "chained_events",
@@ -59,8 +63,15 @@ ISO 8601 strings):
   "log_digest", "seal_digest", "sealed_at"}``
 - ``reconcile``: ``{"payouts_checked", "transfers_checked", "ok",
   "mismatches": [{"kind", "event_service_id", "transfer_id", "ledger",
-  "stripe"}], "unknown_services": [event service id]}``; ``ok`` is false when
-  there is a mismatch or an unknown service.
+  "stripe"}], "reversals_in_flight": [same shape, kind "reversal_in_flight"],
+  "unknown_services": [event service id]}``; ``ok`` is false when there is a
+  mismatch or an unknown service (a reversal in flight is not one).
+- ``reverse``: the ``ReversalResult``: ``{"event_service_id", "payout_id",
+  "outcome", "reference", "amount", "currency", "reversal_id", "transfer_id",
+  "attempt", "idempotency_key", "amount_reversed", "error_code",
+  "error_message", "stripe_request_id", "detail"}``.
+- ``sync-account``: ``{"account_id", "payable", "reason", "message",
+  "payouts_enabled", "transfers", "disabled_reason", "source", "reported_at"}``.
 - ``export`` writes JSON Lines or CSV (see the audit documentation).
 
 Where it lives:
@@ -69,7 +80,9 @@ Where it lives:
   decorator that turns what stops a command into its exit code.
 - ``output``: consoles, tables (plain aligned lines off a terminal), counts.
 - ``opening``: settings, and opening the existing store for a command.
-- ``operate``: ``demo``, ``resume`` and ``reconcile``; ``demo``: the demo's scenario.
+- ``operate``: ``demo``, ``resume``, ``reconcile`` and ``sync-account``; ``demo``: the
+  demo's scenario.
+- ``reversing``: ``reverse``, and how reversal results print (``reverse``, ``resume``).
 - ``audit_commands``: ``audit``, ``verify``, ``seal``, ``project`` and ``export``.
 - ``reports``: how ``audit`` and ``verify`` print their reports.
 """
@@ -78,7 +91,10 @@ from __future__ import annotations
 
 # Commands register on ``app`` as their modules are imported, and ``--help``
 # lists them in that order.
-from payout_ledger.cli import operate  # noqa: F401
+from payout_ledger.cli import (
+    operate,  # noqa: F401
+    reversing,  # noqa: F401
+)
 
 # isort: split
 from payout_ledger.cli import audit_commands  # noqa: F401

@@ -1,7 +1,7 @@
-"""The operator's commands: ``demo``, ``resume`` and ``reconcile``.
+"""The operator's commands: ``demo``, ``resume``, ``reconcile`` and ``sync-account``.
 
-``resume`` and ``reconcile`` open the existing store and call Stripe; ``demo``
-writes its own SQLite file and calls a stand-in for Stripe.
+``resume``, ``reconcile`` and ``sync-account`` open the existing store and call
+Stripe; ``demo`` writes its own SQLite file and calls a stand-in for Stripe.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ _STYLE = {
     ReleaseOutcome.ALREADY_RELEASED: "green",
     ReleaseOutcome.IN_PROGRESS: "yellow",
     ReleaseOutcome.ONBOARDING_REQUIRED: "magenta",
+    ReleaseOutcome.PROVIDER_ACTION_REQUIRED: "magenta",
     ReleaseOutcome.FAILED: "red",
     ReleaseOutcome.OUTCOME_UNKNOWN: "bold red",
     ReleaseOutcome.NOT_EXECUTED: "yellow",
@@ -96,12 +97,27 @@ def demo(
 @app.command(epilog=EXIT_CODES_HELP)
 @exit_codes
 def resume(store_url: StoreOption = None) -> None:
-    """Settle every payout left in flight; exit 1 if any is still unsettled."""
+    """Settle every payout and reversal left in flight; exit 1 if any is still unsettled."""
+    # Imported here: ``reverse`` registers after this module's commands in --help.
+    from payout_ledger.cli.reversing import print_reversals, unsettled_reversals
+
     with operator_ledger(store_url) as ledger:
         results = ledger.resume_in_flight()
+        reversals = ledger.resume_reversals_in_flight()
     console = stdout_console()
-    if not results:
+    if not results and not reversals:
         console.print("Nothing in flight.")
+        return
+    if reversals:
+        print_reversals(
+            f"Resumed {counted(len(reversals), 'reversal')} that "
+            f"{'was' if len(reversals) == 1 else 'were'} in flight",
+            reversals,
+        )
+    still_reversing = unsettled_reversals(reversals)
+    if not results:
+        if still_reversing:
+            fail(f"{still_reversing} still in flight", EXIT_FINDINGS)
         return
     rows: list[list[Cell]] = []
     for r in results:
@@ -131,8 +147,45 @@ def resume(store_url: StoreOption = None) -> None:
         rows,
     )
     unsettled = sum(1 for r in results if r.in_flight)
-    if unsettled:
-        fail(f"{counted(unsettled, 'payout')} still in flight", EXIT_FINDINGS)
+    if unsettled or still_reversing:
+        still = [counted(unsettled, "payout")] if unsettled else []
+        fail(f"{' and '.join([*still, *filter(None, [still_reversing])])} still in flight",
+             EXIT_FINDINGS)  # fmt: skip
+
+
+@app.command("sync-account", epilog=EXIT_CODES_HELP)
+@exit_codes
+def sync_account_command(
+    account_id: Annotated[str, typer.Argument(help="The connected account, acct_...")],
+    store_url: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ask Stripe for a connected account's payability and record it; exit 1 if unpayable."""
+    with operator_ledger(store_url) as ledger:
+        payability = ledger.sync_account(account_id)
+    if as_json:
+        shown = {
+            "account_id": payability.account_id,
+            "payable": payability.payable,
+            "reason": payability.reason,
+            "message": payability.message,
+            "payouts_enabled": payability.payouts_enabled,
+            "transfers": payability.transfers,
+            "disabled_reason": payability.disabled_reason,
+            "source": payability.source.value,
+            "reported_at": payability.reported_at.isoformat(),
+        }
+        typer.echo(json.dumps(shown, indent=2))
+    else:
+        state = "payable" if payability.payable else f"NOT payable: {payability.message}"
+        enabled = {True: "yes", False: "no", None: "not reported"}[payability.payouts_enabled]
+        stdout_console().print(
+            Text(f"{payability.account_id}: {state} (payouts enabled: {enabled})")
+        )
+    if not payability.payable and not as_json:
+        fail(f"{payability.account_id} cannot be paid ({payability.reason})", EXIT_FINDINGS)
+    if not payability.payable:
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 @app.command("reconcile", epilog=EXIT_CODES_HELP)
@@ -198,6 +251,11 @@ def reconcile_command(
                     for m in report.mismatches
                 ],
                 title_style="red",
+            )
+        for m in report.reversals_in_flight:  # not mismatches: resume settles them
+            console.print(
+                f"reversal in flight: {m.event_service_id} ({m.transfer_id}): ledger {m.ledger}, "
+                f"Stripe reversed {m.stripe}; run payout-ledger resume"
             )
     if not ok and as_json:  # stdout is the JSON document; nothing else is printed
         raise typer.Exit(EXIT_FINDINGS)

@@ -112,8 +112,10 @@ def exit_codes(command: Callable[P, R]) -> Callable[P, R]:
             fail(first_line(exc), EXIT_UNAVAILABLE)
         except (PersistenceError, psycopg.Error, sqlite3.Error) as exc:
             fail(f"store: {first_line(_root_cause(exc))}", EXIT_UNAVAILABLE)
-        except (ConfigurationError, InvalidRequestError) as exc:
+        except ConfigurationError as exc:
             fail(f"configuration: {first_line(exc)}", EXIT_USAGE)
+        except InvalidRequestError as exc:
+            fail(f"refused, nothing recorded: {first_line(exc)}", EXIT_USAGE)
         except PayoutLedgerError as exc:
             fail(first_line(exc), EXIT_FINDINGS)
 

@@ -9,6 +9,7 @@ kept for audit (Stripe's own event API reaches back only 30 days).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "StripeEventOutcome",
     "StripeEventReceipt",
     "StripeEventRecord",
+    "api_version_of",
 ]
 
 
@@ -31,7 +33,8 @@ class StripeEventOutcome(StrEnum):
     APPLIED = "applied"
     """Recorded, and it changed the ledger (settled, reversed, captured)."""
     RECORDED = "recorded"
-    """Recorded for audit only (an account update, an unknown type, not ours)."""
+    """Recorded for audit only (an unknown type, not ours, an API version the ledger
+    does not understand)."""
     DUPLICATE = "duplicate"
     """Recorded before; nothing was done this time."""
     IGNORED = "ignored"
@@ -60,7 +63,15 @@ class StripeEventRecord(ChainedAggregate):
         TOPIC = "payout_ledger:StripeEventRecord.Event"
 
     class StripeEventReceived(Event, ChainedAggregate.Created):
+        """A verified Stripe event, as delivered.
+
+        Version 2 added ``api_version``, the event's Stripe API version (None when
+        the event had none). Version 1 events are upcast with the ``api_version``
+        read from their own ``raw_body``.
+        """
+
         TOPIC = "payout_ledger:StripeEventReceived"
+        class_version = 2
         stripe_event_id: str
         event_type: str
         livemode: bool
@@ -70,6 +81,11 @@ class StripeEventRecord(ChainedAggregate):
         headers: dict[str, str]
         outcome: str
         event_service_id: str | None
+        api_version: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("api_version", api_version_of(state.get("raw_body")))
 
     def __init__(
         self,
@@ -82,6 +98,7 @@ class StripeEventRecord(ChainedAggregate):
         headers: dict[str, str],
         outcome: str,
         event_service_id: str | None,
+        api_version: str | None = None,
     ) -> None:
         self.stripe_event_id = stripe_event_id
         self.event_type = event_type
@@ -92,6 +109,7 @@ class StripeEventRecord(ChainedAggregate):
         self.headers = headers
         self.outcome = outcome
         self.event_service_id = event_service_id
+        self.api_version = api_version
 
     @staticmethod
     def create_id(stripe_event_id: str) -> UUID:
@@ -100,6 +118,19 @@ class StripeEventRecord(ChainedAggregate):
     @classmethod
     def receive(cls, **kwargs: Any) -> StripeEventRecord:
         return cls._create(cls.StripeEventReceived, **kwargs)
+
+
+def api_version_of(raw_body: object) -> str | None:
+    """The ``api_version`` of a Stripe event's JSON body, or None (absent, not a string,
+    not JSON)."""
+    if not isinstance(raw_body, str):
+        return None
+    try:
+        event = json.loads(raw_body)
+    except ValueError:
+        return None
+    version = event.get("api_version") if isinstance(event, dict) else None
+    return version if isinstance(version, str) else None
 
 
 class CapturedPayment(ChainedAggregate):

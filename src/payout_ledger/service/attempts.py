@@ -18,12 +18,13 @@ from eventsourcing.persistence import (
 
 from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus
 from payout_ledger.errors import (
+    DestinationUnpayable,
     GatewayError,
     PayoutLedgerError,
     TransferDeclined,
     TransferNotExecuted,
 )
-from payout_ledger.service.core import LedgerCore
+from payout_ledger.service.payability import Payability, provider_action_required
 from payout_ledger.service.ports import (
     SendWindow,
     StripeTransfer,
@@ -60,7 +61,7 @@ OUTCOME_OF_STATUS = {
 }
 
 
-class Attempts(LedgerCore):
+class Attempts(Payability):
     """Sending an attempt's transfer and recording its outcome (shared by release and resume)."""
 
     def _transfer_request(self, payout: PayoutAggregate) -> TransferRequest:
@@ -82,6 +83,8 @@ class Attempts(LedgerCore):
                 "payout_id": str(payout.id),
                 "attempt": str(payout.attempt),
             },
+            source_transaction=payout.source_transaction,
+            description=payout.description,
         )
 
     def _call_gateway(
@@ -135,6 +138,18 @@ class Attempts(LedgerCore):
                 simulated=outcome.transfer_id.startswith(SIMULATED_PREFIX),
             )
             return self._save_outcome(payout, ReleaseOutcome.RELEASED, detail=detail)
+        if isinstance(outcome, DestinationUnpayable):
+            # A definite refusal like any other, and the account's report, in one save.
+            saved, payability = self._save_refusal(payout, outcome)
+            if payability is None:
+                return release_result(saved, OUTCOME_OF_STATUS[saved.status], outcome, detail)
+            return provider_action_required(
+                saved.event_service_id,
+                payability,
+                saved,
+                request_id=outcome.request_id,
+                detail=detail or f"Stripe refused attempt {saved.attempt} ({outcome.code})",
+            )
         if isinstance(outcome, TransferDeclined):
             payout.record_failure(
                 code=outcome.code, message=outcome.message, request_id=outcome.request_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Self, cast
 from uuid import UUID
 
@@ -12,6 +13,7 @@ from eventsourcing.persistence import (
 )
 
 from payout_ledger.adapters.store import StoreWiring, first_cause
+from payout_ledger.domain.account import AccountPayability
 from payout_ledger.domain.payout import PayoutAggregate
 from payout_ledger.domain.seal import LedgerSeal
 from payout_ledger.domain.store_mode import StoreMode, StoreModeRecord
@@ -64,9 +66,15 @@ class LedgerCore(StoreWiring):
         gateway: TransferGateway | None = None,
         clock: Clock | None = None,
         must_exist: bool = False,
+        on_payability_changed: Callable[[AccountPayability], None] | None = None,
     ) -> None:
         """Open the store named by ``settings.store_url`` (creating its tables unless
         ``must_exist``) and check that its events can be read with these settings.
+
+        ``on_payability_changed(payability)`` is called after a report that changes
+        whether (or why) a connected account can be paid has been saved (see
+        [`account_payability`][payout_ledger.PayoutLedger.account_payability]); an
+        exception it raises is logged and changes nothing recorded.
 
         ``must_exist=True`` opens only a store that is already there, as every
         operator command does: an SQLite file holding the events table, or the
@@ -83,6 +91,7 @@ class LedgerCore(StoreWiring):
         self.settings = settings
         self._providers = providers
         self._gateway = gateway
+        self._on_payability_changed = on_payability_changed
         self._clock: Clock = clock or SystemClock()
         self._monotonic = monotonic_of(self._clock)
         if settings.environment == "production" and self.livemode is not True:

@@ -2,6 +2,8 @@
 
 Each use case has its module: [release][payout_ledger.service.release],
 [resume][payout_ledger.service.resume],
+[reversal][payout_ledger.service.reversal],
+[payability][payout_ledger.service.payability],
 [Stripe event effects][payout_ledger.service.stripe_event_effects] and
 [sealing][payout_ledger.service.sealing]; they share the
 [core][payout_ledger.service.core] (settings, store, clock, queries) and the
@@ -11,15 +13,17 @@ outcome). docs/architecture.md draws the layers.
 
 from __future__ import annotations
 
+from payout_ledger.service.payability import Payability
 from payout_ledger.service.release import Releasing
 from payout_ledger.service.resume import Resuming
+from payout_ledger.service.reversal import Reversing
 from payout_ledger.service.sealing import SealInfo, seal_ledger
 from payout_ledger.service.stripe_event_effects import StripeEventEffects
 
 __all__ = ["PayoutLedger"]
 
 
-class PayoutLedger(Releasing, Resuming, StripeEventEffects):
+class PayoutLedger(Releasing, Resuming, Reversing, StripeEventEffects, Payability):
     """Releases event services' payments to their providers, exactly once.
 
     ```python

@@ -33,16 +33,28 @@ __all__ = [
     "MAX_METADATA_KEYS",
     "MAX_METADATA_KEY_LENGTH",
     "MAX_METADATA_VALUE_LENGTH",
+    "AccountLookup",
+    "ChargeGateway",
+    "ChargeId",
     "Clock",
     "Identifier",
+    "PaymentIntentId",
     "ProviderDirectory",
+    "ReversalCreated",
+    "ReversalGateway",
+    "ReversalRequest",
     "SendWindow",
     "ServiceProvider",
+    "StripeAccount",
     "StripeAccountId",
+    "StripeCharge",
     "StripeObjectId",
+    "StripeReversal",
     "StripeTransfer",
     "SystemClock",
+    "TransferDescription",
     "TransferGateway",
+    "TransferGroup",
     "TransferRequest",
     "TransferResult",
     "check_send_window",
@@ -80,6 +92,23 @@ StripeObjectId = Annotated[
 ]
 """A Stripe object's id (``evt_...``, ``pi_...``): 1-255 printable ASCII characters
 without spaces, as the webhook handler takes them."""
+
+ChargeId = Annotated[str, StringConstraints(pattern=r"^ch_[A-Za-z0-9]{1,250}$", strict=True)]
+"""A Stripe charge id, ``ch_...``: what a transfer's ``source_transaction`` names."""
+
+PaymentIntentId = Annotated[str, StringConstraints(pattern=r"^pi_[A-Za-z0-9]{1,250}$", strict=True)]
+"""A Stripe PaymentIntent id, ``pi_...``: its ``latest_charge`` is the charge."""
+
+TransferGroup = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$", strict=True)
+]
+"""A host's own ``transfer_group``: 1-200 printable ASCII characters without spaces."""
+
+TransferDescription = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=350, pattern=r"^[^\x00-\x1f\x7f]+$", strict=True),
+]
+"""A transfer's description: 1-350 characters without control characters."""
 
 MAX_METADATA_KEYS = 50
 """Stripe's limit on metadata pairs (Stripe docs, "Metadata")."""
@@ -147,6 +176,9 @@ class TransferRequest(BaseModel):
     ]
     transfer_group: Annotated[str, StringConstraints(strict=True)]
     metadata: dict[str, str]
+    source_transaction: ChargeId | None = None
+    """The charge the transfer's funds follow (Stripe's ``source_transaction``)."""
+    description: TransferDescription | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -185,6 +217,73 @@ class TransferResult(BaseModel):
 
     transfer_id: str
     request_id: str | None = None
+
+
+class ReversalRequest(BaseModel):
+    """One reversal of a transfer, as the ledger asks for it (Stripe's
+    ``POST /v1/transfers/{id}/reversals``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    transfer_id: StripeObjectId
+    amount: Annotated[int, BeforeValidator(_minor_units)]
+    currency: Annotated[str, BeforeValidator(_currency)]
+    idempotency_key: Annotated[
+        str, StringConstraints(min_length=1, max_length=_MAX_IDEMPOTENCY_KEY_LENGTH, strict=True)
+    ]
+    metadata: dict[str, str]
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _library_error(exc, InvalidRequestError, "reversal request: ") from None
+
+
+class ReversalCreated(BaseModel):
+    """A reversal that exists at Stripe."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reversal_id: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StripeReversal:
+    """A transfer reversal as Stripe reports it."""
+
+    id: str
+    transfer: str
+    amount: int
+    currency: str
+    metadata: Mapping[str, str]
+    created: int
+
+    @classmethod
+    def from_stripe(cls, obj: Mapping[str, Any]) -> StripeReversal:
+        """Build from a Stripe ``transfer_reversal`` object as JSON."""
+        transfer = obj.get("transfer")
+        if isinstance(transfer, Mapping):
+            transfer = transfer.get("id")
+        return cls(
+            id=str(obj["id"]),
+            transfer=str(transfer),
+            amount=int(obj["amount"]),
+            currency=str(obj["currency"]),
+            metadata=string_metadata(obj.get("metadata")),
+            created=int(obj.get("created") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class StripeCharge:
+    """What the ledger needs of a charge named as a transfer's source transaction."""
+
+    id: str
+    amount: int
+    amount_refunded: int
+    currency: str
 
 
 def string_metadata(value: object) -> dict[str, str]:
@@ -258,6 +357,41 @@ class TransferGateway(Protocol):
         Raises [`TransferOutcomeUnknown`][payout_ledger.TransferOutcomeUnknown]
         when the provider cannot be asked: an unanswered lookup proves nothing.
         """
+        ...
+
+
+@runtime_checkable
+class ReversalGateway(Protocol):
+    """Reverses transfers, idempotently by ``request.idempotency_key``: what
+    [`reverse_payment`][payout_ledger.PayoutLedger.reverse_payment] needs besides a
+    [`TransferGateway`][payout_ledger.TransferGateway].
+
+    ``create_reversal`` raises the same errors as ``create_transfer`` (and calls
+    [`check_send_window`][payout_ledger.service.ports.check_send_window] before
+    each HTTP attempt); ``list_reversals`` raises
+    [`TransferOutcomeUnknown`][payout_ledger.TransferOutcomeUnknown] when Stripe
+    cannot be asked.
+    """
+
+    def create_reversal(self, request: ReversalRequest) -> ReversalCreated:
+        """Reverse (part of) the transfer, or return the reversal made under the key."""
+        ...
+
+    def list_reversals(self, transfer_id: str) -> Iterable[StripeReversal]:
+        """Every reversal of the transfer (all pages)."""
+        ...
+
+
+@runtime_checkable
+class ChargeGateway(Protocol):
+    """Looks up the charge a transfer names as its ``source_transaction``."""
+
+    def retrieve_charge(self, charge_id: str) -> StripeCharge:
+        """The charge; [`TransferDeclined`][payout_ledger.TransferDeclined] if there is none."""
+        ...
+
+    def latest_charge(self, payment_intent_id: str) -> str:
+        """The PaymentIntent's ``latest_charge``; TransferDeclined if it has none."""
         ...
 
 
@@ -367,3 +501,62 @@ def check_send_window() -> None:
     window = _send_window.get()
     if window is not None:
         window.check()
+
+
+@dataclass(frozen=True)
+class StripeAccount:
+    """A connected account's payability as Stripe reports it (``accounts.retrieve``).
+
+    ``deleted`` is true when Stripe has no such account (``resource_missing``) or
+    answers with a deleted account object.
+    """
+
+    id: str
+    payouts_enabled: bool | None
+    transfers: str | None
+    """The ``transfers`` capability's status (``active``, ``inactive``, ``pending``),
+    None when the account has no such capability listed."""
+    disabled_reason: str | None
+    deleted: bool = False
+
+    @classmethod
+    def from_stripe(cls, obj: Mapping[str, Any]) -> StripeAccount:
+        """Build from a Stripe account object as JSON (an ``account.updated``'s ``data.object``).
+
+        Raises ``TypeError`` when a field has the wrong type."""
+        capabilities = obj.get("capabilities") or {}
+        requirements = obj.get("requirements") or {}
+        if not isinstance(capabilities, Mapping) or not isinstance(requirements, Mapping):
+            raise TypeError("an account's capabilities and requirements are objects")
+        transfers = capabilities.get("transfers")
+        reason = requirements.get("disabled_reason")
+        enabled = obj.get("payouts_enabled")
+        for name, value in (("transfers", transfers), ("disabled_reason", reason)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"an account's {name} is a string")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise TypeError("an account's payouts_enabled is true or false")
+        return cls(
+            id=str(obj.get("id")),
+            payouts_enabled=enabled,
+            transfers=transfers,
+            disabled_reason=reason or None,
+            deleted=obj.get("deleted") is True,
+        )
+
+
+@runtime_checkable
+class AccountLookup(Protocol):
+    """A gateway that can also ask Stripe for a connected account.
+
+    [`StripeTransferGateway`][payout_ledger.stripe.StripeTransferGateway] and
+    [`InMemoryTransferGateway`][payout_ledger.testing.InMemoryTransferGateway]
+    implement it; a host's own gateway without it still transfers, and only
+    [`sync_account`][payout_ledger.PayoutLedger.sync_account] needs it.
+    """
+
+    def retrieve_account(self, account_id: str) -> StripeAccount:
+        """The account as Stripe has it now (``deleted=True`` when Stripe has no
+        such account). Raises [`GatewayError`][payout_ledger.GatewayError] when
+        Stripe cannot be asked."""
+        ...

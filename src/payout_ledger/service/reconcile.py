@@ -3,8 +3,19 @@
 [`reconcile`][payout_ledger.service.reconcile.reconcile] compares the payouts of a set
 of event services, or of a time window, with the transfers Stripe lists, and
 reports every disagreement. Stripe has no metadata search for transfers, so
-transfers are listed by ``transfer_group`` (one per event service) or by
-``created`` and matched on their ``payout_id`` metadata.
+transfers are listed by ``transfer_group`` (the one the payout recorded: the
+host's own, or ``event_service:{id}``) or by ``created`` and matched on their
+``payout_id`` metadata.
+
+**Reversals.** The transfer's ``amount_reversed`` at Stripe is compared with the
+ledger's (webhook-reported and platform reversals alike). Stripe above the
+ledger is ``reversed``; the ledger above Stripe is ``reversed_in_ledger_only``
+(the ledger counts money back that Stripe never took back). A platform reversal
+in flight (a ``ReversalStarted`` without an outcome) may or may not exist at
+Stripe yet: when Stripe's figure lies between the claim's ``reversed_before``
+and ``reversed_before + amount``, both are consistent with the books, and the
+payout is listed in ``reversals_in_flight`` (to settle with ``resume``), not as
+a mismatch. Stripe above ``reversed_before + amount`` is still ``reversed``.
 """
 
 from __future__ import annotations
@@ -16,7 +27,12 @@ from enum import StrEnum
 from typing import Any, cast
 from uuid import UUID
 
-from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus, transfer_group
+from payout_ledger.domain.payout import (
+    PayoutAggregate,
+    PayoutStatus,
+    ReversalStatus,
+    transfer_group,
+)
 from payout_ledger.errors import ConfigurationError, InvalidRequestError
 from payout_ledger.service.attempts import SIMULATED_PREFIX
 from payout_ledger.service.ledger import PayoutLedger
@@ -38,12 +54,20 @@ class MismatchKind(StrEnum):
     CURRENCY = "currency"
     DESTINATION = "destination"
     REVERSED = "reversed"
-    """Stripe shows more reversed than the ledger has recorded."""
+    """Stripe shows more reversed than the ledger has recorded (more than a
+    reversal in flight could account for)."""
+    REVERSED_IN_LEDGER_ONLY = "reversed_in_ledger_only"
+    """The ledger records more reversed than Stripe shows: money counted back that
+    Stripe never took back."""
     DUPLICATE_TRANSFER = "duplicate_transfer"
     """Stripe has more than one transfer for one payout."""
     SIMULATED = "simulated"
     """The ledger records a simulated transfer (Stripe was disabled): the payout
     counts as released, but no money moved. A real store must have none."""
+    REVERSAL_IN_FLIGHT = "reversal_in_flight"
+    """Not a mismatch: a platform reversal is in flight and Stripe's reversed
+    amount agrees with it having been made or not. Listed in
+    ``ReconcileReport.reversals_in_flight``; ``resume`` settles it."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +88,10 @@ class ReconcileReport:
     payouts_checked: int = 0
     transfers_checked: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
+    reversals_in_flight: list[Mismatch] = field(default_factory=list)
+    """Platform reversals in flight that Stripe's figures agree with either way
+    (kind ``reversal_in_flight``; ``ledger`` is the claim, ``stripe`` Stripe's
+    ``amount_reversed``): to settle, not disagreements. They leave ``ok`` true."""
 
     @property
     def ok(self) -> bool:
@@ -75,6 +103,7 @@ class ReconcileReport:
             "transfers_checked": self.transfers_checked,
             "ok": self.ok,
             "mismatches": [asdict(m) for m in self.mismatches],
+            "reversals_in_flight": [asdict(m) for m in self.reversals_in_flight],
         }
 
 
@@ -88,7 +117,8 @@ def reconcile(
     """Compare the ledger with Stripe for some event services or a time window.
 
     With ``event_service_ids``, each service's payout is compared with the
-    transfers in its ``transfer_group``. Otherwise every transfer Stripe
+    transfers in the ``transfer_group`` it recorded (``event_service:{id}`` for
+    a service the ledger has no payout for). Otherwise every transfer Stripe
     created in ``[since, until)`` is compared with every transfer the ledger
     recorded in that window. Raises
     [`TransferOutcomeUnknown`][payout_ledger.TransferOutcomeUnknown] when
@@ -103,11 +133,11 @@ def reconcile(
     if event_service_ids is not None:
         for event_service_id in event_service_ids:
             payout = ledger.find_payout(event_service_id)
+            group = transfer_group(event_service_id)
             if payout is not None:
                 payouts[payout.id] = payout
-            stripe_side.extend(
-                gateway.list_transfers(transfer_group=transfer_group(event_service_id))
-            )
+                group = payout.transfer_group
+            stripe_side.extend(gateway.list_transfers(transfer_group=group))
     else:
         gte = int(since.timestamp()) if since else None
         lt = int(until.timestamp()) if until else None
@@ -125,7 +155,11 @@ def reconcile(
                 payouts[payout.id] = payout
     report.payouts_checked = len(payouts)
     for payout in payouts.values():
-        report.mismatches.extend(_compare(payout, by_payout.pop(str(payout.id), [])))
+        for found in _compare(payout, by_payout.pop(str(payout.id), [])):
+            if found.kind is MismatchKind.REVERSAL_IN_FLIGHT:
+                report.reversals_in_flight.append(found)
+            else:
+                report.mismatches.append(found)
     for transfers in by_payout.values():  # ours by metadata, unknown to the ledger
         report.mismatches.extend(
             Mismatch(
@@ -175,13 +209,28 @@ def _compare(payout: PayoutAggregate, transfers: list[StripeTransfer]) -> list[M
     ):
         if ours != theirs:
             found.append(Mismatch(kind, es, match.id, ours, theirs))
-    if match.amount_reversed > payout.amount_reversed:
-        found.append(
-            Mismatch(
-                MismatchKind.REVERSED, es, match.id, payout.amount_reversed, match.amount_reversed
-            )
-        )
+    found.extend(_compare_reversed(payout, match))
     return found
+
+
+def _compare_reversed(payout: PayoutAggregate, match: StripeTransfer) -> list[Mismatch]:
+    es, ours, theirs = payout.event_service_id, payout.amount_reversed, match.amount_reversed
+    if theirs < ours:
+        return [Mismatch(MismatchKind.REVERSED_IN_LEDGER_ONLY, es, match.id, ours, theirs)]
+    if payout.reversal_status is ReversalStatus.IN_FLIGHT:
+        before, amount = payout.reversal_reversed_before, payout.reversal_amount
+        if before <= theirs <= before + amount:
+            claim = {
+                "amount_reversed": ours,
+                "reversal_attempt": payout.reversal_attempt,
+                "reference": payout.reversal_reference,
+                "amount": amount,
+                "reversed_before": before,
+            }
+            return [Mismatch(MismatchKind.REVERSAL_IN_FLIGHT, es, match.id, claim, theirs)]
+    if theirs > ours:
+        return [Mismatch(MismatchKind.REVERSED, es, match.id, ours, theirs)]
+    return []
 
 
 def _payouts_transferred_between(

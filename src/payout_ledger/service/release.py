@@ -22,14 +22,19 @@ from eventsourcing.persistence import (
 from payout_ledger.domain.chain import broken_link
 from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus
 from payout_ledger.errors import (
+    ConfigurationError,
     GatewayError,
     LedgerBusyError,
     LedgerIntegrityError,
     ProviderNotFoundError,
     ReleaseConflictError,
+    SourceTransactionError,
+    TransferDeclined,
 )
 from payout_ledger.service.attempts import Attempts, release_result
+from payout_ledger.service.payability import provider_action_required
 from payout_ledger.service.ports import (
+    ChargeGateway,
     SendWindow,
     ServiceProvider,
 )
@@ -57,7 +62,11 @@ class Releasing(Attempts):
         [`ReleaseResult`][payout_ledger.ReleaseResult].
         """
         req = ReleaseRequest.parse(request)
-        decided = self._decide(req, self._provider(req))
+        provider = self._provider(req)
+        checked = self._checked_source(req)
+        if isinstance(checked, ReleaseResult):
+            return checked
+        decided = self._decide(checked, provider)
         if isinstance(decided, ReleaseResult):
             return decided
         return self._conclude(decided.payout, self._call_gateway(decided.payout, decided.window))
@@ -73,7 +82,10 @@ class Releasing(Attempts):
         """
         req = ReleaseRequest.parse(request)
         provider = await asyncio.to_thread(self._provider, req)
-        decided = await asyncio.to_thread(self._decide, req, provider)
+        checked = await asyncio.to_thread(self._checked_source, req)
+        if isinstance(checked, ReleaseResult):
+            return checked
+        decided = await asyncio.to_thread(self._decide, checked, provider)
         if isinstance(decided, ReleaseResult):
             return decided
         outcome = await self._call_gateway_async(decided.payout, decided.window)
@@ -85,6 +97,55 @@ class Releasing(Attempts):
             raise ProviderNotFoundError(req.provider_id)
         return provider
 
+    def _checked_source(self, req: ReleaseRequest) -> ReleaseRequest | ReleaseResult:
+        """The request with its source transaction as a charge id, checked against
+        Stripe's rule (the amount may not exceed the charge, less refunds).
+
+        Raises [`SourceTransactionError`][payout_ledger.SourceTransactionError]
+        before anything is recorded; answers ``failed`` (nothing recorded) when
+        Stripe cannot be asked. Without Stripe (simulated transfers) or without
+        a [`ChargeGateway`][payout_ledger.service.ports.ChargeGateway] the charge is
+        recorded as given and Stripe enforces its rule on the transfer.
+        """
+        source = req.source_transaction
+        gateway = self._gateway
+        if source is None or gateway is None or not self.settings.stripe_enabled:
+            return req
+        if not isinstance(gateway, ChargeGateway):
+            if source.startswith("pi_"):
+                raise ConfigurationError(
+                    "a release naming a PaymentIntent needs a gateway that can look up its "
+                    "latest charge (ChargeGateway); name the charge (ch_...) instead"
+                )
+            return req
+        try:
+            charge_id = gateway.latest_charge(source) if source.startswith("pi_") else source
+            charge = gateway.retrieve_charge(charge_id)
+        except TransferDeclined as exc:
+            raise SourceTransactionError(f"source_transaction {source!r}: {exc.message}") from None
+        except GatewayError as exc:
+            return ReleaseResult(
+                event_service_id=req.event_service_id,
+                payout_id=self.payout_id(req.event_service_id),
+                outcome=ReleaseOutcome.FAILED,
+                error_code=exc.code,
+                error_message=exc.message,
+                stripe_request_id=exc.request_id,
+                detail="nothing recorded: Stripe could not be asked about the source transaction",
+            )
+        if charge.currency != req.amount.currency:
+            raise SourceTransactionError(
+                f"source_transaction {charge.id!r} is in {charge.currency}, "
+                f"the release in {req.amount.currency}"
+            )
+        available = charge.amount - charge.amount_refunded
+        if req.amount.amount > available:
+            raise SourceTransactionError(
+                f"source_transaction {charge.id!r} can fund at most {available} "
+                f"{charge.currency}, not {req.amount.amount}"
+            )
+        return req.model_copy(update={"source_transaction": charge.id})
+
     def _decide(self, req: ReleaseRequest, provider: ServiceProvider) -> ReleaseResult | _Claimed:
         """Claim the payout (and return it) or give the final answer.
 
@@ -94,7 +155,9 @@ class Releasing(Attempts):
         costs a refused insert instead of a read; a first release saves a read.
         """
         can_pay = provider.stripe_account_id is not None or not self.settings.stripe_enabled
-        if can_pay:
+        # An account known to be unpayable: no claim, no request (one read per release).
+        unpayable = self._known_unpayable(provider.stripe_account_id) if can_pay else None
+        if can_pay and unpayable is None:
             claim = self._claim(None, req, provider)
             if isinstance(claim, _Claimed):
                 return claim
@@ -116,6 +179,8 @@ class Releasing(Attempts):
                     error_code="onboarding_required",
                     error_message=f"provider {provider.id!r} has no Stripe account",
                 )
+            if unpayable is not None:
+                return provider_action_required(req.event_service_id, unpayable, payout)
             if payout is not None:
                 refused = self._before_next_attempt(payout)
                 if refused is not None:
@@ -188,12 +253,17 @@ class Releasing(Attempts):
                 amount=req.amount.amount,
                 currency=req.amount.currency,
                 started_at=self._clock.now(),
+                source_transaction=req.source_transaction,
+                description=req.description,
+                group=req.transfer_group,
             )
         else:
             payout.start_next_attempt(
                 payee_user_id=provider.user_id,
                 destination_account=provider.stripe_account_id,
                 started_at=self._clock.now(),
+                source_transaction=req.source_transaction,
+                description=req.description,
             )
         window = self._open_window()
         try:

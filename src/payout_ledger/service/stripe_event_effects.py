@@ -18,6 +18,7 @@ from eventsourcing.persistence import (
     IntegrityError,
 )
 
+from payout_ledger.domain.account import PayabilitySource
 from payout_ledger.domain.payout import PayoutStatus
 from payout_ledger.domain.stripe_events import (
     CapturedPayment,
@@ -30,14 +31,16 @@ from payout_ledger.errors import (
     LedgerBusyError,
 )
 from payout_ledger.service.attempts import claim_differences
-from payout_ledger.service.core import LedgerCore
+from payout_ledger.service.payability import Payability, PayabilityReport
 from payout_ledger.service.ports import (
+    StripeAccount,
     StripeTransfer,
     string_metadata,
 )
 from payout_ledger.service.requests import (
     checked_stripe_id,
 )
+from payout_ledger.settings import STRIPE_API_VERSION
 
 __all__ = ["StripeEventEffects"]
 
@@ -47,7 +50,11 @@ logger = logging.getLogger("payout_ledger")
 _TRANSFER_EVENTS = frozenset({"transfer.created", "transfer.updated", "transfer.reversed"})
 
 
-class StripeEventEffects(LedgerCore):
+UPGRADE_DOC = "docs/stripe.md, section API versions"
+"""Where the steps to take another Stripe API version are documented."""
+
+
+class StripeEventEffects(Payability):
     """Recording verified Stripe events once, each with its effect on the books."""
 
     def has_stripe_event(self, event_id: str) -> bool:
@@ -62,6 +69,18 @@ class StripeEventEffects(LedgerCore):
         except AggregateNotFoundError:
             return False
         return True
+
+    def accepts_api_version(self, api_version: object) -> bool:
+        """Whether a Stripe event of this ``api_version`` may act on the books.
+
+        True for the pinned version (``settings.stripe_api_version``) and the
+        versions in ``settings.stripe_accepted_api_versions``; False for any
+        other, and for an event without one (Stripe's events always carry it).
+        """
+        return isinstance(api_version, str) and (
+            api_version == STRIPE_API_VERSION
+            or api_version in self.settings.stripe_accepted_api_versions
+        )
 
     def record_stripe_event(
         self, *, event: Mapping[str, Any], raw_body: bytes, headers: Mapping[str, str]
@@ -78,6 +97,14 @@ class StripeEventEffects(LedgerCore):
         recorded for audit and change nothing. Every other type is kept for
         audit only. The record and its effect are saved in one transaction, so
         a duplicate delivery has no second effect.
+
+        A connected account's ``account.updated`` records the account's
+        payability (see [`account_payability`][payout_ledger.PayoutLedger.account_payability]),
+        unless it is older than the account's newest ``account.updated``.
+
+        An event whose ``api_version`` the ledger does not understand (see
+        [`accepts_api_version`][payout_ledger.PayoutLedger.accepts_api_version])
+        is recorded for audit and has no effect at all, with one WARNING log line.
 
         A connected account's event of the other mode is ignored (not recorded:
         Stripe sends a live-connected account's test-mode events to the live
@@ -114,6 +141,9 @@ class StripeEventEffects(LedgerCore):
         ):
             raise InvalidRequestError("a Stripe event's headers map str names to str values")
         account, livemode = _event_account(event), _event_livemode(event)
+        stated = event.get("api_version")
+        api_version = stated if isinstance(stated, str) else None  # the raw body keeps any other
+        understood = self.accepts_api_version(api_version)
         if account is not None and self.other_mode(livemode):
             return StripeEventReceipt(
                 event_id,
@@ -130,13 +160,29 @@ class StripeEventEffects(LedgerCore):
         for _ in range(self.settings.claim_attempts):
             if self.has_stripe_event(event_id):
                 return StripeEventReceipt(event_id, event_type, StripeEventOutcome.DUPLICATE)
-            if account is None:
+            report: PayabilityReport | None = None
+            changed: list[Aggregate]
+            detail: str | None
+            if not understood:
+                changed, outcome, event_service_id = [], StripeEventOutcome.RECORDED, None
+                detail = (
+                    f"api_version {api_version!r} is not understood (the ledger's is "
+                    f"{STRIPE_API_VERSION}): recorded only"
+                )
+            elif account is None:
                 changed, outcome, event_service_id, detail = self._effect_of(
                     event_id, event_type, obj
                 )
             else:
                 changed, outcome, event_service_id = [], StripeEventOutcome.RECORDED, None
                 detail = "a connected account's event: recorded only"
+                if event_type == "account.updated":
+                    report = self._account_updated(event_id, account, obj, event.get("created"))
+                    if report is not None:
+                        changed, outcome = [report.account], StripeEventOutcome.APPLIED
+                        detail = "payability recorded"
+                    else:
+                        detail = "older than the account's latest account.updated: recorded only"
             record = StripeEventRecord.receive(
                 stripe_event_id=event_id,
                 event_type=event_type,
@@ -147,11 +193,24 @@ class StripeEventEffects(LedgerCore):
                 headers={str(k).lower(): str(v) for k, v in headers.items()},
                 outcome=outcome.value,
                 event_service_id=event_service_id,
+                api_version=api_version,
             )
             try:
                 self.save(record, *changed)
             except IntegrityError:
                 continue  # a duplicate, or the payout moved: decide again
+            if not understood:
+                logger.warning(
+                    "stripe event %s (%s) has api_version %s; this ledger is pinned to %s and "
+                    "accepts %s: recorded for audit, NO effect on the books (see %s)",
+                    event_id,
+                    event_type,
+                    api_version if api_version is not None else "(none)",
+                    STRIPE_API_VERSION,
+                    list(self.settings.stripe_accepted_api_versions) or "no other",
+                    UPGRADE_DOC,
+                )
+            self._payability_saved(report)
             return StripeEventReceipt(event_id, event_type, outcome, event_service_id, detail)
         raise LedgerBusyError(event_id, self.settings.claim_attempts)
 
@@ -167,6 +226,25 @@ class StripeEventEffects(LedgerCore):
         except AggregateNotFoundError:
             return None
         return cast(CapturedPayment, payment)
+
+    def _account_updated(
+        self, event_id: str, account_id: str, obj: Mapping[str, Any], created: object
+    ) -> PayabilityReport | None:
+        """The account's payability report for a Connect ``account.updated`` (None: stale)."""
+        try:
+            reported = StripeAccount.from_stripe(obj)
+        except TypeError as exc:
+            raise InvalidRequestError(f"account.updated: {exc}") from None
+        return self._payability_report(
+            self._connected_account(account_id),
+            account_id,
+            PayabilitySource.ACCOUNT_UPDATED,
+            payouts_enabled=reported.payouts_enabled,
+            transfers=reported.transfers,
+            disabled_reason=reported.disabled_reason,
+            stripe_event_id=event_id,
+            stripe_created=_optional_int(created),
+        )
 
     def _effect_of(
         self, event_id: str, event_type: str, obj: Mapping[str, Any]

@@ -4,11 +4,21 @@ How Stripe's errors become ledger outcomes (the docs' "Stripe" page explains why
 
 | Stripe error (HTTP) | outcome | the ledger records |
 |---|---|---|
+| InvalidRequest, destination unpayable (see below) | DestinationUnpayable | TransferFailed (*) |
 | Card, InvalidRequest, Permission, Authentication (4xx) | TransferDeclined | TransferFailed |
 | RateLimitError (429) | TransferNotExecuted | nothing; retried with the same key |
 | APIConnectionError (timeout, dropped connection) | TransferOutcomeUnknown | nothing |
 | APIError (5xx, and 409 key in use) | TransferOutcomeUnknown | nothing |
 | IdempotencyError, any other StripeError | TransferOutcomeUnknown | nothing |
+
+(*) ``insufficient_capabilities_for_transfer``, or ``resource_missing`` for the
+destination ("No such destination"): a [`TransferDeclined`][payout_ledger.TransferDeclined]
+whose ``TransferFailed`` is saved with the account's payability report; the
+release answers ``provider_action_required``.
+
+Every request asks for the API version the library is tested against,
+[`STRIPE_API_VERSION`][payout_ledger.settings.STRIPE_API_VERSION] (the
+``Stripe-Version`` header).
 
 The idempotency key goes in the request *options*: inside the params dict the
 SDK would send it as a form field and invent a random key of its own.
@@ -29,18 +39,24 @@ from stripe.params import TransferCreateParams, TransferListParams
 
 from payout_ledger.errors import (
     ConfigurationError,
+    DestinationUnpayable,
     GatewayError,
     TransferDeclined,
     TransferNotExecuted,
     TransferOutcomeUnknown,
 )
 from payout_ledger.service.ports import (
+    ReversalCreated,
+    ReversalRequest,
+    StripeAccount,
+    StripeCharge,
+    StripeReversal,
     StripeTransfer,
     TransferRequest,
     TransferResult,
     check_send_window,
 )
-from payout_ledger.settings import LedgerSettings, livemode_of_key
+from payout_ledger.settings import STRIPE_API_VERSION, LedgerSettings, livemode_of_key
 
 __all__ = ["StripeTransfer", "StripeTransferGateway", "classify_error"]
 
@@ -52,8 +68,13 @@ _DECLINED = (
 )
 
 
-def classify_error(exc: stripe.StripeError) -> GatewayError:
-    """Map a Stripe SDK error to the ledger's outcome (see the module's table)."""
+def classify_error(exc: stripe.StripeError, *, destination: str | None = None) -> GatewayError:
+    """Map a Stripe SDK error to the ledger's outcome (see the module's table).
+
+    ``destination`` is the transfer's connected account, named by
+    [`DestinationUnpayable`][payout_ledger.DestinationUnpayable] when Stripe
+    refuses it because that account cannot be paid.
+    """
     code = _error_code(exc)
     message = _safe_message(exc)
     kwargs: dict[str, Any] = {
@@ -63,11 +84,28 @@ def classify_error(exc: stripe.StripeError) -> GatewayError:
     }
     if isinstance(exc, stripe.IdempotencyError):
         return TransferOutcomeUnknown(message, **kwargs)
+    unpayable = _unpayable_reason(exc, code, message)
+    if unpayable is not None:
+        return DestinationUnpayable(message, reason=unpayable, account_id=destination, **kwargs)
     if isinstance(exc, _DECLINED):
         return TransferDeclined(message, **kwargs)
     if isinstance(exc, stripe.RateLimitError):
         return TransferNotExecuted(message, **kwargs)
     return TransferOutcomeUnknown(message, **kwargs)
+
+
+def _unpayable_reason(exc: stripe.StripeError, code: str | None, message: str) -> str | None:
+    """The ledger's reason when Stripe refused because the destination cannot be paid."""
+    if not isinstance(exc, stripe.InvalidRequestError):
+        return None
+    if code == "insufficient_capabilities_for_transfer":
+        return "transfers_capability_inactive"
+    param = getattr(exc, "param", None) or getattr(exc.error, "param", None)
+    if code == "resource_missing" and (
+        param == "destination" or message.startswith("No such destination")
+    ):
+        return "no_such_destination"
+    return None
 
 
 class StripeTransferGateway:
@@ -119,6 +157,7 @@ class StripeTransferGateway:
             max_network_retries=max_network_retries,
             http_client=http_client,
             stripe_account=stripe_account,
+            stripe_version=STRIPE_API_VERSION,
         )
 
     @classmethod
@@ -138,13 +177,18 @@ class StripeTransferGateway:
 
     @staticmethod
     def _params(request: TransferRequest) -> TransferCreateParams:
-        return {
+        params: TransferCreateParams = {
             "amount": request.amount,
             "currency": request.currency,
             "destination": request.destination,
             "transfer_group": request.transfer_group,
             "metadata": dict(request.metadata),
         }
+        if request.source_transaction is not None:
+            params["source_transaction"] = request.source_transaction
+        if request.description is not None:
+            params["description"] = request.description
+        return params
 
     def create_transfer(self, request: TransferRequest) -> TransferResult:
         try:
@@ -152,7 +196,7 @@ class StripeTransferGateway:
                 self._params(request), options={"idempotency_key": request.idempotency_key}
             )
         except stripe.StripeError as exc:
-            raise classify_error(exc) from exc
+            raise classify_error(exc, destination=request.destination) from exc
         return _result(transfer)
 
     async def create_transfer_async(self, request: TransferRequest) -> TransferResult:
@@ -162,7 +206,7 @@ class StripeTransferGateway:
                 self._params(request), options={"idempotency_key": request.idempotency_key}
             )
         except stripe.StripeError as exc:
-            raise classify_error(exc) from exc
+            raise classify_error(exc, destination=request.destination) from exc
         return _result(transfer)
 
     def list_transfers(
@@ -197,6 +241,107 @@ class StripeTransferGateway:
                 request_id=exc.request_id,
                 http_status=exc.http_status,
             ) from exc
+
+    def create_reversal(self, request: ReversalRequest) -> ReversalCreated:
+        """Reverse (part of) a transfer, idempotently by the request's key.
+
+        Errors are classified as for transfers: a refusal (``balance_insufficient``
+        when the connected account lacks the funds, more than is not yet
+        reversed) is [`TransferDeclined`][payout_ledger.TransferDeclined].
+        """
+        try:
+            reversal = self.client.v1.transfers.reversals.create(
+                request.transfer_id,
+                {"amount": request.amount, "metadata": dict(request.metadata)},
+                options={"idempotency_key": request.idempotency_key},
+            )
+        except stripe.StripeError as exc:
+            raise classify_error(exc) from exc
+        response = reversal.last_response
+        return ReversalCreated(
+            reversal_id=reversal.id, request_id=response.request_id if response else None
+        )
+
+    def list_reversals(self, transfer_id: str) -> Iterator[StripeReversal]:
+        """Every reversal of the transfer, newest first, across pages."""
+        try:
+            listing = self.client.v1.transfers.reversals.list(transfer_id, {"limit": 100})
+            for reversal in listing.auto_paging_iter():
+                yield StripeReversal.from_stripe(reversal.to_dict())
+        except stripe.StripeError as exc:
+            raise TransferOutcomeUnknown(
+                f"could not list reversals: {_safe_message(exc)}",
+                code=_error_code(exc),
+                request_id=exc.request_id,
+                http_status=exc.http_status,
+            ) from exc
+
+    def retrieve_charge(self, charge_id: str) -> StripeCharge:
+        """The charge a release names as its source transaction."""
+        try:
+            charge = self.client.v1.charges.retrieve(charge_id)
+        except stripe.StripeError as exc:
+            raise _lookup_error(exc, "charge") from exc
+        return StripeCharge(
+            id=charge.id,
+            amount=int(charge.amount),
+            amount_refunded=int(charge.amount_refunded or 0),
+            currency=str(charge.currency),
+        )
+
+    def latest_charge(self, payment_intent_id: str) -> str:
+        """The PaymentIntent's ``latest_charge``."""
+        try:
+            intent = self.client.v1.payment_intents.retrieve(payment_intent_id)
+        except stripe.StripeError as exc:
+            raise _lookup_error(exc, "payment intent") from exc
+        charge = intent.latest_charge
+        if charge is None:
+            raise TransferDeclined(
+                f"payment intent {payment_intent_id} has no charge yet", code="no_charge"
+            )
+        return charge if isinstance(charge, str) else str(charge.id)
+
+    def retrieve_account(self, account_id: str) -> StripeAccount:
+        """The connected account's payability as Stripe has it now
+        ([`AccountLookup`][payout_ledger.service.ports.AccountLookup]).
+
+        An account Stripe does not know (``resource_missing``: deleted, or never
+        connected) is ``deleted=True``; any other error raises
+        [`GatewayError`][payout_ledger.GatewayError] and proves nothing.
+        """
+        try:
+            account = self.client.v1.accounts.retrieve(account_id)
+        except stripe.InvalidRequestError as exc:
+            if _error_code(exc) == "resource_missing":
+                return StripeAccount(
+                    id=account_id,
+                    payouts_enabled=None,
+                    transfers=None,
+                    disabled_reason=None,
+                    deleted=True,
+                )
+            raise _lookup_error(exc, "account") from exc
+        except stripe.StripeError as exc:
+            raise _lookup_error(exc, "account") from exc
+        return StripeAccount.from_stripe(account.to_dict())
+
+
+def _lookup_error(exc: stripe.StripeError, what: str) -> GatewayError:
+    """A definite "no such ..." is TransferDeclined; anything else proves nothing."""
+    if isinstance(exc, stripe.InvalidRequestError | stripe.PermissionError):
+        return TransferDeclined(
+            f"{what}: {_safe_message(exc)}",
+            code=_error_code(exc),
+            request_id=exc.request_id,
+            http_status=exc.http_status,
+        )
+    return TransferOutcomeUnknown(
+        f"could not look up the {what}: {_safe_message(exc)}",
+        code=_error_code(exc),
+        request_id=exc.request_id,
+        http_status=exc.http_status,
+    )
 
 
 class _WindowedRequestsClient(stripe.RequestsClient):

@@ -18,6 +18,7 @@ ASGI. The rules, in the order they are applied:
 | a connected account's event of the other mode (sent to live Connect endpoints) | 200, ignored |
 | a platform event whose ``livemode`` is not the ledger's | 400, nothing runs |
 | the event id was recorded before | 200, ``"duplicate": true``, nothing runs |
+| an ``api_version`` the ledger does not understand | 200, recorded, no callback, no effect |
 | the host callback raises | 500, nothing recorded (Stripe retries) |
 | the ledger's store fails | 500 (Stripe retries) |
 | anything else, unknown event types included | 200, recorded once |
@@ -45,6 +46,7 @@ import stripe
 
 from payout_ledger.domain.stripe_events import StripeEventOutcome, StripeEventReceipt
 from payout_ledger.errors import ConfigurationError, InvalidRequestError, LivemodeMismatchError
+from payout_ledger.settings import STRIPE_API_VERSION
 from payout_ledger.stripe.event_json import MAX_JSON_DEPTH, is_identifier, parse_event
 
 if TYPE_CHECKING:
@@ -139,6 +141,8 @@ class WebhookHandler:
     top-level ``account`` and are recorded only), ``on_account_updated(account_id,
     payouts_enabled, account)`` for ``account.updated``. If one raises, the
     response is a 500, nothing is recorded and Stripe delivers the event again.
+    Neither is called for an event whose ``api_version`` the ledger does not
+    understand (``accepts_api_version``): it is recorded for audit only.
 
     Raises [`ConfigurationError`][payout_ledger.ConfigurationError] for an
     empty or blank secret, a tolerance below 1, an unknown environment or a
@@ -378,9 +382,26 @@ class WebhookHandler:
             body["duplicate"] = True
         return WebhookResponse(200, body)
 
+    def _understood(self, event: dict[str, Any]) -> bool:
+        """Whether the ledger lets this event's ``api_version`` act (a sink without
+        ``accepts_api_version`` understands the pinned version only)."""
+        accepts = getattr(self._ledger, "accepts_api_version", None)
+        version = event.get("api_version")
+        if callable(accepts):
+            return bool(accepts(version))
+        return version == STRIPE_API_VERSION
+
     def _run_callback(self, event: dict[str, Any]) -> WebhookResponse | None:
         event_type: str = event["type"]
         obj: dict[str, Any] = event["data"]["object"]
+        if not self._understood(event):
+            # The ledger records it and logs the one WARNING; its shape is unknown.
+            logger.info(
+                "stripe event %s (%s): api_version not understood, host callbacks not run",
+                event["id"],
+                event_type,
+            )
+            return None
         call: Callable[[], None] | None = None
         if event_type == "payment_intent.succeeded" and event.get("account") is None:
             on_payment = self._on_payment_succeeded

@@ -10,9 +10,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
-from payout_ledger.errors import GatewayError, TransferDeclined
+from payout_ledger.errors import DestinationUnpayable, GatewayError, TransferDeclined
 from payout_ledger.service.ports import (
+    ReversalCreated,
+    ReversalRequest,
     ServiceProvider,
+    StripeAccount,
+    StripeReversal,
     StripeTransfer,
     TransferRequest,
     TransferResult,
@@ -96,8 +100,13 @@ class InMemoryTransferGateway:
         self._faults: deque[_Fault] = deque()
         self._list_faults: deque[GatewayError] = deque()
         self.list_calls = 0
+        self.account_calls = 0
+        self._accounts: dict[str, StripeAccount] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self.reversal_calls = 0
+        self._reversal_by_key: dict[str, tuple[StripeReversal, ReversalRequest]] = {}
+        self._reversal_by_id: dict[str, tuple[StripeReversal, ReversalRequest]] = {}
 
     @property
     def transfers(self) -> list[RecordedTransfer]:
@@ -135,6 +144,7 @@ class InMemoryTransferGateway:
                 raise fault.error
             transfer = self._by_key.get(request.idempotency_key)
             if transfer is None:
+                self._check_destination_locked(request.destination)
                 transfer = RecordedTransfer(
                     transfer_id=f"tr_mem_{next(self._ids):06d}",
                     amount=request.amount,
@@ -201,6 +211,147 @@ class InMemoryTransferGateway:
         """Drop every stored idempotency key, as Stripe does after 24 hours."""
         with self._lock:
             self._by_key.clear()
+            self._reversal_by_key.clear()
+
+    @property
+    def reversals(self) -> list[StripeReversal]:
+        """Every reversal made, oldest first."""
+        with self._lock:
+            return [r for r, _ in self._reversal_by_id.values()]
+
+    def create_reversal(self, request: ReversalRequest) -> ReversalCreated:
+        """Reverse (part of) a transfer, idempotently by key, as Stripe does: never
+        more than is not yet reversed (``TransferDeclined``)."""
+        check_send_window()
+        if self.latency:
+            time.sleep(self.latency)
+        with self._lock:
+            self.calls += 1
+            self.reversal_calls += 1
+            fault = self._faults.popleft() if self._faults else None
+            if fault is not None and not fault.after_commit:
+                raise fault.error
+            made = self._reversal_by_key.get(request.idempotency_key)
+            if made is None:
+                reversal = self._reverse_locked(request)
+                self._reversal_by_key[request.idempotency_key] = (reversal, request)
+            elif made[1] != request:
+                raise TransferDeclined(
+                    "Keys for idempotent requests can only be used with the same "
+                    "parameters they were first used with.",
+                    code="idempotency_error",
+                    http_status=400,
+                )
+            else:
+                reversal = made[0]
+            if fault is not None:
+                raise fault.error
+            return ReversalCreated(reversal_id=reversal.id)
+
+    def _reverse_locked(self, request: ReversalRequest) -> StripeReversal:
+        for i, t in enumerate(self._transfers):
+            if t.transfer_id == request.transfer_id:
+                remaining = t.amount - t.amount_reversed
+                if request.amount > remaining:
+                    raise TransferDeclined(
+                        f"Reversal amount ({request.amount}) is greater than the amount of "
+                        f"transfer {t.transfer_id} not yet reversed ({remaining}).",
+                        code="invalid_request_error",
+                        http_status=400,
+                    )
+                reversal = StripeReversal(
+                    id=f"trr_mem_{next(self._ids):06d}",
+                    transfer=t.transfer_id,
+                    amount=request.amount,
+                    currency=t.currency,
+                    metadata=dict(request.metadata),
+                    created=int(time.time()),
+                )
+                updated = replace(t, amount_reversed=t.amount_reversed + request.amount)
+                self._transfers[i] = updated
+                if self._by_key.get(t.idempotency_key) is not None:
+                    self._by_key[t.idempotency_key] = updated
+                self._reversal_by_id[reversal.id] = (reversal, request)
+                return reversal
+        raise TransferDeclined(
+            f"No such transfer: '{request.transfer_id}'", code="resource_missing", http_status=404
+        )
+
+    def list_reversals(self, transfer_id: str) -> list[StripeReversal]:
+        """The transfer's reversals, newest first."""
+        with self._lock:
+            self.list_calls += 1
+            if self._list_faults:
+                raise self._list_faults.popleft()
+            return [
+                r for r, _ in reversed(self._reversal_by_id.values()) if r.transfer == transfer_id
+            ]
+
+    # Connected accounts: unknown accounts are payable, as if onboarded.
+
+    def set_account(
+        self,
+        account_id: str,
+        *,
+        transfers: str | None = "active",
+        payouts_enabled: bool | None = True,
+        disabled_reason: str | None = None,
+    ) -> None:
+        """Set a connected account's state as Stripe would report it. Transfers to
+        it are refused (``DestinationUnpayable``) while ``transfers`` is set and
+        not ``active``; ``disabled_reason`` and ``payouts_enabled`` are only reported."""
+        with self._lock:
+            self._accounts[account_id] = StripeAccount(
+                id=account_id,
+                payouts_enabled=payouts_enabled,
+                transfers=transfers,
+                disabled_reason=disabled_reason,
+            )
+
+    def delete_account(self, account_id: str) -> None:
+        """Delete a connected account: transfers get "No such destination" and
+        ``retrieve_account`` reports it deleted."""
+        with self._lock:
+            self._accounts[account_id] = StripeAccount(
+                id=account_id,
+                payouts_enabled=None,
+                transfers=None,
+                disabled_reason=None,
+                deleted=True,
+            )
+
+    def retrieve_account(self, account_id: str) -> StripeAccount:
+        """The account as set (an unknown one is active, payouts enabled)."""
+        with self._lock:
+            self.account_calls += 1
+            found = self._accounts.get(account_id)
+        if found is None:
+            return StripeAccount(
+                id=account_id, payouts_enabled=True, transfers="active", disabled_reason=None
+            )
+        return found
+
+    def _check_destination_locked(self, destination: str) -> None:
+        found = self._accounts.get(destination)
+        if found is None:
+            return
+        if found.deleted:
+            raise DestinationUnpayable(
+                f"No such destination: '{destination}'",
+                reason="no_such_destination",
+                account_id=destination,
+                code="resource_missing",
+                http_status=400,
+            )
+        if found.transfers is not None and found.transfers != "active":
+            raise DestinationUnpayable(
+                "Your destination account needs to have at least one of the following "
+                "capabilities enabled: transfers, crypto_transfers, legacy_payments",
+                reason="transfers_capability_inactive",
+                account_id=destination,
+                code="insufficient_capabilities_for_transfer",
+                http_status=400,
+            )
 
 
 class _Listed(Protocol):

@@ -15,7 +15,7 @@ from payout_ledger.domain.typecheck import type_check
 logger = logging.getLogger("payout_ledger.adapters.projection")
 
 INT4 = (-(2**31), 2**31 - 1)
-"""PostgreSQL ``integer``: the ``attempt`` and ``version`` columns."""
+"""PostgreSQL ``integer``: the ``attempt``, ``reversal_attempt`` and ``version`` columns."""
 INT8 = (-(2**63), 2**63 - 1)
 """PostgreSQL ``bigint`` (and SQLite ``INTEGER``): ``amount`` and ``amount_reversed``."""
 
@@ -34,9 +34,18 @@ _FOLDED: dict[type, tuple[str, ...]] = {
     _P.TransferSucceeded: ("transfer_id",),
     _P.Released: (),
     _P.TransferReversed: ("amount_reversed",),
+    _P.ReversalStarted: ("reversal_attempt",),
+    _P.ReversalSucceeded: ("reversal_attempt", "amount_reversed"),
+    _P.ReversalFailed: ("reversal_attempt",),
 }
 """The fields :meth:`PayoutsProjection.fold` writes to the table, per event class."""
-_RANGES = {"amount": INT8, "amount_reversed": INT8, "attempt": INT4, "originator_version": INT4}
+_RANGES = {
+    "amount": INT8,
+    "amount_reversed": INT8,
+    "attempt": INT4,
+    "reversal_attempt": INT4,
+    "originator_version": INT4,
+}
 
 WRITE_ERRORS: tuple[type[BaseException], ...] = (
     DataError,

@@ -10,7 +10,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
 from payout_ledger.adapters.projection.view import PayoutsView
-from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus
+from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus, ReversalStatus
 
 logger = logging.getLogger("payout_ledger.adapters.projection")
 
@@ -20,8 +20,19 @@ PAYOUT_TOPICS = (
     PayoutAggregate.TransferSucceeded.TOPIC,
     PayoutAggregate.Released.TOPIC,
     PayoutAggregate.TransferReversed.TOPIC,
+    PayoutAggregate.ReversalStarted.TOPIC,
+    PayoutAggregate.ReversalSucceeded.TOPIC,
+    PayoutAggregate.ReversalFailed.TOPIC,
 )
 """The events the read model is made of."""
+
+_NEW_ROW = {
+    "transfer_id": None,
+    "amount_reversed": 0,
+    "released_at": None,
+    "reversal_attempt": 0,
+    "reversal_status": None,
+}
 
 
 class PayoutsProjection(Projection[PayoutsView]):
@@ -71,7 +82,7 @@ class PayoutsProjection(Projection[PayoutsView]):
         """The row after ``event`` (None: nothing to write)."""
         if isinstance(event, PayoutAggregate.PayoutStarted):
             row = {
-                **(row or {"transfer_id": None, "amount_reversed": 0, "released_at": None}),
+                **(row or _NEW_ROW),
                 "payout_id": str(event.originator_id),
                 "event_service_id": event.event_service_id,
                 "provider_id": event.provider_id,
@@ -105,6 +116,23 @@ class PayoutsProjection(Projection[PayoutsView]):
             row = {**row, "amount_reversed": event.amount_reversed}
             if event.amount_reversed >= row["amount"]:
                 row["status"] = PayoutStatus.REVERSED.value
+        elif isinstance(event, PayoutAggregate.ReversalStarted):
+            row = {
+                **row,
+                "reversal_attempt": event.reversal_attempt,
+                "reversal_status": ReversalStatus.IN_FLIGHT.value,
+            }
+        elif isinstance(event, PayoutAggregate.ReversalSucceeded):
+            reversed_ = max(row["amount_reversed"], event.amount_reversed)
+            row = {
+                **row,
+                "amount_reversed": reversed_,
+                "reversal_status": ReversalStatus.SUCCEEDED.value,
+            }
+            if reversed_ >= row["amount"]:
+                row["status"] = PayoutStatus.REVERSED.value
+        elif isinstance(event, PayoutAggregate.ReversalFailed):
+            row = {**row, "reversal_status": ReversalStatus.FAILED.value}
         else:
             return None
         row["updated_at"] = event.timestamp

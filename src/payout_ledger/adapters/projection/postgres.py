@@ -47,7 +47,9 @@ class PostgresPayoutsView(PostgresTrackingRecorder, PayoutsView):
                 "released_at timestamptz, "
                 "updated_at timestamptz NOT NULL, "
                 "version integer NOT NULL, "
-                "notification_id bigint NOT NULL)"
+                "notification_id bigint NOT NULL, "
+                "reversal_attempt integer NOT NULL DEFAULT 0, "
+                "reversal_status text)"
             ).format(schema=schema, t=t)
         )
         self._index_statements = [
@@ -183,6 +185,16 @@ class PostgresPayoutsView(PostgresTrackingRecorder, PayoutsView):
                         schema=schema, n=Identifier(name)
                     )
                 )
+
+    def missing_columns(self) -> list[str]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = %s",
+                (self.datastore.schema, self.table),
+            )
+            present = {str(r["column_name"]) for r in curs.fetchall()}
+        return [name for name in COLUMNS if present and name not in present]
 
     def drop(self) -> None:
         schema = Identifier(self.datastore.schema)

@@ -105,10 +105,21 @@ def run_projection(
     it in, in one transaction, once it is complete: until then (and if the
     rebuild fails or is stopped) the old rows stay. An event the table cannot
     hold is logged, counted in ``skipped`` and left out, never the whole run.
+    A table an older release made (without this release's columns) is rebuilt.
     ``on_batch(last notification id, events)`` is called after each commit.
     """
     view = view or open_payouts_view(ledger)
     app_name = cast(str, ledger.name)
+    missing = view.missing_columns()
+    if missing and not rebuild:
+        # A table of an older release: it lacks columns, and it skipped the events
+        # they are made of, so it is folded again from the start (and swapped in).
+        logger.warning(
+            "%s lacks the columns %s (an older release made it): rebuilding it",
+            view.table,
+            ", ".join(missing),
+        )
+        rebuild = True
     stopping = stop or threading.Event()
     tally = _Tally()
     if rebuild:

@@ -68,7 +68,9 @@ class SQLitePayoutsView(SQLiteTrackingRecorder, PayoutsView):
             "released_at TEXT, "
             "updated_at TEXT NOT NULL, "
             "version INTEGER NOT NULL, "
-            "notification_id INTEGER NOT NULL)",
+            "notification_id INTEGER NOT NULL, "
+            "reversal_attempt INTEGER NOT NULL DEFAULT 0, "
+            "reversal_status TEXT)",
         ]
         return statements + (self._index_statements(t) if self._indexes else [])
 
@@ -113,6 +115,12 @@ class SQLitePayoutsView(SQLiteTrackingRecorder, PayoutsView):
                 conn.rollback()
                 raise
             conn.commit()
+
+    def missing_columns(self) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"PRAGMA table_info({self.table})")
+            present = {r[1] for r in c.fetchall()}
+        return [name for name in COLUMNS if present and name not in present]
 
     def drop(self) -> None:
         with self.datastore.transaction(commit=True) as c:

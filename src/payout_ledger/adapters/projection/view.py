@@ -39,9 +39,20 @@ class PayoutRow:
     """The payout aggregate's version after its last event."""
     notification_id: int
     """The notification id of the payout's last event."""
+    reversal_attempt: int = 0
+    """The latest platform reversal attempt (0: the platform never reversed)."""
+    reversal_status: str | None = None
+    """The latest platform reversal's [`ReversalStatus`][payout_ledger.domain.payout.ReversalStatus]
+    value (``in_flight``, ``succeeded``, ``failed``), or None."""
 
 
 COLUMNS = tuple(f.name for f in fields(PayoutRow))
+
+ADDED_COLUMNS = ("reversal_attempt", "reversal_status")
+"""Columns added after the table's first release. A table without them (made by
+an older release) is still read (as 0 and None), and the next run of the
+projection rebuilds it: the older release skipped the reversal events, so the
+rows must be folded again, not only given the columns."""
 
 
 class ProjectionConflictError(Exception):
@@ -97,6 +108,10 @@ class PayoutsView(TrackingRecorder, ABC):
     def drop(self) -> None:
         """Drop this (staging) view's table and tracking table, if they exist."""
 
+    @abstractmethod
+    def missing_columns(self) -> list[str]:
+        """The columns of this release the table lacks (it was made by an older one)."""
+
     def _leftovers(self, names: Iterable[str]) -> list[str]:
         """Of ``names``, the tables of this table's rebuilds (and their tracking tables)."""
         pattern = re.compile(rf"^{re.escape(self.table)}_rb_[0-9a-f]{{6}}(_tracking)?$")
@@ -126,4 +141,6 @@ def payout_row(values: Mapping[str, Any]) -> PayoutRow:
         if isinstance(data[name], str):
             data[name] = datetime.fromisoformat(data[name])
     data["payout_id"] = str(data["payout_id"])
+    data.setdefault("reversal_attempt", 0)  # a table of an older release, not yet rebuilt
+    data.setdefault("reversal_status", None)
     return PayoutRow(**data)

@@ -35,6 +35,7 @@ from ._params import (
 from ._resources import (
     JSON,
     Account,
+    Charge,
     Event,
     PaymentIntent,
     RequestInfo,
@@ -46,6 +47,9 @@ from ._resources import (
 __all__ = ["ApiCall", "Handler", "StripeBackend"]
 
 ACCOUNT_TYPES = ("custom", "express", "standard")
+CAPABILITY_STATUSES = ("active", "inactive", "pending", "unrequested")
+TRANSFER_CAPABILITIES = ("transfers", "crypto_transfers", "legacy_payments")
+"""Any one of these, active, lets an account receive transfers."""
 _DEFAULT_CURRENCIES = {
     "AU": "aud",
     "CA": "cad",
@@ -102,7 +106,7 @@ class StripeBackend:
         self._accounts: dict[str, Account] = {}
         self._transfers: dict[str, Transfer] = {}
         self._payment_intents: dict[str, PaymentIntent] = {}
-        self._charges: dict[str, PaymentIntent] = {}
+        self._charges: dict[str, Charge] = {}
         self._events: dict[str, Event] = {}
         self._routes = self._build_routes()
 
@@ -113,6 +117,7 @@ class StripeBackend:
             ("POST", "/v1/accounts", self.create_account),
             ("GET", "/v1/accounts/{id}", self.retrieve_account),
             ("POST", "/v1/accounts/{id}", self.update_account),
+            ("DELETE", "/v1/accounts/{id}", self.delete_account),
             ("POST", "/v1/transfers", self.create_transfer),
             ("GET", "/v1/transfers", self.list_transfers),
             ("GET", "/v1/transfers/{id}", self.retrieve_transfer),
@@ -124,6 +129,7 @@ class StripeBackend:
             ("GET", "/v1/events", self.list_events),
             ("GET", "/v1/events/{id}", self.retrieve_event),
             ("GET", "/v1/payment_intents/{id}", self.retrieve_payment_intent),
+            ("GET", "/v1/charges/{id}", self.retrieve_charge),
         ]
         return [
             _Route(
@@ -188,6 +194,7 @@ class StripeBackend:
                 business_type=business_type,
                 metadata=metadata,
                 capabilities=capabilities,
+                capabilities_checked="capabilities" in params,
             )
             self._accounts[account.id] = account
             return account.to_json()
@@ -217,15 +224,65 @@ class StripeBackend:
             self._account_changed(account, before, call.request)
             return account.to_json()
 
+    def delete_account(self, call: ApiCall) -> JSON:
+        """``DELETE /v1/accounts/{id}``: the account is gone for good.
+
+        Later retrieves are ``resource_missing`` and transfers to it get
+        "No such destination".  The fake allows it whatever the account's
+        balance, as Stripe does for test-mode accounts, and emits no event.
+        """
+        check_known(call.params, ())
+        with self.lock:
+            account = self._account(call.path_args["id"])
+            del self._accounts[account.id]
+            return {"id": account.id, "object": "account", "deleted": True}
+
     def set_payouts_enabled(self, account_id: str, enabled: bool) -> None:
         """Test control: flip ``payouts_enabled`` (emits ``account.updated``)."""
         with self.lock:
-            account = self._accounts.get(account_id)
-            if account is None:
-                raise KeyError(f"no such account: {account_id!r}")
+            account = self._known_account(account_id)
             before = account.to_json()
             account.payouts_enabled = enabled
             self._account_changed(account, before, RequestInfo())
+
+    def set_capability(self, account_id: str, name: str, status: str) -> None:
+        """Test control: set capability ``name`` to ``status`` (``active``,
+        ``inactive``, ``pending``; ``unrequested`` removes it).  From then on
+        transfers to the account need an active transfers capability.  Emits
+        ``account.updated`` when the account changes."""
+        if status not in CAPABILITY_STATUSES:
+            raise ValueError(
+                f"capability status must be one of {', '.join(CAPABILITY_STATUSES)}: {status!r}"
+            )
+        with self.lock:
+            account = self._known_account(account_id)
+            before = account.to_json()
+            account.capabilities_checked = True
+            if status == "unrequested":
+                account.capabilities.pop(name, None)
+            else:
+                account.capabilities[name] = status
+            self._account_changed(account, before, RequestInfo())
+
+    def set_disabled_reason(self, account_id: str, reason: str | None) -> None:
+        """Test control: set ``requirements.disabled_reason`` (``None`` clears
+        it); emits ``account.updated`` when it changes."""
+        with self.lock:
+            account = self._known_account(account_id)
+            before = account.to_json()
+            account.disabled_reason = reason
+            self._account_changed(account, before, RequestInfo())
+
+    def remove_account(self, account_id: str) -> None:
+        """Test control: delete the account as ``DELETE /v1/accounts/{id}`` does."""
+        with self.lock:
+            del self._accounts[self._known_account(account_id).id]
+
+    def _known_account(self, account_id: str) -> Account:
+        account = self._accounts.get(account_id)
+        if account is None:
+            raise KeyError(f"no such account: {account_id!r}")
+        return account
 
     def _account(self, account_id: str) -> Account:
         account = self._accounts.get(account_id)
@@ -235,14 +292,40 @@ class StripeBackend:
 
     def _account_changed(self, account: Account, before: JSON, request: RequestInfo) -> None:
         after = account.to_json()
-        previous = {k: v for k, v in before.items() if after[k] != v}
+        previous = _previous_attributes(before, after)
         if previous:
             self._emit("account.updated", after, request, previous=previous, account=account.id)
+
+    # -- connected accounts' balances ------------------------------------
+
+    def account_available(self, account_id: str, currency: str) -> int:
+        """Test inspection: a connected account's available balance."""
+        with self.lock:
+            return self._known_account(account_id).available.get(currency.lower(), 0)
+
+    def set_account_balance(self, account_id: str, currency: str, amount: int) -> None:
+        """Test control: set a connected account's available balance."""
+        if amount < 0:
+            raise ValueError("a balance cannot be negative in the fake")
+        with self.lock:
+            self._known_account(account_id).available[currency.lower()] = amount
 
     # -- transfers -------------------------------------------------------
 
     def create_transfer(self, call: ApiCall) -> JSON:
-        """``POST /v1/transfers``: debits the platform's available balance."""
+        """``POST /v1/transfers``: pays a connected account.
+
+        The destination's available balance is credited at once.  Without
+        ``source_transaction`` the platform's available balance must cover
+        the amount and is debited (else ``balance_insufficient``).  With it,
+        the transfer is funded by that charge, as Stripe's succeeds before the
+        charge's funds are available: the platform's available balance is
+        neither checked nor debited, and only the charge's amount, less its
+        refunds and the transfers already made from it, limits the transfer.
+        (The fake credits a payment to the available balance at once and does
+        not model the later settlement, so a charge-linked transfer leaves
+        that balance as it was.)
+        """
         params = call.params
         check_known(
             params,
@@ -266,11 +349,13 @@ class StripeBackend:
         source_transaction = str_param(params, "source_transaction")
         source_type = str_param(params, "source_type") or "card"
         with self.lock:
-            if destination not in self._accounts:
+            account = self._accounts.get(destination)
+            if account is None:
                 raise resource_missing("destination", destination, param="destination", status=400)
+            _check_can_receive_transfers(account)
             if source_transaction is not None:
                 self._check_source_transaction(source_transaction, amount, currency)
-            if self._available.get(currency, 0) < amount:
+            elif self._available.get(currency, 0) < amount:
                 raise StripeError(
                     400,
                     "invalid_request_error",
@@ -279,7 +364,9 @@ class StripeBackend:
                     "succeed_payment_intent() to add funds.",
                     code="balance_insufficient",
                 )
-            self._available[currency] -= amount
+            else:
+                self._available[currency] -= amount
+            account.available[currency] = account.available.get(currency, 0) + amount
             transfer = Transfer(
                 id=new_id("tr"),
                 created=self._clock.timestamp(),
@@ -301,27 +388,28 @@ class StripeBackend:
             return rendered
 
     def _check_source_transaction(self, charge_id: str, amount: int, currency: str) -> None:
-        intent = self._charges.get(charge_id)
-        if intent is None:
+        charge = self._charges.get(charge_id)
+        if charge is None:
             raise resource_missing("charge", charge_id, param="source_transaction", status=400)
-        if intent.currency != currency:
+        if charge.currency != currency:
             raise StripeError(
                 400,
                 "invalid_request_error",
                 f"The currency of source_transaction's balance transaction "
-                f"({intent.currency}) must be the same as the transfer currency "
+                f"({charge.currency}) must be the same as the transfer currency "
                 f"({currency})",
                 param="source_transaction",
             )
         already = sum(
             t.amount for t in self._transfers.values() if t.source_transaction == charge_id
         )
-        if already + amount > intent.amount:
+        transferable = charge.amount - charge.amount_refunded
+        if already + amount > transferable:
             raise StripeError(
                 400,
                 "invalid_request_error",
                 f"Transfers from charge {charge_id} would total {already + amount}, "
-                f"more than its amount ({intent.amount}).",
+                f"more than its amount less refunds ({transferable}).",
                 param="amount",
             )
 
@@ -345,7 +433,7 @@ class StripeBackend:
             if description is not None:
                 transfer.description = description
             after = transfer.to_json()
-            previous = {k: v for k, v in before.items() if after[k] != v}
+            previous = _previous_attributes(before, after)
             if previous:
                 self._emit("transfer.updated", after, call.request, previous=previous)
             return after
@@ -393,7 +481,13 @@ class StripeBackend:
     # -- reversals -------------------------------------------------------
 
     def create_reversal(self, call: ApiCall) -> JSON:
-        """``POST /v1/transfers/{id}/reversals``: credits the balance back."""
+        """``POST /v1/transfers/{id}/reversals``: moves money back from the
+        destination's available balance to the platform's.
+
+        A reversal the destination's available balance cannot cover is
+        refused (``balance_insufficient``) while executing, so the refusal is
+        saved under the idempotency key and replayed on retry.
+        """
         params = call.params
         check_known(params, ("amount", "description", "metadata", "refund_application_fee"))
         amount = optional_amount_param(params)
@@ -418,6 +512,17 @@ class StripeBackend:
                     f"transfer {transfer.id} not yet reversed ({remaining}).",
                     param="amount",
                 )
+            destination = self._accounts.get(transfer.destination)
+            funds = 0 if destination is None else destination.available.get(transfer.currency, 0)
+            if destination is None or funds < amount:
+                raise StripeError(
+                    400,
+                    "invalid_request_error",
+                    "Insufficient funds in the destination account to reverse this "
+                    f"transfer: it has {funds} {transfer.currency} available, the "
+                    f"reversal needs {amount}.",
+                    code="balance_insufficient",
+                )
             before = transfer.to_json()
             reversal = Reversal(
                 id=new_id("trr"),
@@ -426,12 +531,19 @@ class StripeBackend:
                 amount=amount,
                 currency=transfer.currency,
                 transfer=transfer.id,
+                destination_payment_refund=new_id("pyr"),
                 metadata=metadata,
             )
             transfer.reversals.append(reversal)
-            self._available[transfer.currency] = self._available.get(transfer.currency, 0) + amount
+            destination.available[transfer.currency] = funds - amount
+            if transfer.source_transaction is None:
+                # A charge-linked transfer never debited the platform's
+                # available balance (see create_transfer): nothing to give back.
+                self._available[transfer.currency] = (
+                    self._available.get(transfer.currency, 0) + amount
+                )
             after = transfer.to_json()
-            previous = {k: v for k, v in before.items() if after[k] != v}
+            previous = _previous_attributes(before, after)
             self._emit("transfer.reversed", after, call.request, previous=previous)
             return reversal.to_json()
 
@@ -509,19 +621,31 @@ class StripeBackend:
             raise ValueError("amount must be a positive number of minor units")
         currency = currency.lower()
         with self.lock:
+            charge_id = new_id("ch")
             intent = PaymentIntent(
                 id=new_id("pi"),
                 created=self._clock.timestamp(),
                 seq=next(self._seq),
                 amount=amount,
                 currency=currency,
-                latest_charge=new_id("ch"),
+                latest_charge=charge_id,
                 metadata=dict(metadata or {}),
                 transfer_group=transfer_group,
                 livemode=self._livemode,
             )
             self._payment_intents[intent.id] = intent
-            self._charges[intent.latest_charge] = intent
+            self._charges[charge_id] = Charge(
+                id=charge_id,
+                created=intent.created,
+                seq=next(self._seq),
+                amount=amount,
+                currency=currency,
+                payment_intent=intent.id,
+                balance_transaction=new_id("txn"),
+                metadata=dict(intent.metadata),
+                transfer_group=transfer_group,
+                livemode=self._livemode,
+            )
             self._available[currency] = self._available.get(currency, 0) + amount
             rendered = intent.to_json()
             self._emit("payment_intent.created", rendered, RequestInfo())
@@ -537,7 +661,29 @@ class StripeBackend:
                 raise resource_missing("payment_intent", call.path_args["id"])
             return intent.to_json()
 
+    def retrieve_charge(self, call: ApiCall) -> JSON:
+        """``GET /v1/charges/{id}``."""
+        check_known(call.params, ())
+        with self.lock:
+            charge = self._charges.get(call.path_args["id"])
+            if charge is None:
+                raise resource_missing("charge", call.path_args["id"])
+            return charge.to_json()
+
     # -- events ----------------------------------------------------------
+
+    @property
+    def event_api_version(self) -> str:
+        """The API version new events are rendered with."""
+        with self.lock:
+            return self._api_version
+
+    def set_event_api_version(self, version: str) -> None:
+        """Test control: render events created from now on with ``version``."""
+        if not version:
+            raise ValueError("an API version cannot be empty")
+        with self.lock:
+            self._api_version = version
 
     def list_events(self, call: ApiCall) -> JSON:
         """``GET /v1/events``: ``type`` (``*`` wildcards) or ``types``, ``created``."""
@@ -603,6 +749,42 @@ class StripeBackend:
                 "events": list(self._events.values()),
             }
             return [copy.deepcopy(item.to_json()) for item in sources[kind]]
+
+
+def _check_can_receive_transfers(account: Account) -> None:
+    """Refuse a destination without an active transfers-like capability.
+
+    Accounts created without requesting capabilities (and never given one by a
+    test control) are not checked: the fake treats them as fully onboarded.
+    """
+    if not account.capabilities_checked:
+        return
+    if any(account.capabilities.get(name) == "active" for name in TRANSFER_CAPABILITIES):
+        return
+    raise StripeError(
+        400,
+        "invalid_request_error",
+        "Your destination account needs to have at least one of the following "
+        f"capabilities enabled: {', '.join(TRANSFER_CAPABILITIES)}",
+        code="insufficient_capabilities_for_transfer",
+        param="destination",
+    )
+
+
+def _previous_attributes(before: JSON, after: JSON) -> JSON:
+    """Stripe's ``previous_attributes``: the old values of what changed only,
+    nested hashes narrowed to their changed keys (a key that did not exist
+    before is ``None``)."""
+    previous: JSON = {}
+    for name in before.keys() | after.keys():
+        old, new = before.get(name), after.get(name)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            previous[name] = _previous_attributes(old, new)
+        else:
+            previous[name] = old
+    return previous
 
 
 def _requested_capabilities(params: Params) -> dict[str, str]:

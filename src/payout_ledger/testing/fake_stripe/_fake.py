@@ -28,8 +28,7 @@ IDEMPOTENCY_KEY_MAX_AGE = 24 * 3600
 class FakeStripe:
     """A fake Stripe API server for tests, spoken to over real HTTP.
 
-    It serves the v1 endpoints a Stripe Connect payout integration uses
-    (accounts, transfers and reversals, balance, events, payment intents) on
+    It serves the v1 endpoints a Stripe Connect payout integration uses on
     ``127.0.0.1`` and a random port, with Stripe's idempotency semantics, a
     controllable clock, per-request fault injection, a request log and signed
     webhooks::
@@ -42,6 +41,31 @@ class FakeStripe:
             )
             assert fake.transfers()[0]["amount"] == 500
 
+    Endpoints: ``POST /v1/accounts``, ``GET|POST|DELETE /v1/accounts/{id}``;
+    ``POST|GET /v1/transfers``, ``GET|POST /v1/transfers/{id}``;
+    ``POST|GET /v1/transfers/{id}/reversals``,
+    ``GET /v1/transfers/{id}/reversals/{reversal}``; ``GET /v1/balance``;
+    ``GET /v1/events``, ``GET /v1/events/{id}``;
+    ``GET /v1/payment_intents/{id}``; ``GET /v1/charges/{id}``.
+
+    Connect behaviour, as Stripe documents it:
+
+    * a transfer without ``source_transaction`` needs the platform's
+      available balance (``balance_insufficient``) and debits it; one with
+      ``source_transaction=ch_...`` is funded by that charge and succeeds
+      whatever the available balance, which it neither checks nor debits
+      (the fake credits a payment at once and models no settlement), up to
+      the charge's amount less refunds and earlier transfers from it;
+    * a transfer credits its destination's available balance and a reversal
+      debits it; a reversal that balance cannot cover is refused
+      (``balance_insufficient``, saved under the idempotency key);
+    * a destination whose capabilities include none of ``transfers``,
+      ``crypto_transfers``, ``legacy_payments`` as ``active`` is refused
+      (``insufficient_capabilities_for_transfer``); a deleted or unknown one
+      gets "No such destination: 'acct_...'" (``resource_missing``);
+    * events carry ``api_version`` (`event_api_version`), and those about a
+      connected account its id in ``account``.
+
     It refuses what Stripe documents it refuses, with Stripe's errors and
     nothing kept under the idempotency key: amounts above 99999999
     (``amount_too_large``), metadata beyond 50 keys, keys over 40 characters
@@ -49,9 +73,21 @@ class FakeStripe:
     5000 characters, idempotency keys outside 1-255 characters.  It serves
     hundreds of concurrent connections, as a host's test suite may open.
 
+    Test controls: `set_balance`, `set_payouts_enabled`, `set_capability`,
+    `set_disabled_reason`, `delete_account`, `set_account_balance`,
+    `succeed_payment_intent`, `set_event_api_version`, `inject` and
+    `clear_faults`, ``clock``, `add_webhook_endpoint`.  Inspection:
+    `balance`, `account_available`, `transfers`, `accounts`,
+    `payment_intents`, `events`, `requests` (each with its ``Stripe-Version``
+    and ``Idempotency-Key``), `counters`, `webhook_deliveries`.
+
     Simplifications: one platform account (``Stripe-Account`` only scopes
-    idempotency keys); no fees, pending funds or capability checks; requested
-    capabilities are active at once; ``expand`` is accepted and ignored.
+    idempotency keys); no fees or pending funds; requested capabilities are
+    active at once.  Leniency: an account created without requesting
+    capabilities, and never given one by `set_capability`, is not checked for
+    a transfers capability (it is treated as fully onboarded).  Deleting an
+    account is allowed whatever its balance (as for test-mode accounts) and
+    emits no event.  ``expand`` is accepted and ignored.
     """
 
     def __init__(
@@ -216,6 +252,55 @@ class FakeStripe:
         ``account.updated`` when it changes.  ``KeyError`` if unknown."""
         self._backend.set_payouts_enabled(account_id, enabled)
 
+    def set_capability(self, account_id: str, name: str, status: str) -> None:
+        """Set capability ``name`` (e.g. ``"transfers"``) of a connected account
+        to ``status``: ``"active"``, ``"inactive"``, ``"pending"`` or
+        ``"unrequested"`` (removes it from ``capabilities``).
+
+        From then on transfers to the account need one of ``transfers``,
+        ``crypto_transfers``, ``legacy_payments`` active.  Emits a Connect
+        ``account.updated`` (``previous_attributes`` holds the old status) when
+        it changes.  ``KeyError`` if the account is unknown, ``ValueError``
+        for another status.
+        """
+        self._backend.set_capability(account_id, name, status)
+
+    def set_disabled_reason(self, account_id: str, reason: str | None) -> None:
+        """Set a connected account's ``requirements.disabled_reason`` (e.g.
+        ``"rejected.fraud"``; ``None`` clears it).  It changes nothing else:
+        use `set_payouts_enabled` and `set_capability` for those.  Emits
+        ``account.updated`` when it changes.  ``KeyError`` if unknown."""
+        self._backend.set_disabled_reason(account_id, reason)
+
+    def delete_account(self, account_id: str) -> None:
+        """Delete a connected account as ``DELETE /v1/accounts/{id}`` does:
+        retrieving it is then ``resource_missing`` and transfers to it get
+        "No such destination".  ``KeyError`` if unknown."""
+        self._backend.remove_account(account_id)
+
+    def set_account_balance(self, account_id: str, currency: str, amount: int) -> None:
+        """Set a connected account's available balance in ``currency`` (minor
+        units), e.g. to 0 as if it had been paid out; reversals need it.
+        ``KeyError`` if the account is unknown."""
+        self._backend.set_account_balance(account_id, currency, amount)
+
+    def account_available(self, account_id: str, currency: str) -> int:
+        """A connected account's available balance in ``currency``: what
+        transfers credited, less reversals (or what `set_account_balance`
+        set).  ``KeyError`` if the account is unknown."""
+        return self._backend.account_available(account_id, currency)
+
+    def set_event_api_version(self, version: str) -> None:
+        """Render events created from now on with API version ``version``
+        (their ``api_version``, and the shape a test may build on it);
+        earlier events keep theirs."""
+        self._backend.set_event_api_version(version)
+
+    @property
+    def event_api_version(self) -> str:
+        """The API version new events carry (at first ``api_version``)."""
+        return self._backend.event_api_version
+
     def succeed_payment_intent(
         self,
         amount: int,
@@ -226,9 +311,9 @@ class FakeStripe:
     ) -> JSON:
         """Record a customer's successful payment and return the PaymentIntent.
 
-        Its charge (``latest_charge``) can be a transfer's
-        ``source_transaction``; the amount is added to the available balance
-        at once.  Emits ``payment_intent.created`` and
+        Its charge (``latest_charge``, served at ``GET /v1/charges/{id}``)
+        can be a transfer's ``source_transaction``; the amount is added to
+        the available balance at once.  Emits ``payment_intent.created`` and
         ``payment_intent.succeeded``.
         """
         return self._backend.succeed_payment_intent(amount, currency, metadata, transfer_group)

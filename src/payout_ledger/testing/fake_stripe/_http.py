@@ -97,6 +97,11 @@ class RecordedRequest:
         """The ``Idempotency-Key`` header, if sent."""
         return self.headers.get("Idempotency-Key")
 
+    @property
+    def stripe_version(self) -> str | None:
+        """The ``Stripe-Version`` header (the API version asked for), if sent."""
+        return self.headers.get("Stripe-Version")
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -425,7 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve()
 
     def do_DELETE(self) -> None:
-        """Serve a DELETE (no endpoint takes one: Stripe's 404)."""
+        """Serve a DELETE."""
         self._serve()
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 __all__ = [
     "Account",
+    "Charge",
     "Event",
     "PaymentIntent",
     "RequestInfo",
@@ -58,6 +59,12 @@ class Account:
     payouts_enabled: bool = True
     charges_enabled: bool = True
     details_submitted: bool = True
+    disabled_reason: str | None = None
+    capabilities_checked: bool = False
+    """Whether transfers to it need an active transfers capability: true once
+    capabilities were requested at creation or set by a test control."""
+    available: dict[str, int] = field(default_factory=dict)
+    """The connected account's available balance per currency (minor units)."""
 
     def to_json(self) -> JSON:
         """Render as a Stripe ``account`` object."""
@@ -74,6 +81,15 @@ class Account:
             "email": self.email,
             "metadata": dict(self.metadata),
             "payouts_enabled": self.payouts_enabled,
+            "requirements": {
+                "current_deadline": None,
+                "currently_due": [],
+                "disabled_reason": self.disabled_reason,
+                "errors": [],
+                "eventually_due": [],
+                "past_due": [],
+                "pending_verification": [],
+            },
             "type": self.type,
         }
 
@@ -88,6 +104,7 @@ class Reversal:
     amount: int
     currency: str
     transfer: str
+    destination_payment_refund: str
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> JSON:
@@ -99,7 +116,7 @@ class Reversal:
             "balance_transaction": None,
             "created": self.created,
             "currency": self.currency,
-            "destination_payment_refund": None,
+            "destination_payment_refund": self.destination_payment_refund,
             "metadata": dict(self.metadata),
             "source_refund": None,
             "transfer": self.transfer,
@@ -195,6 +212,50 @@ class PaymentIntent:
             "livemode": self.livemode,
             "metadata": dict(self.metadata),
             "status": self.status,
+            "transfer_group": self.transfer_group,
+        }
+
+
+@dataclass
+class Charge:
+    """The captured card charge of a succeeded PaymentIntent."""
+
+    id: str
+    created: int
+    seq: int
+    amount: int
+    currency: str
+    payment_intent: str
+    balance_transaction: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    transfer_group: str | None = None
+    amount_refunded: int = 0
+    livemode: bool = False
+
+    def to_json(self) -> JSON:
+        """Render as a Stripe ``charge`` object."""
+        return {
+            "id": self.id,
+            "object": "charge",
+            "amount": self.amount,
+            "amount_captured": self.amount,
+            "amount_refunded": self.amount_refunded,
+            "balance_transaction": self.balance_transaction,
+            "captured": True,
+            "created": self.created,
+            "currency": self.currency,
+            "description": None,
+            "disputed": False,
+            "failure_code": None,
+            "failure_message": None,
+            "livemode": self.livemode,
+            "metadata": dict(self.metadata),
+            "paid": True,
+            "payment_intent": self.payment_intent,
+            "refunded": self.amount_refunded == self.amount,
+            "source_transfer": None,
+            "status": "succeeded",
+            "transfer_data": None,
             "transfer_group": self.transfer_group,
         }
 
