@@ -31,6 +31,7 @@ from eventsourcing.persistence import (
     Mapper,
     MapperDeserialisationError,
     PersistenceError,
+    ProgrammingError,
     Transcoder,
 )
 from eventsourcing.postgres import (
@@ -103,9 +104,10 @@ class StoreWiring(Application):  # type: ignore[type-arg]
 
     def construct_recorder(self) -> ApplicationRecorder:
         # eventsourcing creates tables when the recorder is built. Several processes
-        # starting at once (web workers) race on PostgreSQL's catalog ("tuple
-        # concurrently updated"); every statement is IF NOT EXISTS / OR REPLACE,
-        # so creating again after a short pause is safe.
+        # starting at once (web workers) race on PostgreSQL's catalog: the loser of
+        # an IF NOT EXISTS gets "tuple concurrently updated", a unique violation in
+        # the catalog or "relation ... already exists". Every statement is IF NOT
+        # EXISTS / OR REPLACE, so creating again after a short pause is safe.
         if not isinstance(self.factory, BasePostgresFactory):
             return super().construct_recorder()
         self.factory.env[BasePostgresFactory.CREATE_TABLE] = "no"
@@ -119,8 +121,8 @@ class StoreWiring(Application):  # type: ignore[type-arg]
         for attempt in range(1, _DDL_ATTEMPTS + 1):
             try:
                 recorder.create_table()
-            except (InternalError, IntegrityError):
-                if attempt == _DDL_ATTEMPTS:
+            except (InternalError, IntegrityError, ProgrammingError) as exc:
+                if attempt == _DDL_ATTEMPTS or not _lost_a_creation_race(exc):
                     raise
                 time.sleep(random.uniform(0.05, 0.2) * attempt)
             else:
@@ -260,6 +262,18 @@ def _check_postgres_store(
         if password:
             reason = reason.replace(password, "***")
         raise _unavailable_url(url, reason) from None
+
+
+def _lost_a_creation_race(exc: Exception) -> bool:
+    """Whether a failed table creation lost to a concurrent creator (and may be retried)."""
+    if not isinstance(exc, ProgrammingError):
+        return True  # "tuple concurrently updated", a catalog unique violation
+    return isinstance(
+        exc.__cause__,
+        psycopg.errors.DuplicateTable
+        | psycopg.errors.DuplicateObject
+        | psycopg.errors.DuplicateFunction,
+    )
 
 
 def _unavailable(settings: LedgerSettings, exc: BaseException) -> StoreUnavailableError:
