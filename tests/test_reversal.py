@@ -326,3 +326,41 @@ def test_a_webhook_saved_while_the_reversal_was_sent_does_not_leave_it_in_flight
     assert paid.reversals_in_flight() == []
     assert paid.get_payout(ES).amount_reversed == 1000
     assert topics(paid)[-3:] == ["ReversalStarted", "TransferReversed", "ReversalSucceeded"]
+
+
+@pytest.mark.parametrize(
+    ("change", "settles"),
+    [
+        ({}, True),
+        ({"reversal_attempt": "2"}, False),
+        ({"payout_id": "00000000-0000-0000-0000-000000000000"}, False),
+        ({"amount": 999}, False),
+    ],
+)
+def test_a_transfer_reversed_report_settles_only_the_attempts_own_reversal(
+    paid: PayoutLedger, gateway: InMemoryTransferGateway, change: dict[str, object], settles: bool
+) -> None:
+    [transfer] = gateway.transfers
+    gateway.fail_next(TransferOutcomeUnknown("response lost"), after_commit=True)
+    assert paid.reverse_payment(ES, 1000, reference="refund_1").in_flight
+    [made] = gateway.reversals
+    metadata = {**made.metadata}
+    for key in ("reversal_attempt", "payout_id"):
+        if key in change:
+            metadata[key] = str(change[key])
+    listed = {
+        "id": made.id,
+        "object": "transfer_reversal",
+        "amount": change.get("amount", made.amount),
+        "currency": made.currency,
+        "transfer": made.transfer,
+        "metadata": metadata,
+    }
+    event = transfer_event("evt_1", "transfer.reversed", transfer, amount_reversed=1000)
+    event["data"]["object"]["reversals"] = {"object": "list", "data": [listed]}
+
+    deliver(paid, event)
+
+    assert (paid.reversals_in_flight() == []) is settles
+    assert paid.get_payout(ES).amount_reversed == 1000
+    assert gateway.reversal_calls == 1

@@ -222,3 +222,23 @@ def test_the_reversal_key_reaches_stripe_as_the_header(
     assert post.idempotency_key == f"reverse_payment.attempt1:{ES}"
     assert "idempotency_key" not in post.params
     assert post.params["metadata"]["reference"] == "full"
+
+
+def test_the_transfer_reversed_webhook_settles_a_reversal_whose_answer_was_lost(
+    ledger: PayoutLedger, fake: FakeStripe
+) -> None:
+    """Stripe's report lists the attempt's reversal: no resume is needed, nothing is sent."""
+    assert ledger.release_payment(release_request(ES)).outcome is ReleaseOutcome.RELEASED
+    fake.inject(faults.drop_after_commit(), path=REVERSALS)
+    assert ledger.reverse_payment(ES, 2000, reference="refund_1").in_flight
+    posts = len(reversal_posts(fake))
+
+    deliver_stripe_events(ledger, fake, "transfer.reversed")
+
+    assert ledger.reversals_in_flight() == []
+    assert topics(ledger, ES)[-2:] == ["TransferReversed", "ReversalSucceeded"]
+    again = ledger.reverse_payment(ES, 2000, reference="refund_1")
+    assert again.outcome is ReversalOutcome.ALREADY_REVERSED
+    assert again.reversal_id == reversals_at_stripe(fake)[0]["id"]
+    assert len(reversal_posts(fake)) == posts
+    assert_books_agree(ledger, fake)

@@ -1,7 +1,8 @@
 """Stripe events (verified webhooks): recorded once, with their effect, in one save.
 
 Transfer reports settle a payout whose answer was lost (only when they are
-the claimed transfer) and record reversals; a captured PaymentIntent is
+the claimed transfer) and record reversals, and settle the platform's reversal
+attempt in flight when the transfer lists its reversal; a captured PaymentIntent is
 recorded; connected accounts' events and every other type are kept for
 audit and change nothing.
 """
@@ -19,7 +20,7 @@ from eventsourcing.persistence import (
 )
 
 from payout_ledger.domain.account import PayabilitySource
-from payout_ledger.domain.payout import PayoutStatus
+from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus, ReversalStatus
 from payout_ledger.domain.stripe_events import (
     CapturedPayment,
     StripeEventOutcome,
@@ -34,6 +35,7 @@ from payout_ledger.service.attempts import claim_differences
 from payout_ledger.service.payability import Payability, PayabilityReport
 from payout_ledger.service.ports import (
     StripeAccount,
+    StripeReversal,
     StripeTransfer,
     string_metadata,
 )
@@ -317,10 +319,45 @@ class StripeEventEffects(Payability):
             amount_reversed=transfer.amount_reversed,
             stripe_event_id=event_id,
         )
+        ours = _attempts_reversal(payout, obj)
+        if ours is not None:
+            # The platform's reversal attempt in flight is in Stripe's report: settled.
+            payout.record_reversal_success(reversal_id=ours.id, request_id=None)
+            return [payout], StripeEventOutcome.APPLIED, event_service_id, "reversal settled"
         if settled or reversed_now:
             detail = "settled" if settled else "reversal recorded"
             return [payout], StripeEventOutcome.APPLIED, event_service_id, detail
         return [], StripeEventOutcome.RECORDED, event_service_id, None
+
+
+def _attempts_reversal(payout: PayoutAggregate, obj: Mapping[str, Any]) -> StripeReversal | None:
+    """The reversal of the payout's reversal attempt in flight, if the transfer lists it.
+
+    Stripe's transfer object embeds its newest reversals (``reversals.data``); the
+    attempt's is the one with its ``payout_id`` and ``reversal_attempt`` metadata,
+    and the claimed amount and currency.
+    """
+    if payout.reversal_status is not ReversalStatus.IN_FLIGHT:
+        return None
+    listed = obj.get("reversals")
+    data = listed.get("data") if isinstance(listed, Mapping) else None
+    if not isinstance(data, list):
+        return None
+    for item in data:
+        if not isinstance(item, Mapping):
+            continue
+        try:
+            reversal = StripeReversal.from_stripe(item)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue
+        if (
+            reversal.metadata.get("payout_id") == str(payout.id)
+            and reversal.metadata.get("reversal_attempt") == str(payout.reversal_attempt)
+            and reversal.transfer == payout.transfer_id
+            and (reversal.amount, reversal.currency) == (payout.reversal_amount, payout.currency)
+        ):
+            return reversal
+    return None
 
 
 def _parse_stripe_event(event: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
