@@ -44,6 +44,7 @@ __all__ = [
     "PageCallback",
     "RawEvent",
     "StateDecoder",
+    "claims_without_outcome",
     "iter_notifications",
     "iter_states",
     "last_notification_id",
@@ -343,6 +344,24 @@ def _page_reader(ledger: PayoutLedger, page_size: int) -> Callable[[int], list[R
         ]
 
     return read_memory
+
+
+def claims_without_outcome(
+    ledger: PayoutLedger, claim: str, outcomes: Sequence[str], page_size: int = 500
+) -> list[UUID]:
+    """Aggregates whose last event among ``claim`` and ``outcomes`` is the claim.
+
+    Reads the log once, in pages, keeping only each aggregate's last topic of
+    interest: the payouts with an attempt (``PayoutStarted``) or a reversal attempt
+    (``ReversalStarted``) left in flight. A row with impossible columns is skipped
+    here (its placeholder has another topic) and reported by verify and audit.
+    """
+    topics = [claim, *outcomes]
+    last: dict[UUID, str] = {}
+    for notification in iter_notifications(ledger, topics=topics, page_size=page_size):
+        if notification.topic in topics:
+            last[cast(UUID, notification.originator_id)] = notification.topic
+    return [originator_id for originator_id, topic in last.items() if topic == claim]
 
 
 def iter_states(

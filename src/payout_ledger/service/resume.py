@@ -8,10 +8,9 @@ attempt's own key inside a send window. docs/concepts.md gives the argument.
 from __future__ import annotations
 
 import logging
-from typing import cast
 from uuid import UUID
 
-from payout_ledger.adapters.log import iter_notifications
+from payout_ledger.adapters.log import claims_without_outcome
 from payout_ledger.adapters.store import first_cause
 from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus
 from payout_ledger.errors import (
@@ -34,8 +33,6 @@ from payout_ledger.service.requests import (
 __all__ = ["Resuming"]
 
 logger = logging.getLogger("payout_ledger")
-
-_PAGE = 500
 
 
 class Resuming(Attempts):
@@ -83,19 +80,11 @@ class Resuming(Attempts):
         return sorted(services)
 
     def _in_flight_ids(self) -> list[UUID]:
-        topics = [
+        return claims_without_outcome(
+            self,
             PayoutAggregate.PayoutStarted.TOPIC,
-            PayoutAggregate.TransferFailed.TOPIC,
-            PayoutAggregate.TransferSucceeded.TOPIC,
-        ]
-        last: dict[UUID, str] = {}
-        # Every id, those below 1 included; a row with impossible columns is skipped
-        # here (its placeholder has another topic) and reported by verify and audit.
-        for notification in iter_notifications(self, topics=topics, page_size=_PAGE):
-            if notification.topic in topics:
-                last[cast(UUID, notification.originator_id)] = notification.topic
-        started = PayoutAggregate.PayoutStarted.TOPIC
-        return [payout_id for payout_id, topic in last.items() if topic == started]
+            [PayoutAggregate.TransferFailed.TOPIC, PayoutAggregate.TransferSucceeded.TOPIC],
+        )
 
     def _resume_isolated(self, payout_id: UUID) -> ReleaseResult:
         """Resume one payout; whatever goes wrong stays with that payout."""

@@ -32,7 +32,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
-from payout_ledger.adapters.log import iter_notifications
+from payout_ledger.adapters.log import claims_without_outcome
 from payout_ledger.domain.money import Money
 from payout_ledger.domain.payout import (
     FULL_REVERSAL,
@@ -70,13 +70,6 @@ from payout_ledger.service.requests import (
 __all__ = ["Reversing"]
 
 logger = logging.getLogger("payout_ledger")
-
-_PAGE = 500
-_REVERSAL_TOPICS = (
-    PayoutAggregate.ReversalStarted.TOPIC,
-    PayoutAggregate.ReversalSucceeded.TOPIC,
-    PayoutAggregate.ReversalFailed.TOPIC,
-)
 
 
 class Reversing(LedgerCore):
@@ -384,12 +377,11 @@ class Reversing(LedgerCore):
         ]
 
     def _reversal_in_flight_ids(self) -> list[UUID]:
-        last: dict[UUID, str] = {}
-        for notification in iter_notifications(self, topics=_REVERSAL_TOPICS, page_size=_PAGE):
-            if notification.topic in _REVERSAL_TOPICS:
-                last[cast(UUID, notification.originator_id)] = notification.topic
-        started = PayoutAggregate.ReversalStarted.TOPIC
-        return [payout_id for payout_id, topic in last.items() if topic == started]
+        return claims_without_outcome(
+            self,
+            PayoutAggregate.ReversalStarted.TOPIC,
+            [PayoutAggregate.ReversalSucceeded.TOPIC, PayoutAggregate.ReversalFailed.TOPIC],
+        )
 
 
 def _reference(reference: object, amount: object) -> str:

@@ -235,12 +235,7 @@ class StripeTransferGateway:
             for transfer in self.client.v1.transfers.list(params).auto_paging_iter():
                 yield _stripe_transfer(transfer)
         except stripe.StripeError as exc:
-            raise TransferOutcomeUnknown(
-                f"could not list transfers: {_safe_message(exc)}",
-                code=_error_code(exc),
-                request_id=exc.request_id,
-                http_status=exc.http_status,
-            ) from exc
+            raise _unanswered(exc, "could not list transfers") from exc
 
     def create_reversal(self, request: ReversalRequest) -> ReversalCreated:
         """Reverse (part of) a transfer, idempotently by the request's key.
@@ -269,12 +264,7 @@ class StripeTransferGateway:
             for reversal in listing.auto_paging_iter():
                 yield StripeReversal.from_stripe(reversal.to_dict())
         except stripe.StripeError as exc:
-            raise TransferOutcomeUnknown(
-                f"could not list reversals: {_safe_message(exc)}",
-                code=_error_code(exc),
-                request_id=exc.request_id,
-                http_status=exc.http_status,
-            ) from exc
+            raise _unanswered(exc, "could not list reversals") from exc
 
     def retrieve_charge(self, charge_id: str) -> StripeCharge:
         """The charge a release names as its source transaction."""
@@ -330,18 +320,17 @@ class StripeTransferGateway:
 def _lookup_error(exc: stripe.StripeError, what: str) -> GatewayError:
     """A definite "no such ..." is TransferDeclined; anything else proves nothing."""
     if isinstance(exc, stripe.InvalidRequestError | stripe.PermissionError):
-        return TransferDeclined(
-            f"{what}: {_safe_message(exc)}",
-            code=_error_code(exc),
-            request_id=exc.request_id,
-            http_status=exc.http_status,
-        )
-    return TransferOutcomeUnknown(
-        f"could not look up the {what}: {_safe_message(exc)}",
-        code=_error_code(exc),
-        request_id=exc.request_id,
-        http_status=exc.http_status,
-    )
+        return TransferDeclined(f"{what}: {_safe_message(exc)}", **_details(exc))
+    return _unanswered(exc, f"could not look up the {what}")
+
+
+def _unanswered(exc: stripe.StripeError, doing: str) -> TransferOutcomeUnknown:
+    """A read Stripe did not answer: it proves nothing."""
+    return TransferOutcomeUnknown(f"{doing}: {_safe_message(exc)}", **_details(exc))
+
+
+def _details(exc: stripe.StripeError) -> dict[str, Any]:
+    return {"code": _error_code(exc), "request_id": exc.request_id, "http_status": exc.http_status}
 
 
 class _WindowedRequestsClient(stripe.RequestsClient):

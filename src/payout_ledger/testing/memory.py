@@ -194,17 +194,27 @@ class InMemoryTransferGateway:
             self._list_faults.append(error)
 
     def reverse(self, transfer_id: str, amount: int | None = None) -> RecordedTransfer:
-        """Reverse (part of) a transfer, as the platform would at Stripe."""
+        """Reverse (part of) a transfer, as the platform would at Stripe by hand
+        (``ValueError`` beyond its amount, ``KeyError`` for an unknown transfer)."""
         with self._lock:
-            for i, t in enumerate(self._transfers):
-                if t.transfer_id == transfer_id:
-                    total = t.amount if amount is None else t.amount_reversed + amount
-                    if total > t.amount:
-                        raise ValueError("cannot reverse more than the transfer's amount")
-                    updated = replace(t, amount_reversed=total)
-                    self._transfers[i] = updated
+            return self._add_reversed_locked(transfer_id, amount)
+
+    def _add_reversed_locked(self, transfer_id: str, amount: int | None) -> RecordedTransfer:
+        """Add ``amount`` (None: all that is left) to the transfer's reversed amount."""
+        for i, t in enumerate(self._transfers):
+            if t.transfer_id == transfer_id:
+                remaining = t.amount - t.amount_reversed
+                amount = remaining if amount is None else amount
+                if amount > remaining:
+                    raise ValueError(
+                        f"Reversal amount ({amount}) is greater than the amount of "
+                        f"transfer {transfer_id} not yet reversed ({remaining})."
+                    )
+                updated = replace(t, amount_reversed=t.amount_reversed + amount)
+                self._transfers[i] = updated
+                if t.idempotency_key in self._by_key:  # a pruned key stays pruned
                     self._by_key[t.idempotency_key] = updated
-                    return updated
+                return updated
         raise KeyError(transfer_id)
 
     def forget_keys(self) -> None:
@@ -249,33 +259,28 @@ class InMemoryTransferGateway:
             return ReversalCreated(reversal_id=reversal.id)
 
     def _reverse_locked(self, request: ReversalRequest) -> StripeReversal:
-        for i, t in enumerate(self._transfers):
-            if t.transfer_id == request.transfer_id:
-                remaining = t.amount - t.amount_reversed
-                if request.amount > remaining:
-                    raise TransferDeclined(
-                        f"Reversal amount ({request.amount}) is greater than the amount of "
-                        f"transfer {t.transfer_id} not yet reversed ({remaining}).",
-                        code="invalid_request_error",
-                        http_status=400,
-                    )
-                reversal = StripeReversal(
-                    id=f"trr_mem_{next(self._ids):06d}",
-                    transfer=t.transfer_id,
-                    amount=request.amount,
-                    currency=t.currency,
-                    metadata=dict(request.metadata),
-                    created=int(time.time()),
-                )
-                updated = replace(t, amount_reversed=t.amount_reversed + request.amount)
-                self._transfers[i] = updated
-                if self._by_key.get(t.idempotency_key) is not None:
-                    self._by_key[t.idempotency_key] = updated
-                self._reversal_by_id[reversal.id] = (reversal, request)
-                return reversal
-        raise TransferDeclined(
-            f"No such transfer: '{request.transfer_id}'", code="resource_missing", http_status=404
+        try:
+            transfer = self._add_reversed_locked(request.transfer_id, request.amount)
+        except ValueError as exc:
+            raise TransferDeclined(
+                str(exc), code="invalid_request_error", http_status=400
+            ) from None
+        except KeyError:
+            raise TransferDeclined(
+                f"No such transfer: '{request.transfer_id}'",
+                code="resource_missing",
+                http_status=404,
+            ) from None
+        reversal = StripeReversal(
+            id=f"trr_mem_{next(self._ids):06d}",
+            transfer=transfer.transfer_id,
+            amount=request.amount,
+            currency=transfer.currency,
+            metadata=dict(request.metadata),
+            created=int(time.time()),
         )
+        self._reversal_by_id[reversal.id] = (reversal, request)
+        return reversal
 
     def list_reversals(self, transfer_id: str) -> list[StripeReversal]:
         """The transfer's reversals, newest first."""
