@@ -28,6 +28,7 @@ from payout_ledger.audit import (
     audit_ledger,
     export_events,
     export_payouts,
+    verify_ledger,
 )
 from payout_ledger.domain.payout import ReversalStatus, reversal_idempotency_key
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
@@ -505,3 +506,26 @@ def _drop_reversal_columns(store_url: str, table: str) -> None:
     with store._cursor() as c:
         for column in ("reversal_attempt", "reversal_status"):
             c.execute(f"ALTER TABLE {schema}{table} DROP COLUMN {column}")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("amount", 100), ("amount_reversed", 100), ("reversal_id", "trr_other")]
+)
+def test_an_edited_reversal_is_caught_by_verify_under_a_seal(
+    durable_ledger: PayoutLedger,
+    gateway: InMemoryTransferGateway,
+    durable_store_url: str,
+    field: str,
+    value: object,
+) -> None:
+    """An attacker with a database login lowers a recorded reversal: the chain says so."""
+    run_reversal_scenario(durable_ledger, gateway)
+    durable_ledger.reverse_payment("es_rev", 700, reference="r3")  # settle the one in flight
+    durable_ledger.seal()
+    raw = RawStore(durable_store_url)
+    [succeeded, *_] = [r for r in raw.rows() if r.topic == "payout_ledger:ReversalSucceeded"]
+    assert verify_ledger(durable_ledger).ok
+
+    raw.edit(succeeded.notification_id, lambda state: state.update({field: value}))
+
+    assert not verify_ledger(durable_ledger).ok

@@ -42,7 +42,7 @@ from payout_ledger.audit import (
 from payout_ledger.domain.seal import LedgerSeal
 from payout_ledger.domain.stripe_events import CapturedPayment, StripeEventRecord
 from payout_ledger.testing import InMemoryTransferGateway
-from tests.audit.scenario import release, run_scenario
+from tests.audit.scenario import release, run_reversal_scenario, run_scenario
 from tests.audit.support import RawRow, RawStore, notification_ids
 from tests.reliability.config import SIZES
 from tests.reliability.figures import FIGURES
@@ -121,6 +121,7 @@ def sealed_log(
 ) -> SealedLog:
     raw = RawStore(durable_store_url)
     run_scenario(ledger, gateway)
+    run_reversal_scenario(ledger, gateway)  # platform reversals: their bytes are attacked too
     ledger.release_payment(release("es_gap"))
     ledger.release_payment(release("es_after_gap", amount=4200))
     gap = notification_ids(ledger, ledger.payout_id("es_gap"))
