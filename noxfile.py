@@ -56,6 +56,17 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/run.py", *session.posargs)
 
 
+@nox.session
+def bench_bulk(session: nox.Session) -> None:
+    """Bulk releases under the rate governor against a rate-limited fake Stripe (opt-in).
+
+    `nox -s bench_bulk -- --quick` (2,000 releases, about 3 minutes); 20,000 without it
+    (about 30 minutes); the figures of record with `-- --out bench`.
+    """
+    session.install("-e", ".[dev]")
+    session.run("python", "bench/bulk.py", *session.posargs)
+
+
 def reliability_plan(posargs: list[str]) -> tuple[list[str], str, str | None]:
     """pytest's arguments, the figures file and the page to render, from the session's.
 

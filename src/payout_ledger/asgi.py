@@ -15,6 +15,12 @@ redirect from the host's router, which Stripe counts as a failed delivery. To
 serve a path without the slash, add the endpoint as a route instead:
 ``app.add_route("/stripe/webhooks", webhook_endpoint(handler), methods=["POST"])``.
 Needs the ``asgi`` extra (Starlette).
+
+The ledger's health check, for a load balancer or an orchestrator's probe:
+
+```python
+app.mount("/health", health_app(ledger))  # GET /health/: 200 healthy, 503 not
+```
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from payout_ledger.service.ledger import PayoutLedger
 from payout_ledger.stripe.webhooks import WebhookHandler, WebhookResponse
 
-__all__ = ["webhook_app", "webhook_endpoint"]
+__all__ = ["health_app", "health_endpoint", "webhook_app", "webhook_endpoint"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -76,6 +83,36 @@ def webhook_endpoint(handler: WebhookHandler) -> Endpoint:
         return _json(result)
 
     return receive_stripe_webhook
+
+
+def health_app(ledger: PayoutLedger, *, check_stripe: bool = True) -> Starlette:
+    """A Starlette application serving the ledger's health at ``GET /``, for mounting.
+
+    See [`health_endpoint`][payout_ledger.asgi.health_endpoint].
+    """
+    return Starlette(
+        routes=[Route("/", health_endpoint(ledger, check_stripe=check_stripe), methods=["GET"])]
+    )
+
+
+def health_endpoint(ledger: PayoutLedger, *, check_stripe: bool = True) -> Endpoint:
+    """A Starlette endpoint answering [`PayoutLedger.health`][payout_ledger.PayoutLedger.health].
+
+    200 when every check holds, 503 otherwise, with the report as JSON:
+    ``{"ok", "checks": {name: {"state", "detail", "value", "threshold"}}, "status"}``
+    (counts, ages and states: no id, no secret, no error message, only an error's
+    class). The checks run in Starlette's thread pool, off the event loop. An
+    unexpected error answers 503 ``{"ok": false}``.
+    """
+
+    async def ledger_health(request: Request) -> Response:
+        try:
+            report = await run_in_threadpool(ledger.health, check_stripe=check_stripe)
+        except Exception:
+            return JSONResponse({"ok": False}, status_code=503)
+        return JSONResponse(report.as_dict(), status_code=200 if report.ok else 503)
+
+    return ledger_health
 
 
 def _json(result: WebhookResponse) -> JSONResponse:

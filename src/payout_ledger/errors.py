@@ -4,6 +4,7 @@
 PayoutLedgerError
 ├── InvalidRequestError          bad input; nothing was recorded      (also ValueError)
 │   ├── InvalidMoneyError        float, bool, zero/negative amount, unknown currency
+│   ├── BulkRequestError         a batch of releases with bad items: none of it was released
 │   └── LivemodeMismatchError    a Stripe event of the other mode (test vs live)
 ├── ConfigurationError           settings that cannot work (e.g. Stripe off in production)
 ├── StoreError                   the event store cannot be opened as configured
@@ -33,6 +34,7 @@ No message ever contains an API key, webhook secret or database password.
 from __future__ import annotations
 
 __all__ = [
+    "BulkRequestError",
     "ConfigurationError",
     "DestinationUnpayable",
     "GatewayError",
@@ -68,6 +70,21 @@ class InvalidRequestError(PayoutLedgerError, ValueError):
 
 class InvalidMoneyError(InvalidRequestError):
     """An amount or currency is not acceptable money."""
+
+
+class BulkRequestError(InvalidRequestError):
+    """A batch of releases holds items that are not release requests, or one event
+    service twice; nothing of the batch was recorded or sent.
+
+    ``problems`` lists ``(index, reason)`` for each bad item (0-based, in input
+    order, at most 100); the message names the first few.
+    """
+
+    def __init__(self, problems: list[tuple[int, str]]) -> None:
+        self.problems = tuple(problems[:100])
+        shown = "; ".join(f"item {i}: {reason}" for i, reason in self.problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        super().__init__(f"{len(problems)} bad item(s) in the batch, none released: {shown}{more}")
 
 
 class LivemodeMismatchError(InvalidRequestError):

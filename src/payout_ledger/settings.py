@@ -30,6 +30,7 @@ and the Stripe key, webhook secrets and cipher key as ``SecretStr``
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -51,9 +52,12 @@ from payout_ledger.errors import ConfigurationError
 
 __all__ = [
     "STRIPE_API_VERSION",
+    "AnchorSinkKind",
     "LedgerSettings",
+    "anchor_sink_parts",
     "livemode_of_key",
     "redact_url",
+    "shown_anchor_sink",
     "store_environment",
 ]
 
@@ -172,6 +176,72 @@ class LedgerSettings(BaseSettings):
     """The read model's table (one row per event service), in the events' database;
     its tracking table is this name plus ``_tracking``."""
 
+    # Health (``PayoutLedger.health()``, the ASGI health route): None turns a check off.
+    health_in_flight_threshold: float | None = Field(default=900.0, gt=0)
+    """Seconds: health fails while an attempt (transfer or reversal) has been in
+    flight longer than this. A release settles in seconds; the maintenance worker
+    resumes what is left in flight, so an old one means the worker is not working."""
+
+    health_projection_lag_threshold: int | None = Field(default=10_000, ge=0)
+    """Events: health fails while the read model is more than this many payout
+    events behind the log (a read model never created is not checked)."""
+
+    health_seal_age_threshold: float | None = Field(default=86_400.0, gt=0)
+    """Seconds: health fails while an event has waited longer than this for a seal
+    (the maintenance worker seals every cycle). A quiet log with nothing to seal
+    is healthy however old its newest seal."""
+
+    worker_interval: float = Field(default=60.0, gt=0, le=86400)
+    """Seconds between two cycles of the maintenance worker (``payout-ledger worker``)."""
+
+    worker_resume_after: float = Field(default=300.0, ge=0, le=86400)
+    """Seconds a payout's (or a reversal's) in-flight claim must be old before the
+    worker resumes it: a younger one most likely belongs to a release still
+    running. Resuming is safe at any age; this only saves needless Stripe calls."""
+
+    worker_reconcile_window: float = Field(default=26 * 3600, ge=0, le=90 * 86400)
+    """Seconds back from now that each worker cycle reconciles with Stripe (the
+    last day and a margin by default); 0 turns the worker's reconcile off."""
+
+    worker_lease_seconds: float = Field(default=30.0, ge=1, le=3600)
+    """Within how many seconds a worker that died (or lost its database) is
+    replaced as leader: followers try to lead every third of it, and the
+    leader's lock connection has TCP keepalives that give up within it."""
+
+    worker_anchor_sink: str | None = Field(default=None, repr=False)
+    """Where the worker writes each new seal's digest: ``file:/path/anchors.jsonl``
+    (one JSON line per seal, appended and synced) or ``command:program args``
+    (run without a shell, the seal as JSON on its stdin). None: seals are not
+    anchored by the worker. Shown only as its kind and path or program."""
+
+    # Bulk releases (``PayoutLedger.release_many``) under a rate budget shared in the store.
+    bulk_rate_limit: float = Field(default=25.0, gt=0, le=10_000)
+    """Requests per second Stripe allows the endpoint bulk releases use (Stripe's
+    default per endpoint is 25; live mode allows 100 in total, sandboxes 25)."""
+
+    bulk_rate_share: float = Field(default=0.9, gt=0, le=1)
+    """The share of ``bulk_rate_limit`` that all bulk releases together may use,
+    every process and host included; the rest is left to live traffic (charges)."""
+
+    bulk_rate_budget: str = Field(default="stripe", pattern=r"^[a-z0-9_.:-]{1,64}$")
+    """The name of the shared rate budget: ledgers that call the same Stripe
+    account share one (its row in the store's ``payout_ledger_rate_budget`` table), and
+    should all be given the same ``bulk_rate_limit`` and ``bulk_rate_share``."""
+
+    bulk_backoff_max: float = Field(default=30.0, ge=0.5, le=600)
+    """The longest back-off, in seconds, of the whole budget after a 429: Stripe's
+    ``Retry-After`` when it sends one (capped at this), else exponential from 0.5 s
+    with jitter."""
+
+    bulk_rate_limit_retries: int = Field(default=6, ge=0, le=50)
+    """How many times one request answered 429 is sent again (same idempotency key,
+    after the budget's back-off, only while its send window is open)."""
+
+    bulk_resume_rounds: int = Field(default=3, ge=0, le=50)
+    """How many times a bulk release still left in flight by a 429 is resumed
+    (asked of Stripe, then sent again with its key) before it is answered
+    ``not_executed``."""
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def stripe_api_version(self) -> str:
@@ -209,6 +279,8 @@ class LedgerSettings(BaseSettings):
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         yield "store_url", redact_url(self.store_url)
         yield from super().__repr_args__()
+        if self.worker_anchor_sink is not None:
+            yield "worker_anchor_sink", shown_anchor_sink(self.worker_anchor_sink)
 
     @field_serializer("store_url")
     def _redacted_store_url(self, url: str) -> str:
@@ -225,6 +297,17 @@ class LedgerSettings(BaseSettings):
             # An unencoded '/', '?' or '#' before the last '@' cuts the password in two.
             raise ValueError(_PERCENT_ENCODE)
         return url
+
+    @field_validator("worker_anchor_sink")
+    @classmethod
+    def _anchor_sink_form(cls, sink: str | None) -> str | None:
+        if sink is not None:
+            anchor_sink_parts(sink)
+        return sink
+
+    @field_serializer("worker_anchor_sink")
+    def _shown_anchor_sink(self, sink: str | None) -> str | None:
+        return None if sink is None else shown_anchor_sink(sink)
 
     @model_validator(mode="after")
     def _requests_end_before_keys_may_be_pruned(self) -> LedgerSettings:
@@ -307,6 +390,47 @@ def _source_error(exc: SettingsError) -> ConfigurationError:
         f"{field} ({_env_name(field)}): cannot be parsed; a list is written in JSON, "
         'for example ["whsec_..."]'
     )
+
+
+AnchorSinkKind = Literal["file", "command"]
+
+
+def anchor_sink_parts(sink: str) -> tuple[AnchorSinkKind, list[str]]:
+    """``worker_anchor_sink`` taken apart: ``("file", [path])`` or ``("command", argv)``.
+
+    Raises ``ValueError`` saying what is wrong, never quoting the value (a
+    command line may hold a token).
+    """
+    kind, colon, rest = sink.partition(":")
+    if not colon or kind not in ("file", "command"):
+        raise ValueError("an anchor sink is file:/path/anchors.jsonl or command:program args")
+    if "\x00" in rest or not rest.strip():
+        raise ValueError(
+            f"an anchor sink {kind}: needs a {'path' if kind == 'file' else 'program'}"
+        )
+    if kind == "file":
+        return "file", [rest]
+    try:
+        argv = shlex.split(rest)
+    except ValueError:
+        raise ValueError(
+            "the anchor sink's command cannot be split into arguments (an unclosed quote?)"
+        ) from None
+    if not argv:
+        raise ValueError("an anchor sink command: needs a program")
+    return "command", argv
+
+
+def shown_anchor_sink(sink: str) -> str:
+    """The sink as settings show it: a file's path, or a command's program without its
+    arguments (they may hold a token)."""
+    try:
+        kind, parts = anchor_sink_parts(sink)
+    except ValueError:
+        return "***"
+    if kind == "file":
+        return f"file:{parts[0]}"
+    return f"command:{parts[0]}" + (" ***" if len(parts) > 1 else "")
 
 
 def livemode_of_key(api_key: str) -> bool | None:

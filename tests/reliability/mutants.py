@@ -71,7 +71,12 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "a reversal that loses the claim race sends its own claim anyway",
         "service/reversal.py",
         "                payout = self.get_payout(event_service_id)\n"
-        '                logger.info("reversal of %s lost the claim race", event_service_id)\n'
+        "                logger.info(\n"
+        '                    "reversal of %s lost the claim race",\n'
+        "                    event_service_id,\n"
+        "                    extra=telemetry.extras("
+        "event_service_id=event_service_id, reference=ref),\n"
+        "                )\n"
         "                continue\n",
         "                return self._conclude_reversal(\n"
         "                    payout, self._send_reversal(payout, window)\n"

@@ -49,6 +49,7 @@ from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
+from payout_ledger.adapters import telemetry
 from payout_ledger.adapters.log import (
     DEFAULT_PAGE_SIZE,
     ILL_TYPED_ROW,
@@ -98,6 +99,15 @@ Decode = Literal["states", "mapper"]
 """How the audit decodes events; see [`audit_ledger`][payout_ledger.audit.audit_ledger]."""
 
 
+@telemetry.traced(
+    "payout_ledger.audit",
+    lambda report: {
+        "events": report.events,
+        "payouts": report.payouts,
+        "violations": len(report.violations),
+        "ok": report.ok,
+    },
+)
 def audit_ledger(
     ledger: PayoutLedger,
     *,

@@ -50,6 +50,7 @@ from uuid import UUID
 
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
+from payout_ledger.adapters import telemetry
 from payout_ledger.adapters.log import (
     DEFAULT_PAGE_SIZE,
     PageCallback,
@@ -70,6 +71,10 @@ if TYPE_CHECKING:
 __all__ = ["ChainProblem", "ProblemKind", "VerifyReport", "verify_ledger"]
 
 
+@telemetry.traced(
+    "payout_ledger.verify",
+    lambda report: {"events": report.events, "problems": len(report.problems), "ok": report.ok},
+)
 def verify_ledger(
     ledger: PayoutLedger,
     *,

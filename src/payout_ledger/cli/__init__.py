@@ -13,15 +13,19 @@ Exit codes, the same for every command:
   events that cannot be read, ``project`` events the read model cannot hold,
   ``resume`` payouts or reversals still in flight, a ``reverse`` that did not
   reverse (failed, in flight, or another reversal in flight), a
-  ``sync-account`` account that cannot be paid, or the ledger refusing to
-  act on what it read (``seal`` over a damaged seal chain).
+  ``sync-account`` account that cannot be paid, a ``worker --once`` cycle
+  with findings (a step that failed, payouts still in flight after resume,
+  reconcile mismatches, an anchor not written), or the ledger refusing to
+  act on what it read (``seal`` over a damaged seal chain), a
+  ``release-many`` batch with items not released.
 - ``2``: usage or configuration: a bad option or argument (``--since`` not
   before ``--until``...), an invalid ``PAYOUT_LEDGER_*`` setting (named, with
   the reason, never its value), a store URL that can name no existing store
   (``memory://``, an SQLite file in a folder that does not exist), settings
   the ledger refuses (no Stripe key for ``resume`` or ``reconcile``, a wrong
   ``cipher_key``...), a Stripe key Stripe refuses (401, 403), an ``--output``
-  that cannot be written.
+  that cannot be written, a ``release-many`` file with a bad row (nothing
+  released).
 - ``3``: the store or Stripe cannot be reached or opened: connection refused
   or timed out (after ``postgres_connect_timeout``), authentication failed, no
   such database, schema, events table or SQLite file, a file that is no SQLite
@@ -73,6 +77,22 @@ ISO 8601 strings):
 - ``sync-account``: ``{"account_id", "payable", "reason", "message",
   "payouts_enabled", "transfers", "disabled_reason", "source", "reported_at"}``.
 - ``export`` writes JSON Lines or CSV (see the audit documentation).
+- ``release-many``: ``{"items", "released", "counts": {outcome: count},
+  "seconds", "governor": {"tokens", "waited_seconds", "http_seconds",
+  "rate_limited", "retried", "not_retried", "backoff_seconds"} or null,
+  "not_released": [{"line", "event_service_id", "outcome", "error_code",
+  "error_message"}]}``; ``released`` counts ``released`` and
+  ``already_released``; an item the ledger refused has outcome ``rejected``.
+- ``worker --once --json``: the cycle: ``{"started_at", "leading", "result",
+  "resumed", "settled", "still_in_flight": [event service id], "not_yet_due",
+  "outcomes": {outcome: count}, "reversals_resumed", "reversals_settled",
+  "reversals_still_in_flight", "reversals_not_yet_due", "reconciled",
+  "payouts_checked", "transfers_checked", "mismatches": [{"kind",
+  "event_service_id", "transfer_id"}], "awaiting_resume", "events_projected",
+  "projection_skipped", "seal": seal or null, "anchored": [seal number],
+  "errors": {step: reason}, "interrupted", "findings": [text],
+  "duration_seconds"}``; ``result`` is ``clean``, ``findings``,
+  ``interrupted`` or ``follower`` (another worker leads: nothing done, exit 0).
 
 Where it lives:
 
@@ -85,6 +105,10 @@ Where it lives:
 - ``reversing``: ``reverse``, and how reversal results print (``reverse``, ``resume``).
 - ``audit_commands``: ``audit``, ``verify``, ``seal``, ``project`` and ``export``.
 - ``reports``: how ``audit`` and ``verify`` print their reports.
+- ``bulk``: ``release-many``, a batch of releases from a file under the
+  shared Stripe rate budget, with its progress.
+- ``worker``: ``worker``, the maintenance worker (looping, or ``--once``), its
+  signals and its log lines.
 """
 
 from __future__ import annotations
@@ -98,6 +122,12 @@ from payout_ledger.cli import (
 
 # isort: split
 from payout_ledger.cli import audit_commands  # noqa: F401
+
+# isort: split
+from payout_ledger.cli import worker  # noqa: F401
+
+# isort: split
+from payout_ledger.cli import bulk  # noqa: F401
 from payout_ledger.cli.root import (
     EXIT_CODES_HELP,
     EXIT_FINDINGS,

@@ -97,7 +97,8 @@ def verify_command(
     anchor_file: Annotated[
         Path | None,
         typer.Option(
-            help="A file of anchored seal digests, one per line.",
+            help="A file of anchored seal digests, one per line: a digest, or a JSON "
+            "object with seal_digest (as payout-ledger worker writes them).",
             exists=True,
             dir_okay=False,
             readable=True,
@@ -118,7 +119,7 @@ def verify_command(
             lines = anchor_file.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             fail(f"cannot read --anchor-file {anchor_file}: {first_line(exc)}")
-        anchors += [line.split()[0] for line in lines if line.strip()]
+        anchors += [_anchored_digest(line) for line in lines if line.strip()]
     with reading_ledger(store_url) as ledger, _progress(ledger, "verify", progress) as on_page:
         report = verify_ledger(
             ledger, anchors=anchors, strict=strict, page_size=page_size, on_page=on_page
@@ -135,6 +136,19 @@ def verify_command(
             f"{first.detail}",
             EXIT_FINDINGS,
         )
+
+
+def _anchored_digest(line: str) -> str:
+    """A line of an anchors file: a digest (and anything after it), or a JSON object."""
+    if not line.lstrip().startswith("{"):
+        return line.split()[0]
+    try:
+        digest = json.loads(line).get("seal_digest")
+    except (ValueError, AttributeError):
+        digest = None
+    if not isinstance(digest, str) or not digest.strip():
+        fail("--anchor-file: a JSON line without a seal_digest string")
+    return digest
 
 
 @app.command("seal", epilog=EXIT_CODES_HELP)

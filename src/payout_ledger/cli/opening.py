@@ -16,6 +16,7 @@ from payout_ledger.cli.root import EXIT_UNAVAILABLE, EXIT_USAGE, fail, first_lin
 from payout_ledger.errors import ConfigurationError, PayoutLedgerError, StoreNotFoundError
 from payout_ledger.service.ledger import PayoutLedger
 from payout_ledger.service.ports import (
+    ProviderDirectory,
     ServiceProvider,
     StripeTransfer,
     TransferGateway,
@@ -63,11 +64,16 @@ def _settings(store_url: str | None) -> LedgerSettings:
         )
 
 
-def operator_ledger(store_url: str | None, *, calls_stripe: bool = True) -> PayoutLedger:
+def operator_ledger(
+    store_url: str | None,
+    *,
+    calls_stripe: bool = True,
+    providers: ProviderDirectory | None = None,
+) -> PayoutLedger:
     """A ledger on the existing store named by PAYOUT_LEDGER_* variables (or --store-url).
 
     ``calls_stripe=False``: for commands that only read (and seal); its gateway
-    refuses every call.
+    refuses every call. ``providers``: for commands that release (none by default).
     """
     settings = _settings(store_url)
     try:
@@ -77,7 +83,10 @@ def operator_ledger(store_url: str | None, *, calls_stripe: bool = True) -> Payo
                 StripeTransferGateway.from_settings(settings) if calls_stripe else _NoTransfers()
             )
         return PayoutLedger(
-            settings=settings, providers=_NoProviders(), gateway=gateway, must_exist=True
+            settings=settings,
+            providers=providers or _NoProviders(),
+            gateway=gateway,
+            must_exist=True,
         )
     except StoreNotFoundError as exc:
         hint = ""

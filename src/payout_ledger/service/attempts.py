@@ -16,6 +16,7 @@ from eventsourcing.persistence import (
     IntegrityError,
 )
 
+from payout_ledger.adapters import telemetry
 from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus
 from payout_ledger.errors import (
     DestinationUnpayable,
@@ -167,6 +168,14 @@ class Attempts(Payability):
             "transfer outcome unknown for %s (attempt %d); payout left in flight",
             payout.event_service_id,
             payout.attempt,
+            extra=telemetry.extras(
+                event_service_id=payout.event_service_id,
+                payout_id=str(payout.id),
+                attempt=payout.attempt,
+                outcome=ReleaseOutcome.OUTCOME_UNKNOWN.value,
+                error_code=getattr(outcome, "code", None),
+                stripe_request_id=getattr(outcome, "request_id", None),
+            ),
         )
         return release_result(payout, ReleaseOutcome.OUTCOME_UNKNOWN, outcome, detail)
 
@@ -192,6 +201,13 @@ class Attempts(Payability):
                     payout.event_service_id,
                     ours,
                     theirs,
+                    extra=telemetry.extras(
+                        event_service_id=payout.event_service_id,
+                        payout_id=str(payout.id),
+                        attempt=payout.attempt,
+                        transfer_id=ours,
+                        recorded_transfer_id=theirs,
+                    ),
                 )
                 return release_result(
                     stored,

@@ -13,6 +13,8 @@ outcome). docs/architecture.md draws the layers.
 
 from __future__ import annotations
 
+from payout_ledger.service.bulk import BulkReleasing
+from payout_ledger.service.health import HealthReport, LedgerStatus, ledger_health, ledger_status
 from payout_ledger.service.payability import Payability
 from payout_ledger.service.release import Releasing
 from payout_ledger.service.resume import Resuming
@@ -23,7 +25,7 @@ from payout_ledger.service.stripe_event_effects import StripeEventEffects
 __all__ = ["PayoutLedger"]
 
 
-class PayoutLedger(Releasing, Resuming, Reversing, StripeEventEffects, Payability):
+class PayoutLedger(BulkReleasing, Releasing, Resuming, Reversing, StripeEventEffects, Payability):
     """Releases event services' payments to their providers, exactly once.
 
     ```python
@@ -47,3 +49,25 @@ class PayoutLedger(Releasing, Resuming, Reversing, StripeEventEffects, Payabilit
         Export each seal's ``seal_digest`` outside the database (see docs/audit.md).
         """
         return seal_ledger(self)
+
+    def status(self) -> LedgerStatus:
+        """The books now: attempts in flight and the oldest one's age, the read
+        model's lag, the events waiting for a seal and the newest seal's age.
+
+        Reads the log's claims and outcomes once, and each payout in flight. Sets
+        the ledger's gauges (see docs/operations.md), so every status taken, by a
+        health check or a maintenance worker's cycle, is what the metrics show.
+        """
+        return ledger_status(self)
+
+    def health(self, *, check_stripe: bool = True) -> HealthReport:
+        """Whether the ledger can work and keeps up: each check named, with its state.
+
+        The store answers; its events can be read with these settings (the
+        cipher); Stripe answers a read-only request (unless ``check_stripe=False``
+        or Stripe is disabled); the oldest attempt in flight, the read model's lag
+        and the seal's age are within ``health_*`` settings. The report holds no
+        id and no secret. See [`health_app`][payout_ledger.asgi.health_app] to
+        serve it.
+        """
+        return ledger_health(self, check_stripe=check_stripe)

@@ -20,6 +20,8 @@ a mismatch. Stripe above ``reversed_before + amount`` is still ``reversed``.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -27,6 +29,7 @@ from enum import StrEnum
 from typing import Any, cast
 from uuid import UUID
 
+from payout_ledger.adapters import telemetry
 from payout_ledger.domain.payout import (
     PayoutAggregate,
     PayoutStatus,
@@ -41,6 +44,8 @@ from payout_ledger.service.ports import StripeTransfer
 __all__ = ["Mismatch", "MismatchKind", "ReconcileReport", "reconcile"]
 
 _PAGE = 500
+
+logger = logging.getLogger("payout_ledger")
 
 
 class MismatchKind(StrEnum):
@@ -107,6 +112,7 @@ class ReconcileReport:
         }
 
 
+@telemetry.traced("payout_ledger.reconcile", lambda report: _described(report))
 def reconcile(
     ledger: PayoutLedger,
     *,
@@ -171,7 +177,39 @@ def reconcile(
             )
             for t in transfers
         )
+    _observe(report)
     return report
+
+
+def _observe(report: ReconcileReport) -> None:
+    """Count the report's mismatches by kind, and log it (with the counts as extras)."""
+    kinds = Counter(m.kind.value for m in report.mismatches)
+    for kind, n in sorted(kinds.items()):
+        telemetry.count_reconcile_mismatch(kind, n)
+    logger.log(
+        logging.WARNING if kinds else logging.INFO,
+        "reconcile: %d payouts and %d transfers checked, %d mismatches",
+        report.payouts_checked,
+        report.transfers_checked,
+        len(report.mismatches),
+        extra=telemetry.extras(
+            payouts_checked=report.payouts_checked,
+            transfers_checked=report.transfers_checked,
+            mismatches=dict(sorted(kinds.items())),
+            reversals_in_flight=len(report.reversals_in_flight),
+            outcome="ok" if report.ok else "mismatches",
+        ),
+    )
+
+
+def _described(report: ReconcileReport) -> dict[str, int | bool]:
+    """A reconciliation's span attributes: what was checked and how much disagreed."""
+    return {
+        "payouts_checked": report.payouts_checked,
+        "transfers_checked": report.transfers_checked,
+        "mismatches": len(report.mismatches),
+        "ok": report.ok,
+    }
 
 
 def _compare(payout: PayoutAggregate, transfers: list[StripeTransfer]) -> list[Mismatch]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ from eventsourcing.persistence import (
     IntegrityError,
 )
 
+from payout_ledger.adapters import telemetry
 from payout_ledger.domain.chain import broken_link
 from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus
 from payout_ledger.errors import (
@@ -61,6 +64,10 @@ class Releasing(Attempts):
         anything is recorded; every other outcome is a
         [`ReleaseResult`][payout_ledger.ReleaseResult].
         """
+        with _observed() as done:
+            return done(self._release_payment(request))
+
+    def _release_payment(self, request: ReleaseRequest | Mapping[str, Any]) -> ReleaseResult:
         req = ReleaseRequest.parse(request)
         provider = self._provider(req)
         checked = self._checked_source(req)
@@ -80,6 +87,12 @@ class Releasing(Attempts):
         Stripe call uses the gateway's ``create_transfer_async`` when it has one.
         The guarantees are the same: the claim is the same save.
         """
+        with _observed() as done:
+            return done(await self._release_payment_async(request))
+
+    async def _release_payment_async(
+        self, request: ReleaseRequest | Mapping[str, Any]
+    ) -> ReleaseResult:
         req = ReleaseRequest.parse(request)
         provider = await asyncio.to_thread(self._provider, req)
         checked = await asyncio.to_thread(self._checked_source, req)
@@ -189,7 +202,11 @@ class Releasing(Attempts):
             if isinstance(claim, _Claimed):
                 return claim
             payout = claim.stored
-            logger.info("release of %s lost the claim race", req.event_service_id)
+            logger.info(
+                "release of %s lost the claim race",
+                req.event_service_id,
+                extra=telemetry.extras(event_service_id=req.event_service_id),
+            )
         raise LedgerBusyError(req.event_service_id, self.settings.claim_attempts)
 
     def _before_next_attempt(self, payout: PayoutAggregate) -> ReleaseResult | None:
@@ -225,6 +242,12 @@ class Releasing(Attempts):
                 found[0].id,
                 payout.event_service_id,
                 payout.attempt,
+                extra=telemetry.extras(
+                    event_service_id=payout.event_service_id,
+                    payout_id=str(payout.id),
+                    attempt=payout.attempt,
+                    transfer_id=found[0].id,
+                ),
             )
             raise LedgerIntegrityError(
                 f"Stripe has transfer {found[0].id} (attempt {found[0].metadata.get('attempt')}) "
@@ -279,10 +302,54 @@ class Releasing(Attempts):
                 logger.info(
                     "claim of %s was stored before its acknowledgement was lost",
                     req.event_service_id,
+                    extra=telemetry.extras(
+                        event_service_id=req.event_service_id, attempt=stored.attempt
+                    ),
                 )
                 return _Claimed(stored, window)
             return _LostClaim(stored)
         return _Claimed(payout, window)
+
+
+@contextmanager
+def _observed() -> Iterator[Callable[[ReleaseResult], ReleaseResult]]:
+    """A release's span, its count by outcome and its duration (``error`` when it raises).
+
+    Only low-cardinality values go to the span and the metrics; the ids go to the
+    log record.
+    """
+    started = time.perf_counter()
+    with telemetry.span("payout_ledger.release") as current:
+
+        def done(result: ReleaseResult) -> ReleaseResult:
+            outcome = result.outcome.value
+            telemetry.count_release(outcome, time.perf_counter() - started)
+            current.set(
+                outcome=outcome,
+                attempt=result.attempt,
+                error_code=telemetry.label(result.error_code, missing="") or None,
+            )
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "release of %s: %s",
+                    result.event_service_id,
+                    outcome,
+                    extra=telemetry.extras(
+                        event_service_id=result.event_service_id,
+                        payout_id=str(result.payout_id),
+                        attempt=result.attempt,
+                        outcome=outcome,
+                        transfer_id=result.transfer_id,
+                        error_code=result.error_code,
+                    ),
+                )
+            return result
+
+        try:
+            yield done
+        except Exception:
+            telemetry.count_release("error", time.perf_counter() - started)
+            raise
 
 
 @dataclass(frozen=True)

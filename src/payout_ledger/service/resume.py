@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from uuid import UUID
 
+from payout_ledger.adapters import telemetry
 from payout_ledger.adapters.log import claims_without_outcome
 from payout_ledger.adapters.store import first_cause
 from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus
@@ -76,7 +77,11 @@ class Resuming(Attempts):
             try:
                 services.append(self.get_payout_by_id(payout_id).event_service_id)
             except Exception:
-                logger.exception("in-flight payout %s cannot be read", payout_id)
+                logger.exception(
+                    "in-flight payout %s cannot be read",
+                    payout_id,
+                    extra=telemetry.extras(payout_id=str(payout_id)),
+                )
         return sorted(services)
 
     def _in_flight_ids(self) -> list[UUID]:
@@ -95,7 +100,17 @@ class Resuming(Attempts):
         except ConfigurationError:
             raise  # the ledger cannot work on this store at all: not one payout's trouble
         except Exception as exc:
-            logger.exception("payout %s could not be resumed", payout_id)
+            logger.exception(
+                "payout %s could not be resumed",
+                payout_id,
+                extra=telemetry.extras(
+                    payout_id=str(payout_id),
+                    event_service_id=payout.event_service_id if payout else None,
+                    attempt=payout.attempt if payout else None,
+                    outcome=ReleaseOutcome.OUTCOME_UNKNOWN.value,
+                    error_code="cannot_resume",
+                ),
+            )
             return ReleaseResult(
                 event_service_id=payout.event_service_id if payout else f"(payout {payout_id})",
                 payout_id=payout_id,
@@ -106,6 +121,7 @@ class Resuming(Attempts):
                 detail="cannot resume",
             )
 
+    @telemetry.traced("payout_ledger.resume", lambda result: _described(result))
     def _resume(self, payout: PayoutAggregate) -> ReleaseResult:
         if payout.status is not PayoutStatus.IN_FLIGHT:
             return release_result(
@@ -167,3 +183,12 @@ class Resuming(Attempts):
                 f"attempt {payout.attempt} of {payout.event_service_id!r} claims other terms "
                 "than its first attempt: it is not sent; run payout-ledger audit"
             )
+
+
+def _described(result: ReleaseResult) -> dict[str, str | int | None]:
+    """A resume's span attributes: its outcome, never an id."""
+    return {
+        "outcome": result.outcome.value,
+        "attempt": result.attempt,
+        "error_code": telemetry.label(result.error_code, missing="") or None,
+    }

@@ -32,6 +32,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
+from payout_ledger.adapters import telemetry
 from payout_ledger.adapters.log import claims_without_outcome
 from payout_ledger.domain.money import Money
 from payout_ledger.domain.payout import (
@@ -75,6 +76,7 @@ logger = logging.getLogger("payout_ledger")
 class Reversing(LedgerCore):
     """Reversing a paid transfer: the claim, then the reversal, then its outcome."""
 
+    @telemetry.traced("payout_ledger.reverse", lambda result: _described(result))
     def reverse_payment(
         self,
         event_service_id: str,
@@ -123,7 +125,11 @@ class Reversing(LedgerCore):
                 self.save(payout)
             except IntegrityError:
                 payout = self.get_payout(event_service_id)
-                logger.info("reversal of %s lost the claim race", event_service_id)
+                logger.info(
+                    "reversal of %s lost the claim race",
+                    event_service_id,
+                    extra=telemetry.extras(event_service_id=event_service_id, reference=ref),
+                )
                 continue
             return self._conclude_reversal(payout, self._send_reversal(payout, window))
         raise LedgerBusyError(event_service_id, self.settings.claim_attempts)
@@ -147,7 +153,15 @@ class Reversing(LedgerCore):
             except ConfigurationError:
                 raise
             except Exception as exc:
-                logger.exception("reversal of payout %s could not be resumed", payout_id)
+                logger.exception(
+                    "reversal of payout %s could not be resumed",
+                    payout_id,
+                    extra=telemetry.extras(
+                        payout_id=str(payout_id),
+                        outcome=ReversalOutcome.OUTCOME_UNKNOWN.value,
+                        error_code="cannot_resume",
+                    ),
+                )
                 results.append(
                     ReversalResult(
                         event_service_id=f"(payout {payout_id})",
@@ -293,6 +307,15 @@ class Reversing(LedgerCore):
             "reversal outcome unknown for %s (reversal attempt %d); left in flight",
             payout.event_service_id,
             payout.reversal_attempt,
+            extra=telemetry.extras(
+                event_service_id=payout.event_service_id,
+                payout_id=str(payout.id),
+                attempt=payout.reversal_attempt,
+                reference=payout.reversal_reference,
+                outcome=ReversalOutcome.OUTCOME_UNKNOWN.value,
+                error_code=getattr(outcome, "code", None),
+                stripe_request_id=getattr(outcome, "request_id", None),
+            ),
         )
         return _result(payout, ReversalOutcome.OUTCOME_UNKNOWN, outcome, detail=detail)
 
@@ -326,6 +349,7 @@ class Reversing(LedgerCore):
 
     # -- resuming ----------------------------------------------------------
 
+    @telemetry.traced("payout_ledger.resume_reversal", lambda result: _described(result))
     def _resume_reversal(self, payout: PayoutAggregate) -> ReversalResult:
         if payout.reversal_status is not ReversalStatus.IN_FLIGHT:
             if payout.reversal_status is None:
@@ -465,3 +489,13 @@ def _settled(payout: PayoutAggregate, detail: str) -> ReversalResult:
     return _result(
         payout, _OUTCOME_OF_STATUS[cast(ReversalStatus, payout.reversal_status)], detail=detail
     )
+
+
+def _described(result: ReversalResult) -> dict[str, str | int | None]:
+    """A reversal's span attributes: its outcome, never an id or a reference."""
+    return {
+        "outcome": result.outcome.value,
+        "attempt": result.attempt,
+        "currency": result.currency or None,
+        "error_code": telemetry.label(result.error_code, missing="") or None,
+    }

@@ -19,6 +19,7 @@ from eventsourcing.persistence import (
     IntegrityError,
 )
 
+from payout_ledger.adapters import telemetry
 from payout_ledger.domain.account import PayabilitySource
 from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus, ReversalStatus
 from payout_ledger.domain.stripe_events import (
@@ -211,6 +212,12 @@ class StripeEventEffects(Payability):
                     STRIPE_API_VERSION,
                     list(self.settings.stripe_accepted_api_versions) or "no other",
                     UPGRADE_DOC,
+                    extra=telemetry.extras(
+                        event_id=event_id,
+                        event_type=event_type,
+                        api_version=api_version,
+                        outcome=outcome.value,
+                    ),
                 )
             self._payability_saved(report)
             return StripeEventReceipt(event_id, event_type, outcome, event_service_id, detail)
@@ -300,6 +307,12 @@ class StripeEventEffects(Payability):
                 transfer.id,
                 event_service_id,
                 differs,
+                extra=telemetry.extras(
+                    event_id=event_id,
+                    event_service_id=event_service_id,
+                    payout_id=str(payout.id),
+                    transfer_id=transfer.id,
+                ),
             )
             return [], StripeEventOutcome.RECORDED, event_service_id, f"not the claim: {differs}"
         settled = False
@@ -312,6 +325,13 @@ class StripeEventEffects(Payability):
                 transfer.id,
                 event_service_id,
                 payout.transfer_id,
+                extra=telemetry.extras(
+                    event_id=event_id,
+                    event_service_id=event_service_id,
+                    payout_id=str(payout.id),
+                    transfer_id=transfer.id,
+                    recorded_transfer_id=payout.transfer_id,
+                ),
             )
             return [], StripeEventOutcome.RECORDED, event_service_id, "transfer differs"
         reversed_now = payout.record_reversal(

@@ -27,6 +27,16 @@ Every try of a POST, the SDK's own retries included, first checks the
 attempt's send window ([`check_send_window`][payout_ledger.service.ports.check_send_window]):
 once it has closed nothing more is sent and the call ends as
 [`SendWindowClosed`][payout_ledger.SendWindowClosed], an unknown outcome.
+
+Under a rate governor (bulk releases, [`governor`][payout_ledger.service.governor])
+every try, GETs included, first waits for a token of the store-shared budget; a
+429 backs the whole budget off and is retried by the governor alone (the SDK's
+own retry of a 429 is off then), each try checking the send window after its wait.
+
+Every error Stripe answers (or the SDK raises for want of an answer) is counted
+here, once, by code and operation (``payout_ledger.stripe.errors``, see
+[`telemetry`][payout_ledger.adapters.telemetry]): transfers, reversals and lookups
+alike, after the SDK's own retries.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from typing import Any
 import stripe
 from stripe.params import TransferCreateParams, TransferListParams
 
+from payout_ledger.adapters import telemetry
 from payout_ledger.errors import (
     ConfigurationError,
     DestinationUnpayable,
@@ -44,6 +55,11 @@ from payout_ledger.errors import (
     TransferDeclined,
     TransferNotExecuted,
     TransferOutcomeUnknown,
+)
+from payout_ledger.service.governor import (
+    current_governor,
+    governed_request,
+    governed_request_async,
 )
 from payout_ledger.service.ports import (
     ReversalCreated,
@@ -196,6 +212,7 @@ class StripeTransferGateway:
                 self._params(request), options={"idempotency_key": request.idempotency_key}
             )
         except stripe.StripeError as exc:
+            _count(exc, "create_transfer")
             raise classify_error(exc, destination=request.destination) from exc
         return _result(transfer)
 
@@ -206,6 +223,7 @@ class StripeTransferGateway:
                 self._params(request), options={"idempotency_key": request.idempotency_key}
             )
         except stripe.StripeError as exc:
+            _count(exc, "create_transfer")
             raise classify_error(exc, destination=request.destination) from exc
         return _result(transfer)
 
@@ -235,6 +253,7 @@ class StripeTransferGateway:
             for transfer in self.client.v1.transfers.list(params).auto_paging_iter():
                 yield _stripe_transfer(transfer)
         except stripe.StripeError as exc:
+            _count(exc, "list_transfers")
             raise _unanswered(exc, "could not list transfers") from exc
 
     def create_reversal(self, request: ReversalRequest) -> ReversalCreated:
@@ -251,6 +270,7 @@ class StripeTransferGateway:
                 options={"idempotency_key": request.idempotency_key},
             )
         except stripe.StripeError as exc:
+            _count(exc, "create_reversal")
             raise classify_error(exc) from exc
         response = reversal.last_response
         return ReversalCreated(
@@ -264,6 +284,7 @@ class StripeTransferGateway:
             for reversal in listing.auto_paging_iter():
                 yield StripeReversal.from_stripe(reversal.to_dict())
         except stripe.StripeError as exc:
+            _count(exc, "list_reversals")
             raise _unanswered(exc, "could not list reversals") from exc
 
     def retrieve_charge(self, charge_id: str) -> StripeCharge:
@@ -271,6 +292,7 @@ class StripeTransferGateway:
         try:
             charge = self.client.v1.charges.retrieve(charge_id)
         except stripe.StripeError as exc:
+            _count(exc, "retrieve_charge")
             raise _lookup_error(exc, "charge") from exc
         return StripeCharge(
             id=charge.id,
@@ -284,6 +306,7 @@ class StripeTransferGateway:
         try:
             intent = self.client.v1.payment_intents.retrieve(payment_intent_id)
         except stripe.StripeError as exc:
+            _count(exc, "retrieve_payment_intent")
             raise _lookup_error(exc, "payment intent") from exc
         charge = intent.latest_charge
         if charge is None:
@@ -303,6 +326,7 @@ class StripeTransferGateway:
         try:
             account = self.client.v1.accounts.retrieve(account_id)
         except stripe.InvalidRequestError as exc:
+            _count(exc, "retrieve_account")
             if _error_code(exc) == "resource_missing":
                 return StripeAccount(
                     id=account_id,
@@ -313,8 +337,14 @@ class StripeTransferGateway:
                 )
             raise _lookup_error(exc, "account") from exc
         except stripe.StripeError as exc:
+            _count(exc, "retrieve_account")
             raise _lookup_error(exc, "account") from exc
         return StripeAccount.from_stripe(account.to_dict())
+
+
+def _count(exc: stripe.StripeError, operation: str) -> None:
+    """Count one error from Stripe (the only place they are counted)."""
+    telemetry.count_stripe_error(_error_code(exc), operation)
 
 
 def _lookup_error(exc: stripe.StripeError, what: str) -> GatewayError:
@@ -334,12 +364,23 @@ def _details(exc: stripe.StripeError) -> dict[str, Any]:
 
 
 class _WindowedRequestsClient(stripe.RequestsClient):
-    """The SDK's requests transport, checking the send window before every POST."""
+    """The SDK's requests transport, checking the send window before every POST.
+
+    Under a rate governor ([`governed_by`][payout_ledger.service.governor.governed_by])
+    every try first waits for a token of the shared budget, and a 429 is retried
+    by the governor only: the SDK's own retry of it is turned off.
+    """
 
     def request(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if method.lower() == "post":
-            check_send_window()
-        return super().request(method, *args, **kwargs)
+        def send() -> Any:
+            if method.lower() == "post":
+                check_send_window()
+            return super(_WindowedRequestsClient, self).request(method, *args, **kwargs)
+
+        return governed_request(send)
+
+    def _should_retry(self, response: Any, *args: Any, **kwargs: Any) -> bool:
+        return _sdk_may_retry(response) and bool(super()._should_retry(response, *args, **kwargs))
 
 
 class _WindowedHTTPXClient(stripe.HTTPXClient):
@@ -353,9 +394,15 @@ class _WindowedHTTPXClient(stripe.HTTPXClient):
     """
 
     async def request_async(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if method.lower() == "post":
-            check_send_window()
-        return await super().request_async(method, *args, **kwargs)
+        async def send() -> Any:
+            if method.lower() == "post":
+                check_send_window()
+            return await super(_WindowedHTTPXClient, self).request_async(method, *args, **kwargs)
+
+        return await governed_request_async(send)
+
+    def _should_retry(self, response: Any, *args: Any, **kwargs: Any) -> bool:
+        return _sdk_may_retry(response) and bool(super()._should_retry(response, *args, **kwargs))
 
     def _get_request_args_kwargs(
         self, method: str, url: str, headers: Mapping[str, str], post_data: Any
@@ -364,6 +411,13 @@ class _WindowedHTTPXClient(stripe.HTTPXClient):
         if isinstance(kwargs.get("data"), bytes | str):
             kwargs["content"] = kwargs.pop("data")
         return [args, kwargs]
+
+
+def _sdk_may_retry(response: Any) -> bool:
+    """Whether the SDK may retry this response itself: not a 429 under a governor,
+    which has retried it already (or was told not to)."""
+    status = response[1] if isinstance(response, tuple) and len(response) == 3 else None
+    return not (status == 429 and current_governor() is not None)
 
 
 def _result(transfer: stripe.Transfer) -> TransferResult:

@@ -30,7 +30,11 @@ retry calls them again, and two concurrent deliveries of one event may both
 call them. Make them idempotent (key on the event's object id).
 
 Logs go to the ``payout_ledger.webhooks`` logger and name event ids, types and
-outcomes only: never a secret, a ``Stripe-Signature`` value or a body.
+outcomes only: never a secret, a ``Stripe-Signature`` value or a body. Each
+record carries them as extras (``payout_ledger.event_id``,
+``payout_ledger.event_type``, ``payout_ledger.outcome``, ``payout_ledger.status``).
+Each request handled is a ``payout_ledger.webhook`` span (with the event's
+type, the outcome and the status, never an id) when the host traces.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import stripe
 
+from payout_ledger.adapters import telemetry
 from payout_ledger.domain.stripe_events import StripeEventOutcome, StripeEventReceipt
 from payout_ledger.errors import ConfigurationError, InvalidRequestError, LivemodeMismatchError
 from payout_ledger.settings import STRIPE_API_VERSION
@@ -236,6 +241,7 @@ class WebhookHandler:
             logger.error(
                 "stripe webhook rejected (403): no webhook secret is configured and %s",
                 "the environment is production" if not self._live else "the ledger is live",
+                extra=_about(status=403, outcome="webhook_secret_not_configured"),
             )
             return _reject(403, "webhook_secret_not_configured")
         if body_size > self.max_body_bytes:
@@ -243,6 +249,7 @@ class WebhookHandler:
                 "stripe webhook rejected (413): body of %d bytes exceeds %d",
                 body_size,
                 self.max_body_bytes,
+                extra=_about(status=413, outcome="payload_too_large"),
             )
             return _reject(413, "payload_too_large")
         return None
@@ -254,6 +261,20 @@ class WebhookHandler:
         up case-insensitively (the first of repeated headers counts). Blocking:
         it calls the ledger's store, so run it off an event loop.
         """
+        with telemetry.span("payout_ledger.webhook") as current:
+            response = self._handle(raw_body, headers)
+            if current.recording:
+                body = response.body
+                current.set(
+                    status=response.status,
+                    event_type=telemetry.label(body.get("type"), missing="") or None,
+                    outcome=telemetry.label(_outcome_of(body), missing="") or None,
+                )
+                if response.status >= 500:
+                    current.fail(telemetry.label(body.get("error")))
+            return response
+
+    def _handle(self, raw_body: bytes, headers: Mapping[str, str]) -> WebhookResponse:
         lowered = _lower_keys(headers)
         early = self.precheck(len(raw_body))
         if early is not None:
@@ -267,6 +288,7 @@ class WebhookHandler:
                 "stripe webhook signature NOT verified: no webhook secret is configured "
                 "(environment=%s); configure one before production",
                 self.environment,
+                extra=_about(outcome="signature_not_verified"),
             )
         parsed = parse_event(raw_body)
         if isinstance(parsed, str):
@@ -277,15 +299,24 @@ class WebhookHandler:
 
     def _verify(self, raw_body: bytes, header: str | None) -> WebhookResponse | None:
         if header is None or not header.strip():
-            logger.warning("stripe webhook rejected (403): no Stripe-Signature header")
+            logger.warning(
+                "stripe webhook rejected (403): no Stripe-Signature header",
+                extra=_about(status=403, outcome="signature_missing"),
+            )
             return _reject(403, "signature_missing")
         if not header.isascii():
-            logger.warning("stripe webhook rejected (403): malformed Stripe-Signature header")
+            logger.warning(
+                "stripe webhook rejected (403): malformed Stripe-Signature header",
+                extra=_about(status=403, outcome="signature_invalid"),
+            )
             return _reject(403, "signature_invalid")
         try:
             payload = raw_body.decode("utf-8")
         except UnicodeDecodeError:
-            logger.warning("stripe webhook rejected (403): body is not UTF-8, cannot verify")
+            logger.warning(
+                "stripe webhook rejected (403): body is not UTF-8, cannot verify",
+                extra=_about(status=403, outcome="signature_invalid"),
+            )
             return _reject(403, "signature_invalid")
         expired = False
         for secret in self._secrets:
@@ -305,9 +336,13 @@ class WebhookHandler:
             logger.warning(
                 "stripe webhook rejected (403): signature timestamp older than %d s (replay?)",
                 self.tolerance,
+                extra=_about(status=403, outcome="signature_expired"),
             )
             return _reject(403, "signature_expired")
-        logger.warning("stripe webhook rejected (403): signature does not match any secret")
+        logger.warning(
+            "stripe webhook rejected (403): signature does not match any secret",
+            extra=_about(status=403, outcome="signature_invalid"),
+        )
         return _reject(403, "signature_invalid")
 
     def _dispatch(
@@ -322,6 +357,7 @@ class WebhookHandler:
                     "stripe event %s (%s) of a connected account, other mode: ignored",
                     event_id,
                     event_type,
+                    extra=_about(event_id, event_type, status=200, outcome="ignored"),
                 )
                 return WebhookResponse(
                     200,
@@ -338,15 +374,26 @@ class WebhookHandler:
                 event_type,
                 event.get("livemode"),
                 "live" if expected else "test",
+                extra=_about(event_id, event_type, status=400, outcome="livemode_mismatch"),
             )
             return _reject(400, "livemode_mismatch")
         try:
             seen = self._ledger.has_stripe_event(event_id)
         except Exception:
-            logger.exception("stripe event %s (%s): store lookup failed", event_id, event_type)
+            logger.exception(
+                "stripe event %s (%s): store lookup failed",
+                event_id,
+                event_type,
+                extra=_about(event_id, event_type, status=500, outcome="store_failed"),
+            )
             return _reject(500, "store_failed")
         if seen:
-            logger.info("stripe event %s (%s): duplicate, ignored", event_id, event_type)
+            logger.info(
+                "stripe event %s (%s): duplicate, ignored",
+                event_id,
+                event_type,
+                extra=_about(event_id, event_type, status=200, outcome="duplicate"),
+            )
             return WebhookResponse(
                 200,
                 {"received": True, "duplicate": True, "event_id": event_id, "type": event_type},
@@ -360,18 +407,37 @@ class WebhookHandler:
                 event=event, raw_body=raw_body, headers=audit_headers
             )
         except LivemodeMismatchError:
-            logger.warning("stripe event %s (%s): livemode mismatch (400)", event_id, event_type)
+            logger.warning(
+                "stripe event %s (%s): livemode mismatch (400)",
+                event_id,
+                event_type,
+                extra=_about(event_id, event_type, status=400, outcome="livemode_mismatch"),
+            )
             return _reject(400, "livemode_mismatch")
         except InvalidRequestError:
             logger.warning(
-                "stripe event %s (%s) rejected by the ledger (400)", event_id, event_type
+                "stripe event %s (%s) rejected by the ledger (400)",
+                event_id,
+                event_type,
+                extra=_about(event_id, event_type, status=400, outcome="invalid_event"),
             )
             return _reject(400, "invalid_event")
         except Exception:
-            logger.exception("stripe event %s (%s): recording failed", event_id, event_type)
+            logger.exception(
+                "stripe event %s (%s): recording failed",
+                event_id,
+                event_type,
+                extra=_about(event_id, event_type, status=500, outcome="store_failed"),
+            )
             return _reject(500, "store_failed")
         outcome = receipt.outcome
-        logger.info("stripe event %s (%s): %s", event_id, event_type, outcome.value)
+        logger.info(
+            "stripe event %s (%s): %s",
+            event_id,
+            event_type,
+            outcome.value,
+            extra=_about(event_id, event_type, status=200, outcome=outcome.value),
+        )
         body: dict[str, Any] = {
             "received": True,
             "event_id": event_id,
@@ -400,6 +466,7 @@ class WebhookHandler:
                 "stripe event %s (%s): api_version not understood, host callbacks not run",
                 event["id"],
                 event_type,
+                extra=_about(event["id"], event_type),
             )
             return None
         call: Callable[[], None] | None = None
@@ -412,7 +479,11 @@ class WebhookHandler:
         elif event_type == "account.updated":
             account_id = _account_id(event)
             if account_id is None:
-                logger.warning("stripe event %s (account.updated) names no account", event["id"])
+                logger.warning(
+                    "stripe event %s (account.updated) names no account",
+                    event["id"],
+                    extra=_about(event["id"], event_type, status=400, outcome="invalid_event"),
+                )
                 return _reject(400, "invalid_event")
             on_account = self._on_account_updated
             if on_account is not None:
@@ -429,12 +500,34 @@ class WebhookHandler:
                 "Stripe will deliver it again",
                 event["id"],
                 event_type,
+                extra=_about(event["id"], event_type, status=500, outcome="callback_failed"),
             )
             return _reject(500, "callback_failed")
         return None
 
 
 # -- helpers -----------------------------------------------------------------
+
+
+def _about(
+    event_id: str | None = None,
+    event_type: str | None = None,
+    *,
+    status: int | None = None,
+    outcome: str | None = None,
+) -> dict[str, object]:
+    """A webhook log record's extras: only what is given, never a secret or a body."""
+    fields = {"event_id": event_id, "event_type": event_type, "status": status, "outcome": outcome}
+    return telemetry.extras(**{name: value for name, value in fields.items() if value is not None})
+
+
+def _outcome_of(body: Mapping[str, Any]) -> str | None:
+    """What a response body says happened: the recording's outcome, the rejection, or a
+    duplicate."""
+    if body.get("duplicate") is True:
+        return "duplicate"
+    found = body.get("outcome") or body.get("error")
+    return str(found) if found is not None else None
 
 
 def _reject(status: int, error: str) -> WebhookResponse:

@@ -13,6 +13,7 @@ from typing import Any, cast
 from eventsourcing.persistence import IntegrityError, InternalError, OperationalError
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
+from psycopg.sql import SQL, Identifier
 
 from payout_ledger.adapters.projection.checks import (
     WRITE_ERRORS,
@@ -23,7 +24,11 @@ from payout_ledger.adapters.projection.checks import (
 from payout_ledger.adapters.projection.fold import PayoutsProjection
 from payout_ledger.adapters.projection.postgres import PostgresPayoutsView
 from payout_ledger.adapters.projection.sqlite import SQLitePayoutsView
-from payout_ledger.adapters.projection.view import PayoutsView, ProjectionConflictError
+from payout_ledger.adapters.projection.view import (
+    PayoutsView,
+    ProjectionConflictError,
+    checked_name,
+)
 from payout_ledger.errors import ConfigurationError
 
 logger = logging.getLogger("payout_ledger.adapters.projection")
@@ -242,3 +247,40 @@ def _one_by_one(
     if position != through:
         view.apply(app_name, position, through, [], _unchanged)
     return applied, refused
+
+
+def projection_position(ledger: Any, *, table: str | None = None) -> int | None:
+    """The last notification id the read model applied (0: none yet), or None when
+    its tracking table does not exist. Reads only: nothing is created."""
+    datastore = getattr(ledger.factory, "datastore", None)
+    tracking = checked_name(table or ledger.settings.read_model_table) + "_tracking"
+    app_name = cast(str, ledger.name)
+    if isinstance(datastore, SQLiteDatastore):
+        with datastore.transaction(commit=False) as cursor:
+            cursor.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (tracking,)
+            )
+            if cursor.fetchone() is None:
+                return None
+            cursor.execute(
+                f"SELECT MAX(notification_id) FROM {tracking} WHERE application_name = ?",  # noqa: S608
+                (app_name,),
+            )
+            return int(cursor.fetchone()[0] or 0)
+    if isinstance(datastore, PostgresDatastore):
+        schema, tt = Identifier(datastore.schema), Identifier(tracking)
+        with datastore.transaction(commit=False) as curs:
+            curs.execute(
+                "SELECT 1 AS found FROM pg_tables WHERE schemaname = %s AND tablename = %s",
+                (datastore.schema, tracking),
+            )
+            if curs.fetchone() is None:
+                return None
+            curs.execute(
+                SQL("SELECT MAX(notification_id) AS n FROM {schema}.{tt} WHERE {where}").format(
+                    schema=schema, tt=tt, where=SQL("application_name = %s")
+                ),
+                (app_name,),
+            )
+            return int((curs.fetchone() or {}).get("n") or 0)
+    return None

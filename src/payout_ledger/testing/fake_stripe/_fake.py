@@ -13,6 +13,7 @@ from ._api import StripeBackend
 from ._clock import FakeClock
 from ._http import FakeStripeServer, Pipeline, RecordedRequest
 from ._idempotency import IdempotencyStore
+from ._rate_limit import RateLimiter
 from ._resources import JSON
 from ._webhooks import WebhookDelivery, WebhookDispatcher, WebhookEndpoint
 from .faults import Fault, FaultPlan, FaultRule
@@ -101,6 +102,9 @@ class FakeStripe:
         webhook_max_attempts: int = 3,
         webhook_retry_delay: float = 0.05,
         webhook_timeout: float = 5.0,
+        rate_limit: float | None = None,
+        global_rate_limit: float | None = None,
+        rate_limit_retry_after: float | None = None,
     ) -> None:
         """Configure a fake; `start` (or ``with``) starts serving.
 
@@ -110,6 +114,13 @@ class FakeStripe:
         stamps ``created`` and ages idempotency keys, which are pruned after
         ``idempotency_key_max_age`` seconds.  Webhook deliveries are tried
         ``webhook_max_attempts`` times.
+
+        ``rate_limit`` turns on Stripe's rate limiter: at most that many requests
+        per second to each endpoint (Stripe's default is 25), and
+        ``global_rate_limit`` to all of them (live 100, sandboxes 25); requests
+        beyond are answered 429 ``rate_limit`` and nothing runs (see
+        `._rate_limit` for how faithfully). ``rate_limit_retry_after`` adds a
+        ``Retry-After`` of that many seconds to those 429s (Stripe documents none).
         """
         self.api_key = api_key
         self.clock = clock if clock is not None else FakeClock()
@@ -134,6 +145,13 @@ class FakeStripe:
             idempotency=IdempotencyStore(self.clock, idempotency_key_max_age),
             api_key=api_key,
             api_version=self.api_version,
+            rate_limiter=None
+            if rate_limit is None and global_rate_limit is None
+            else RateLimiter(
+                per_endpoint=rate_limit,
+                total=global_rate_limit,
+                retry_after=rate_limit_retry_after,
+            ),
         )
         self._server: FakeStripeServer | None = None
         self._thread: threading.Thread | None = None

@@ -37,6 +37,7 @@ from ._idempotency import (
     Replay,
     StoredResponse,
 )
+from ._rate_limit import RateLimiter
 from ._resources import JSON, RequestInfo, new_id
 from .faults import DropAfterCommit, DropBeforeCommit, FaultPlan, RateLimited, ServerError
 
@@ -91,6 +92,8 @@ class RecordedRequest:
     replayed: bool = False
     dropped: bool = False
     fault: str | None = None
+    received_at: float = field(default_factory=time.monotonic)
+    """When the request arrived (``time.monotonic``): rates are measured on it."""
 
     @property
     def idempotency_key(self) -> str | None:
@@ -138,8 +141,11 @@ class Pipeline:
         idempotency: IdempotencyStore,
         api_key: str,
         api_version: str,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
-        """Serve ``backend`` to clients presenting ``api_key``."""
+        """Serve ``backend`` to clients presenting ``api_key`` (within
+        ``rate_limiter``'s limits, when given)."""
+        self._rate_limiter = rate_limiter
         self._backend = backend
         self._faults = faults
         self._idempotency = idempotency
@@ -206,7 +212,11 @@ class Pipeline:
         if isinstance(outcome_fault, RateLimited):
             time.sleep(drawn.delay)
             self._count("rate_limited")
-            return self._reply(record, _error(_rate_limit_error(), stored=False))
+            return self._reply(record, _rate_limited(_fault_headers(outcome_fault)))
+        limited = self._rate_limiter.admit(method, path) if self._rate_limiter else None
+        if limited is not None and self._rate_limiter is not None:
+            self._count("rate_limited")
+            return self._reply(record, _rate_limited(self._rate_limiter.headers(limited)))
 
         try:
             raw = body.decode("utf-8") if method == "POST" else record.query
@@ -341,6 +351,20 @@ def _rate_limit_error() -> StripeError:
         "https://stripe.com/docs/rate-limits.",
         code="rate_limit",
     )
+
+
+def _rate_limited(headers: tuple[tuple[str, str], ...]) -> _Outcome:
+    error = _rate_limit_error()
+    return _Outcome(error.status, error.body(), stored=False, extra_headers=headers)
+
+
+def _fault_headers(fault: RateLimited) -> tuple[tuple[str, str], ...]:
+    headers = []
+    if fault.retry_after is not None:
+        headers.append(("Retry-After", f"{fault.retry_after:g}"))
+    if fault.should_retry is not None:
+        headers.append(("Stripe-Should-Retry", "true" if fault.should_retry else "false"))
+    return tuple(headers)
 
 
 def _in_flight_error(key: str) -> StripeError:

@@ -52,7 +52,15 @@ class ServerError:
 
 @dataclass(frozen=True)
 class RateLimited:
-    """Answer 429 ``rate_limit`` before anything runs; nothing is saved."""
+    """Answer 429 ``rate_limit`` before anything runs; nothing is saved.
+
+    ``retry_after`` (seconds) adds a ``Retry-After`` header and ``should_retry``
+    a ``Stripe-Should-Retry`` one (``true`` or ``false``); Stripe documents
+    neither on a ``rate_limit`` 429, so by default neither is sent.
+    """
+
+    retry_after: float | None = None
+    should_retry: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -82,9 +90,14 @@ def server_error() -> ServerError:
     return ServerError()
 
 
-def rate_limited() -> RateLimited:
-    """Refuse matching requests with a 429."""
-    return RateLimited()
+def rate_limited(
+    *, retry_after: float | None = None, should_retry: bool | None = None
+) -> RateLimited:
+    """Refuse matching requests with a 429 (optionally with ``Retry-After`` and
+    ``Stripe-Should-Retry`` headers)."""
+    if retry_after is not None and retry_after < 0:
+        raise ValueError("retry_after must not be negative")
+    return RateLimited(retry_after, should_retry)
 
 
 def drop_before_commit() -> DropBeforeCommit:
