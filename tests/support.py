@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 from multiprocessing.pool import AsyncResult
 
 from payout_ledger import ServiceProvider
@@ -38,3 +39,16 @@ def gather_process_results(async_results: list[AsyncResult[list[str]]]) -> list[
     if errors:
         raise errors[0]
     return values
+
+
+class MovableClock:
+    """A ledger clock that stands still until a test moves it."""
+
+    def __init__(self) -> None:
+        self.moment = datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,19 +19,7 @@ from payout_ledger import (
 )
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
 from tests.conftest import LedgerFactory
-from tests.support import ALICE, release
-
-
-class MovableClock:
-    def __init__(self) -> None:
-        self.moment = datetime.now(UTC)
-
-    def now(self) -> datetime:
-        return self.moment
-
-    def advance(self, seconds: float) -> None:
-        self.moment += timedelta(seconds=seconds)
-
+from tests.support import ALICE, MovableClock, release
 
 PAST_THE_WINDOW = 24 * 3600 + 60
 

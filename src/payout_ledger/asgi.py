@@ -26,6 +26,8 @@ app.mount("/health", health_app(ledger))  # GET /health/: 200 healthy, 503 not
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -34,6 +36,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from payout_ledger.service.health import HealthReport
 from payout_ledger.service.ledger import PayoutLedger
 from payout_ledger.stripe.webhooks import WebhookHandler, WebhookResponse
 
@@ -85,29 +88,44 @@ def webhook_endpoint(handler: WebhookHandler) -> Endpoint:
     return receive_stripe_webhook
 
 
-def health_app(ledger: PayoutLedger, *, check_stripe: bool = True) -> Starlette:
+def health_app(
+    ledger: PayoutLedger, *, check_stripe: bool = True, max_age: float = 2.0
+) -> Starlette:
     """A Starlette application serving the ledger's health at ``GET /``, for mounting.
 
     See [`health_endpoint`][payout_ledger.asgi.health_endpoint].
     """
-    return Starlette(
-        routes=[Route("/", health_endpoint(ledger, check_stripe=check_stripe), methods=["GET"])]
-    )
+    endpoint = health_endpoint(ledger, check_stripe=check_stripe, max_age=max_age)
+    return Starlette(routes=[Route("/", endpoint, methods=["GET"])])
 
 
-def health_endpoint(ledger: PayoutLedger, *, check_stripe: bool = True) -> Endpoint:
+def health_endpoint(
+    ledger: PayoutLedger, *, check_stripe: bool = True, max_age: float = 2.0
+) -> Endpoint:
     """A Starlette endpoint answering [`PayoutLedger.health`][payout_ledger.PayoutLedger.health].
 
     200 when every check holds, 503 otherwise, with the report as JSON:
     ``{"ok", "checks": {name: {"state", "detail", "value", "threshold"}}, "status"}``
     (counts, ages and states: no id, no secret, no error message, only an error's
-    class). The checks run in Starlette's thread pool, off the event loop. An
-    unexpected error answers 503 ``{"ok": false}``.
+    class). The checks run in Starlette's thread pool, off the event loop, one
+    at a time: a report at most ``max_age`` seconds old is answered again, so
+    probes from many load balancers cost one check (each reads the log's claims
+    and asks Stripe once). An unexpected error answers 503 ``{"ok": false}``.
     """
+    lock = threading.Lock()
+    last: list[tuple[float, HealthReport]] = []
+
+    def checked() -> HealthReport:
+        with lock:
+            if last and time.monotonic() - last[0][0] < max_age:
+                return last[0][1]
+            report = ledger.health(check_stripe=check_stripe)
+            last[:] = [(time.monotonic(), report)]
+            return report
 
     async def ledger_health(request: Request) -> Response:
         try:
-            report = await run_in_threadpool(ledger.health, check_stripe=check_stripe)
+            report = await run_in_threadpool(checked)
         except Exception:
             return JSONResponse({"ok": False}, status_code=503)
         return JSONResponse(report.as_dict(), status_code=200 if report.ok else 503)

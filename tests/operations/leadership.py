@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import psycopg
 
@@ -96,8 +96,9 @@ class Run:
 
 def _conninfo(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
-    schema = dict(parse_qsl(parts.query)).get("schema", "public")
-    return parts._replace(query="").geturl(), schema
+    query = dict(parse_qsl(parts.query))
+    schema = query.pop("schema", "public")
+    return parts._replace(query=urlencode(query)).geturl(), schema  # host=/socket/dir kept
 
 
 class Sampler(threading.Thread):

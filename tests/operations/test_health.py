@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -20,21 +21,10 @@ from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGat
 from payout_ledger.testing.fake_stripe import FakeStripe
 from tests.conftest import DURABLE_STORES, LedgerFactory
 from tests.stripe.stripe_support import real_gateway
-from tests.support import ALICE, release
+from tests.support import ALICE, MovableClock, release
 from tests.webhooks.conftest import serve
 
 CHECKS = ["store", "cipher", "stripe", "in_flight", "projection", "seal"]
-
-
-class MovableClock:
-    def __init__(self) -> None:
-        self.moment = datetime.now(UTC)
-
-    def now(self) -> datetime:
-        return self.moment
-
-    def advance(self, seconds: float) -> None:
-        self.moment += timedelta(seconds=seconds)
 
 
 @pytest.fixture
@@ -228,8 +218,8 @@ def client_of() -> Iterator[Any]:
     """An HTTP client of the ledger's health app, served by uvicorn on 127.0.0.1."""
     with contextlib.ExitStack() as stack:
 
-        def make(ledger: PayoutLedger) -> httpx.Client:
-            base = stack.enter_context(serve(health_app(ledger)))
+        def make(ledger: PayoutLedger, max_age: float = 0.0) -> httpx.Client:
+            base = stack.enter_context(serve(health_app(ledger, max_age=max_age)))
             return stack.enter_context(httpx.Client(base_url=base, timeout=30))
 
         yield make
@@ -285,3 +275,23 @@ def test_the_route_answers_503_when_the_check_itself_breaks(
     monkeypatch.setattr(ledger, "health", broken)
     response = client_of(ledger).get("/")
     assert (response.status_code, response.json()) == (503, {"ok": False})
+
+
+def test_the_route_reuses_a_report_younger_than_its_max_age(
+    make_ledger: LedgerFactory, client_of: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = make_ledger()
+    checks: list[bool] = []
+    health = ledger.health
+
+    def counted(**kwargs: Any) -> Any:
+        checks.append(kwargs["check_stripe"])
+        return health(**kwargs)
+
+    monkeypatch.setattr(ledger, "health", counted)
+    client = client_of(ledger, max_age=0.5)
+    assert [client.get("/").status_code for _ in range(5)] == [200] * 5
+    assert checks == [True]
+    time.sleep(0.6)
+    assert client.get("/").status_code == 200
+    assert checks == [True, True]

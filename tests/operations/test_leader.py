@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import psycopg
 import pytest
@@ -35,8 +35,14 @@ def lock_for(store_url: str, lease: float = LEASE) -> LeaderLock:
 
 
 def conninfo(store_url: str) -> str:
+    """libpq's URL of the store's database (``host=/socket/dir`` kept, ``schema`` dropped)."""
     parts = urlsplit(store_url)
-    return parts._replace(query="").geturl()
+    query = {k: v for k, v in parse_qsl(parts.query) if k != "schema"}
+    return parts._replace(query=urlencode(query)).geturl()
+
+
+def schema_of(store_url: str) -> str:
+    return dict(parse_qsl(urlsplit(store_url).query))["schema"]
 
 
 def test_each_store_gets_its_kind_of_lock(sqlite_url: str, postgres_url: str) -> None:
@@ -128,7 +134,7 @@ def test_a_leader_whose_session_is_ended_steps_down(postgres_url: str) -> None:
     try:
         assert first.try_lead()
         with psycopg.connect(conninfo(postgres_url), autocommit=True) as admin:
-            key = advisory_key(urlsplit(postgres_url).query.split("=")[1], TABLE)
+            key = advisory_key(schema_of(postgres_url), TABLE)
             [(holder,)] = admin.execute(
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
                 "AND classid::bigint = %s AND objid::bigint = %s",
@@ -145,7 +151,7 @@ def test_a_leader_whose_session_is_ended_steps_down(postgres_url: str) -> None:
 
 @pytest.mark.postgres
 def test_stores_in_other_schemas_have_leaders_of_their_own(postgres_url: str) -> None:
-    other_schema = "test_other_" + urlsplit(postgres_url).query.split("=")[1][-8:]
+    other_schema = "test_other_" + schema_of(postgres_url)[-8:]
     with psycopg.connect(conninfo(postgres_url), autocommit=True) as admin:
         admin.execute(f"CREATE SCHEMA {other_schema}")
     try:

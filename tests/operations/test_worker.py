@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,20 +21,9 @@ from payout_ledger.adapters.anchor import CommandAnchorSink, FileAnchorSink
 from payout_ledger.audit import verify_ledger
 from payout_ledger.service.worker import MaintenanceWorker, WorkerCycle
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
-from tests.support import ALICE, release
+from tests.support import ALICE, MovableClock, release
 
 HOUR = 3600
-
-
-class MovableClock:
-    def __init__(self) -> None:
-        self.moment = datetime.now(UTC)
-
-    def now(self) -> datetime:
-        return self.moment
-
-    def advance(self, seconds: float) -> None:
-        self.moment += timedelta(seconds=seconds)
 
 
 @pytest.fixture
@@ -466,8 +455,11 @@ def test_the_anchor_command_does_not_get_the_ledgers_secrets(
 def test_a_step_error_never_shows_the_store_password(
     postgres_url: str, gateway: InMemoryTransferGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with_password = postgres_url.replace("://postgres@", "://postgres:pw-s3cr3t@")
-    assert "pw-s3cr3t" in with_password  # the test server trusts any password
+    parts = urlsplit(postgres_url)
+    user = parts.netloc.split("@")[0].split(":")[0]
+    host = parts.netloc.split("@")[1]
+    with_password = parts._replace(netloc=f"{user}:pw-s3cr3t@{host}").geturl()
+    assert "pw-s3cr3t" in with_password  # the test servers trust any password
 
     def failing(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("could not reach postgres:pw-s3cr3t@db")

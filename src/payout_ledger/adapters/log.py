@@ -41,10 +41,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
+    "Claims",
     "PageCallback",
     "RawEvent",
     "StateDecoder",
     "claims_without_outcome",
+    "claims_without_outcomes",
     "iter_notifications",
     "iter_states",
     "last_notification_id",
@@ -346,6 +348,11 @@ def _page_reader(ledger: PayoutLedger, page_size: int) -> Callable[[int], list[R
     return read_memory
 
 
+Claims = tuple[str, Sequence[str]]
+"""A claim's topic and the topics of its outcomes (``TRANSFER_CLAIMS`` and
+``REVERSAL_CLAIMS`` of ``payout_ledger.domain.payout``)."""
+
+
 def claims_without_outcome(
     ledger: PayoutLedger, claim: str, outcomes: Sequence[str], page_size: int = 500
 ) -> list[UUID]:
@@ -356,12 +363,24 @@ def claims_without_outcome(
     (``ReversalStarted``) left in flight. A row with impossible columns is skipped
     here (its placeholder has another topic) and reported by verify and audit.
     """
-    topics = [claim, *outcomes]
-    last: dict[UUID, str] = {}
+    return claims_without_outcomes(ledger, [(claim, outcomes)], page_size)[0]
+
+
+def claims_without_outcomes(
+    ledger: PayoutLedger, kinds: Sequence[Claims], page_size: int = 500
+) -> list[list[UUID]]:
+    """[`claims_without_outcome`][payout_ledger.adapters.log.claims_without_outcome]
+    for several kinds of claims, in one read of the log: a list per kind."""
+    topics = sorted({topic for claim, outcomes in kinds for topic in (claim, *outcomes)})
+    last: list[dict[UUID, str]] = [{} for _ in kinds]
     for notification in iter_notifications(ledger, topics=topics, page_size=page_size):
-        if notification.topic in topics:
-            last[cast(UUID, notification.originator_id)] = notification.topic
-    return [originator_id for originator_id, topic in last.items() if topic == claim]
+        for (claim, outcomes), seen in zip(kinds, last, strict=True):
+            if notification.topic == claim or notification.topic in outcomes:
+                seen[cast(UUID, notification.originator_id)] = notification.topic
+    return [
+        [originator_id for originator_id, topic in seen.items() if topic == claim]
+        for (claim, _), seen in zip(kinds, last, strict=True)
+    ]
 
 
 def iter_states(

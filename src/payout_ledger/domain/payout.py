@@ -38,6 +38,8 @@ __all__ = [
     "FULL_REVERSAL",
     "MAX_IDEMPOTENCY_KEY_LENGTH",
     "PAYOUT_NAMESPACE",
+    "REVERSAL_CLAIMS",
+    "TRANSFER_CLAIMS",
     "PayoutAggregate",
     "PayoutStatus",
     "ReversalStatus",
@@ -571,3 +573,17 @@ class PayoutAggregate(ChainedAggregate):
     def _require_in_flight(self) -> None:
         if self.status is not PayoutStatus.IN_FLIGHT:
             raise RuntimeError(f"no attempt in flight (status {self.status})")
+
+
+TRANSFER_CLAIMS = (
+    PayoutAggregate.PayoutStarted.TOPIC,
+    (PayoutAggregate.TransferFailed.TOPIC, PayoutAggregate.TransferSucceeded.TOPIC),
+)
+"""A transfer attempt's claim and its outcomes: a payout whose last of these is the
+claim has an attempt in flight."""
+
+REVERSAL_CLAIMS = (
+    PayoutAggregate.ReversalStarted.TOPIC,
+    (PayoutAggregate.ReversalSucceeded.TOPIC, PayoutAggregate.ReversalFailed.TOPIC),
+)
+"""A reversal attempt's claim and its outcomes."""

@@ -26,10 +26,10 @@ from typing import Any, Literal
 from uuid import UUID
 
 from payout_ledger.adapters import telemetry
-from payout_ledger.adapters.log import claims_without_outcome, iter_notifications
+from payout_ledger.adapters.log import claims_without_outcomes, iter_notifications
 from payout_ledger.adapters.projection.fold import PAYOUT_TOPICS
 from payout_ledger.adapters.projection.runner import projection_position
-from payout_ledger.domain.payout import PayoutAggregate
+from payout_ledger.domain.payout import REVERSAL_CLAIMS, TRANSFER_CLAIMS, PayoutAggregate
 from payout_ledger.domain.seal import LedgerSeal
 from payout_ledger.service.core import LedgerCore
 from payout_ledger.service.sealing import latest_seal
@@ -47,14 +47,6 @@ LAG_COUNT_LIMIT = 1_000_000
 """The read model's lag and the unsealed events are counted up to this many
 events (and reported as this many beyond it), so a status stays bounded."""
 
-_PAYOUT_CLAIMS = (
-    PayoutAggregate.PayoutStarted.TOPIC,
-    [PayoutAggregate.TransferFailed.TOPIC, PayoutAggregate.TransferSucceeded.TOPIC],
-)
-_REVERSAL_CLAIMS = (
-    PayoutAggregate.ReversalStarted.TOPIC,
-    [PayoutAggregate.ReversalSucceeded.TOPIC, PayoutAggregate.ReversalFailed.TOPIC],
-)
 _SEAL_TOPIC = LedgerSeal.Sealed.TOPIC
 
 
@@ -159,8 +151,7 @@ def ledger_status(ledger: LedgerCore) -> LedgerStatus:
     """
     now = ledger._clock.now()
     last = ledger.recorder.max_notification_id() or 0
-    payouts = claims_without_outcome(ledger, *_PAYOUT_CLAIMS)
-    reversals = claims_without_outcome(ledger, *_REVERSAL_CLAIMS)
+    payouts, reversals = claims_without_outcomes(ledger, [TRANSFER_CLAIMS, REVERSAL_CLAIMS])
     started = [s for s in _claim_times(ledger, payouts, reversals) if s is not None]
     seal = latest_seal(ledger)
     unsealed, first_unsealed = _unsealed(

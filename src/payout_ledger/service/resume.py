@@ -13,7 +13,7 @@ from uuid import UUID
 from payout_ledger.adapters import telemetry
 from payout_ledger.adapters.log import claims_without_outcome
 from payout_ledger.adapters.store import first_cause
-from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus
+from payout_ledger.domain.payout import TRANSFER_CLAIMS, PayoutAggregate, PayoutStatus
 from payout_ledger.errors import (
     ConfigurationError,
     GatewayError,
@@ -85,11 +85,7 @@ class Resuming(Attempts):
         return sorted(services)
 
     def _in_flight_ids(self) -> list[UUID]:
-        return claims_without_outcome(
-            self,
-            PayoutAggregate.PayoutStarted.TOPIC,
-            [PayoutAggregate.TransferFailed.TOPIC, PayoutAggregate.TransferSucceeded.TOPIC],
-        )
+        return claims_without_outcome(self, *TRANSFER_CLAIMS)
 
     def _resume_isolated(self, payout_id: UUID) -> ReleaseResult:
         """Resume one payout; whatever goes wrong stays with that payout."""

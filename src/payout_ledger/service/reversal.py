@@ -37,6 +37,7 @@ from payout_ledger.adapters.log import claims_without_outcome
 from payout_ledger.domain.money import Money
 from payout_ledger.domain.payout import (
     FULL_REVERSAL,
+    REVERSAL_CLAIMS,
     PayoutAggregate,
     ReversalStatus,
 )
@@ -401,11 +402,7 @@ class Reversing(LedgerCore):
         ]
 
     def _reversal_in_flight_ids(self) -> list[UUID]:
-        return claims_without_outcome(
-            self,
-            PayoutAggregate.ReversalStarted.TOPIC,
-            [PayoutAggregate.ReversalSucceeded.TOPIC, PayoutAggregate.ReversalFailed.TOPIC],
-        )
+        return claims_without_outcome(self, *REVERSAL_CLAIMS)
 
 
 def _reference(reference: object, amount: object) -> str:
