@@ -411,6 +411,10 @@ def render(document: dict[str, Any]) -> str:
     out += _table(["what", "count"], [[k, v] for k, v in sorted(db.items())])
     out += ["", "**Bad input**:", ""]
     out += _table(["what", "count"], [[k, v] for k, v in sorted(f.counts("bad_input").items())])
+    leadership = f.counts("worker_leadership")
+    if leadership:  # the long run only
+        out += ["", "**Maintenance workers** (four on PostgreSQL, SIGKILLed at random):", ""]
+        out += _table(["what", "count"], [[k, v] for k, v in sorted(leadership.items())])
     return "\n".join(out) + "\n"
 
 

@@ -334,7 +334,7 @@ def _stripe_check(ledger: LedgerCore) -> HealthCheck:
         # One read-only request: a transfer group no payout has.
         next(iter(gateway.list_transfers(transfer_group="payout_ledger_health")), None)
     except Exception as exc:
-        code = getattr(exc, "code", None) or type(exc).__name__
+        code = telemetry.label(getattr(exc, "code", None), missing=type(exc).__name__)
         return HealthCheck("stripe", "failing", f"unreachable ({code})")
     return HealthCheck(
         "stripe", "ok", "answered", value=round((time.monotonic() - started) * 1000, 1)
