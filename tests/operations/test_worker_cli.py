@@ -162,3 +162,32 @@ def test_verify_refuses_a_json_anchor_line_without_a_digest(
 
     assert result.exit_code == 2
     assert "a JSON line without a seal_digest string" in result.stderr
+
+
+def test_a_signal_stops_a_single_cycle_between_two_payouts(
+    fake: FakeStripe, env: dict[str, str], host: PayoutLedger, tmp_path: Path
+) -> None:
+    """``--once`` stopped by SIGTERM mid-cycle: exit 0 at the next payout, the rest left
+    in flight for the next cycle, the lock free."""
+    fake.inject(faults.drop_after_commit(), times=6)
+    for n in range(6):
+        assert host.release_payment(release(f"es_{n}")).in_flight
+    fake.inject(faults.latency(1.0), method="GET", path="/v1/transfers", times=None)
+    worker = WorkerProcess(
+        tmp_path, "once", {**env, **worker_environment()}, "--once", "--resume-after", "0"
+    )
+    try:
+        worker.wait_for("lead_start")
+        worker.proc.send_signal(signal.SIGTERM)
+        code = worker.proc.wait(timeout=30)
+        assert code == 0, worker.stderr_path.read_text()
+        resumed = worker.events("resumed")
+        assert len(resumed) < 6, "the cycle went on after the signal"
+        assert worker.events("lead_end")
+    finally:
+        worker.stop()
+    assert len(host.in_flight()) == 6 - len(resumed)
+    assert len(fake.transfers()) == 6  # nothing sent twice: the resumed found theirs
+    settings = LedgerSettings(store_url=env["PAYOUT_LEDGER_STORE_URL"])
+    with leader_lock(settings, table="payoutledger_events", lease_seconds=60) as lock:
+        assert lock.try_lead(), "the stopped worker still holds the lead"
