@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
@@ -15,8 +16,13 @@ from eventsourcing.cryptography import AESCipher
 from eventsourcing.persistence import OperationalError
 
 from payout_ledger import LedgerSettings, PayoutLedger, TransferOutcomeUnknown
+from payout_ledger.adapters import log as log_module
+from payout_ledger.adapters.log import claims_without_outcomes
 from payout_ledger.adapters.projection import run_projection
+from payout_ledger.adapters.projection.runner import projection_position
 from payout_ledger.asgi import health_app
+from payout_ledger.domain.payout import REVERSAL_CLAIMS, TRANSFER_CLAIMS
+from payout_ledger.service import health as health_module
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
 from payout_ledger.testing.fake_stripe import FakeStripe
 from tests.conftest import DURABLE_STORES, LedgerFactory
@@ -295,3 +301,69 @@ def test_the_route_reuses_a_report_younger_than_its_max_age(
     time.sleep(0.6)
     assert client.get("/").status_code == 200
     assert checks == [True, True]
+
+
+def in_flight_by_scan(ledger: PayoutLedger) -> list[set[UUID]]:
+    found = claims_without_outcomes(ledger, [TRANSFER_CLAIMS, REVERSAL_CLAIMS])
+    return [set(ids) for ids in found]
+
+
+def in_flight_by_status(ledger: PayoutLedger) -> list[set[UUID]]:
+    return [set(ids) for ids in health_module._in_flight(ledger)]
+
+
+@pytest.mark.parametrize("store_url", DURABLE_STORES, indirect=True)
+def test_in_flight_from_the_read_model_and_the_events_after_it_equals_the_whole_log(
+    make_ledger: LedgerFactory, gateway: InMemoryTransferGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = make_ledger()
+
+    def lose_next() -> None:
+        gateway.fail_next(TransferOutcomeUnknown("response lost"), after_commit=True)
+
+    def check() -> list[set[UUID]]:
+        expected = in_flight_by_scan(ledger)
+        assert in_flight_by_status(ledger) == expected
+        status = ledger.status()
+        assert (status.in_flight, status.reversals_in_flight) == tuple(map(len, expected))
+        return expected
+
+    ledger.release_payment(release("es_paid"))
+    ledger.release_payment(release("es_reversed"))
+    lose_next()
+    ledger.release_payment(release("es_lost"))
+    lose_next()
+    ledger.release_payment(release("es_lost_twice"))
+    check()  # no read model yet: the whole log
+    run_projection(ledger)
+    assert [len(ids) for ids in check()] == [2, 0]
+
+    # After the read model's position: an in-flight row settled, a new claim left in
+    # flight, a reversal claimed and left in flight, and one settled at once.
+    ledger.resume("es_lost")
+    lose_next()
+    ledger.release_payment(release("es_new"))
+    lose_next()
+    ledger.reverse_payment("es_paid", reason="requested_by_customer", reference="re_1")
+    ledger.reverse_payment("es_reversed", reason="requested_by_customer", reference="re_2")
+    assert [len(ids) for ids in check()] == [2, 1]
+
+    run_projection(ledger)
+    check()
+    ledger.resume("es_lost_twice")
+    ledger.resume_reversal("es_paid")
+    assert [len(ids) for ids in check()] == [1, 0]
+
+    # With a read model, only the events after its position are read.
+    starts: list[int | None] = []
+    scan = log_module.iter_notifications
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        starts.append(kwargs.get("start"))
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(log_module, "iter_notifications", recorded)
+    position = projection_position(ledger)
+    assert position is not None and position > 0
+    health_module._in_flight(ledger)
+    assert starts == [position + 1]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID, uuid5
 
@@ -367,13 +367,27 @@ def claims_without_outcome(
 
 
 def claims_without_outcomes(
-    ledger: PayoutLedger, kinds: Sequence[Claims], page_size: int = 500
+    ledger: PayoutLedger,
+    kinds: Sequence[Claims],
+    page_size: int = 500,
+    *,
+    after: int | None = None,
+    known: Sequence[Iterable[UUID]] = (),
 ) -> list[list[UUID]]:
     """[`claims_without_outcome`][payout_ledger.adapters.log.claims_without_outcome]
-    for several kinds of claims, in one read of the log: a list per kind."""
+    for several kinds of claims, in one read of the log: a list per kind.
+
+    With ``after``, only the events after that notification id are read, on top
+    of ``known`` (per kind, the aggregates with a claim in flight as of ``after``,
+    from a read model): an aggregate those events touch is decided by its last
+    one, any other keeps what ``known`` says.
+    """
     topics = sorted({topic for claim, outcomes in kinds for topic in (claim, *outcomes)})
     last: list[dict[UUID, str]] = [{} for _ in kinds]
-    for notification in iter_notifications(ledger, topics=topics, page_size=page_size):
+    for (claim, _), seen, ids in zip(kinds, last, known, strict=False):
+        seen.update(dict.fromkeys(ids, claim))
+    start = None if after is None else after + 1
+    for notification in iter_notifications(ledger, start=start, topics=topics, page_size=page_size):
         for (claim, outcomes), seen in zip(kinds, last, strict=True):
             if notification.topic == claim or notification.topic in outcomes:
                 seen[cast(UUID, notification.originator_id)] = notification.topic

@@ -28,7 +28,7 @@ from uuid import UUID
 from payout_ledger.adapters import telemetry
 from payout_ledger.adapters.log import claims_without_outcomes, iter_notifications
 from payout_ledger.adapters.projection.fold import PAYOUT_TOPICS
-from payout_ledger.adapters.projection.runner import projection_position
+from payout_ledger.adapters.projection.runner import in_flight_rows, projection_position
 from payout_ledger.domain.payout import REVERSAL_CLAIMS, TRANSFER_CLAIMS, PayoutAggregate
 from payout_ledger.domain.seal import LedgerSeal
 from payout_ledger.service.core import LedgerCore
@@ -43,7 +43,7 @@ __all__ = [
     "ledger_status",
 ]
 
-LAG_COUNT_LIMIT = 1_000_000
+LAG_COUNT_LIMIT = 100_000
 """The read model's lag and the unsealed events are counted up to this many
 events (and reported as this many beyond it), so a status stays bounded."""
 
@@ -146,12 +146,13 @@ class HealthReport:
 def ledger_status(ledger: LedgerCore) -> LedgerStatus:
     """Measure the books now (and set the telemetry gauges from it).
 
-    Reads the claims and outcomes of the log once (as ``in_flight()`` does), each
-    in-flight payout, the newest seal and the read model's tracking record.
+    Reads what the read model shows in flight and the claims and outcomes
+    recorded after it (without a read model: the whole log's, as ``in_flight()``
+    does), each in-flight payout, the newest seal and the events after it.
     """
     now = ledger._clock.now()
     last = ledger.recorder.max_notification_id() or 0
-    payouts, reversals = claims_without_outcomes(ledger, [TRANSFER_CLAIMS, REVERSAL_CLAIMS])
+    payouts, reversals = _in_flight(ledger)
     started = [s for s in _claim_times(ledger, payouts, reversals) if s is not None]
     seal = latest_seal(ledger)
     unsealed, first_unsealed = _unsealed(
@@ -172,6 +173,21 @@ def ledger_status(ledger: LedgerCore) -> LedgerStatus:
     )
     telemetry.record_status(status)
     return status
+
+
+def _in_flight(ledger: LedgerCore) -> list[list[UUID]]:
+    """Payouts with a transfer attempt in flight, and with a reversal attempt in flight.
+
+    From the read model and the claims and outcomes recorded after it, when it
+    exists (a read proportional to its lag); else from the whole log's claims.
+    """
+    kinds = [TRANSFER_CLAIMS, REVERSAL_CLAIMS]
+    rows = in_flight_rows(ledger)
+    if rows is None:
+        return claims_without_outcomes(ledger, kinds)
+    return claims_without_outcomes(
+        ledger, kinds, after=rows.position, known=[rows.transfers, rows.reversals]
+    )
 
 
 def _claim_times(

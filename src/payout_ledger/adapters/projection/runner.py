@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
+from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, InternalError, OperationalError
 from eventsourcing.postgres import PostgresDatastore
@@ -283,4 +284,71 @@ def projection_position(ledger: Any, *, table: str | None = None) -> int | None:
                 (app_name,),
             )
             return int((curs.fetchone() or {}).get("n") or 0)
+    return None
+
+
+@dataclass(frozen=True)
+class InFlightRows:
+    """What the read model shows in flight, as of its tracking record."""
+
+    position: int
+    """The last notification id the read model applied."""
+    transfers: list[UUID]
+    """Payouts whose row has a transfer attempt in flight."""
+    reversals: list[UUID]
+    """Payouts whose row has a reversal attempt in flight."""
+
+
+def in_flight_rows(ledger: Any, *, table: str | None = None) -> InFlightRows | None:
+    """The payouts the read model shows in flight, and its position (read first, so
+    the rows are as of that position or later); None when it has no table. Reads
+    only: nothing is created."""
+    datastore = getattr(ledger.factory, "datastore", None)
+    name = checked_name(table or ledger.settings.read_model_table)
+    tracking = name + "_tracking"
+    app_name = cast(str, ledger.name)
+    if isinstance(datastore, SQLiteDatastore):
+        with datastore.transaction(commit=False) as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)",
+                (name, tracking),
+            )
+            if cursor.fetchone()[0] != 2:
+                return None
+            cursor.execute(
+                f"SELECT MAX(notification_id) FROM {tracking} WHERE application_name = ?",  # noqa: S608
+                (app_name,),
+            )
+            position = int(cursor.fetchone()[0] or 0)
+            cursor.execute(f"SELECT payout_id FROM {name} WHERE status = 'in_flight'")  # noqa: S608
+            transfers = [UUID(row[0]) for row in cursor.fetchall()]
+            cursor.execute(f"SELECT payout_id FROM {name} WHERE reversal_status = 'in_flight'")  # noqa: S608
+            reversals = [UUID(row[0]) for row in cursor.fetchall()]
+        return InFlightRows(position, transfers, reversals)
+    if isinstance(datastore, PostgresDatastore):
+        schema = Identifier(datastore.schema)
+        with datastore.transaction(commit=False) as curs:
+            curs.execute(
+                "SELECT count(*) AS n FROM pg_tables "
+                "WHERE schemaname = %s AND tablename IN (%s, %s)",
+                (datastore.schema, name, tracking),
+            )
+            if (curs.fetchone() or {}).get("n") != 2:
+                return None
+            curs.execute(
+                SQL("SELECT MAX(notification_id) AS n FROM {schema}.{tt} WHERE {where}").format(
+                    schema=schema, tt=Identifier(tracking), where=SQL("application_name = %s")
+                ),
+                (app_name,),
+            )
+            position = int((curs.fetchone() or {}).get("n") or 0)
+            found = []
+            for column in ("status", "reversal_status"):
+                curs.execute(
+                    SQL("SELECT payout_id FROM {schema}.{t} WHERE {c} = 'in_flight'").format(
+                        schema=schema, t=Identifier(name), c=Identifier(column)
+                    )
+                )
+                found.append([UUID(str(row["payout_id"])) for row in curs.fetchall()])
+        return InFlightRows(position, *found)
     return None
