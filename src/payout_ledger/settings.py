@@ -197,7 +197,10 @@ class LedgerSettings(BaseSettings):
     worker_resume_after: float = Field(default=300.0, ge=0, le=86400)
     """Seconds a payout's (or a reversal's) in-flight claim must be old before the
     worker resumes it: a younger one most likely belongs to a release still
-    running. Resuming is safe at any age; this only saves needless Stripe calls."""
+    running. The claim's age compares the claiming host's clock with the worker's,
+    so a claim is also due once the worker has seen it in flight this long on its
+    own monotonic clock: a worker whose clock is behind never leaves it stuck.
+    Resuming is safe at any age; this only saves needless Stripe calls."""
 
     worker_reconcile_window: float = Field(default=26 * 3600, ge=0, le=90 * 86400)
     """Seconds back from now that each worker cycle reconciles with Stripe (the

@@ -13,6 +13,7 @@ import pytest
 
 from payout_ledger import LedgerSettings, PayoutLedger
 from payout_ledger.adapters.rate_budget import (
+    RATE_BUDGET_TABLE,
     MemoryRateBudget,
     PostgresRateBudget,
     RateBudget,
@@ -20,7 +21,7 @@ from payout_ledger.adapters.rate_budget import (
     open_rate_budget,
 )
 from payout_ledger.errors import ConfigurationError
-from payout_ledger.service.governor import RateGovernor, retry_after
+from payout_ledger.service.governor import HORIZON_MARGIN, RateGovernor, retry_after
 from payout_ledger.testing import InMemoryProviderDirectory
 from tests.operations.bulk_workers import reserve_slots
 from tests.support import gather_process_results
@@ -224,3 +225,33 @@ def test_a_lock_timeout_holds_back_only_its_request_not_the_budget() -> None:
     assert 4.0 in sleeps.slept  # this request waited
     # The budget was not blocked: the next slot is the next interval, not 4 s away.
     assert governor.budget.reserve(0.1).wait < 1.0
+
+
+def test_a_schedule_far_ahead_of_the_databases_clock_stalls_takers_no_longer_than_its_horizon(
+    store_ledger: PayoutLedger,
+) -> None:
+    """A database clock stepped back an hour (or a row edited by someone with a database
+    login) leaves ``tat`` and ``blocked_until`` far in the future: a taker waits at
+    most the horizon, not until then, and the schedule is pulled back with it."""
+    budget = _budget(store_ledger, "stepped")
+    budget.reserve(INTERVAL, 5.0)
+    datastore = store_ledger.factory.datastore
+    schema = getattr(datastore, "schema", None)
+    table = f'"{schema}".{RATE_BUDGET_TABLE}' if schema else RATE_BUDGET_TABLE
+    with datastore.transaction(commit=True) as curs:
+        curs.execute(
+            f"UPDATE {table} SET tat = tat + 86400, "
+            "blocked_until = tat + 86400 WHERE name = 'stepped'"
+        )
+    waits = [budget.reserve(INTERVAL, 5.0).wait for _ in range(3)]
+    assert waits[0] <= 5.0 + INTERVAL
+    assert waits[2] == pytest.approx(waits[0] + 2 * INTERVAL, abs=0.05)
+
+
+def test_the_governor_waits_at_most_its_backoff_and_a_margin() -> None:
+    budget = MemoryRateBudget("far")
+    budget.block(86400)
+    sleeps = _Sleeps()
+    governor = RateGovernor(budget, rate=10, backoff_max=2.0, sleep=sleeps)
+    governor.take()
+    assert sleeps.slept == [pytest.approx(2.0 + HORIZON_MARGIN, abs=0.05)]

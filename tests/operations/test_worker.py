@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -476,3 +477,48 @@ def test_a_step_error_never_shows_the_store_password(
         cycle = worker.run_once()
     assert cycle.errors["reconcile"] == "RuntimeError: could not reach postgres:***@db"
     assert "pw-s3cr3t" not in json.dumps(cycle.as_dict()) + cycle.summary()
+
+
+class SlowHostClock:
+    """A worker host's clock three hours behind the host that claimed; its own
+    monotonic clock moves with it."""
+
+    def __init__(self) -> None:
+        self.moment = datetime.now(UTC) - timedelta(hours=3)
+        self.elapsed = 0.0
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def monotonic(self) -> float:
+        return self.elapsed
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+        self.elapsed += seconds
+
+
+def test_a_worker_whose_clock_is_hours_behind_still_resumes_within_the_threshold(
+    durable_store_url: str, ledger: PayoutLedger, gateway: InMemoryTransferGateway
+) -> None:
+    """The claim's age by two hosts' clocks is not what makes a payout due: a claim
+    this worker has seen in flight for ``resume_after`` on its own monotonic clock is."""
+    lost_answer(ledger, gateway, "es_1")  # claimed on a host whose clock is right
+    slow = SlowHostClock()
+    with (
+        PayoutLedger(
+            settings=LedgerSettings(store_url=durable_store_url, postgres_pool_size=2),
+            providers=InMemoryProviderDirectory([ALICE]),
+            gateway=gateway,
+            clock=slow,
+        ) as worker_ledger,
+        MaintenanceWorker(worker_ledger, resume_after=300, lease_seconds=3) as worker,
+    ):
+        assert worker.run_once().not_yet_due == 1  # fresh, as far as anyone can tell
+        slow.advance(299)
+        assert worker.run_once().not_yet_due == 1
+        slow.advance(2)
+        cycle = worker.run_once()
+    assert (cycle.resumed, cycle.settled) == (1, 1)
+    assert ledger.in_flight() == []
+    assert len(gateway.transfers_for("es_1")) == 1

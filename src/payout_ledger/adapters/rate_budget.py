@@ -18,6 +18,12 @@ every slot reserved after it starts at or after its end. Slots reserved before
 a block (at most one per request already waiting) are still used; they are few,
 and a 429 they meet extends the block.
 
+Neither can hold a taker back longer than the ``horizon`` it gives (one hour
+unless the governor says less): each reservation first pulls ``tat`` and
+``blocked_until`` back to at most ``now + horizon``. A database clock stepped
+back, or a row edited by someone with a database login, would otherwise stall
+every bulk release until the old schedule came round.
+
 ``memory://`` ledgers get the same schedule in the process, on its monotonic clock.
 """
 
@@ -35,6 +41,7 @@ from eventsourcing.sqlite import SQLiteDatastore
 from psycopg.sql import SQL, Identifier
 
 __all__ = [
+    "DEFAULT_HORIZON",
     "RATE_BUDGET_TABLE",
     "MemoryRateBudget",
     "PostgresRateBudget",
@@ -43,6 +50,9 @@ __all__ = [
     "SQLiteRateBudget",
     "open_rate_budget",
 ]
+
+DEFAULT_HORIZON = 3600.0
+"""Seconds: the longest a reservation makes its taker wait, whatever the row says."""
 
 RATE_BUDGET_TABLE = "payout_ledger_rate_budget"
 """The table of rate budgets, in the ledger's database (one row per budget name)."""
@@ -70,8 +80,9 @@ class RateBudget(Protocol):
 
     name: str
 
-    def reserve(self, interval: float) -> Reservation:
-        """Reserve the next free slot and move the schedule ``interval`` seconds on."""
+    def reserve(self, interval: float, horizon: float = DEFAULT_HORIZON) -> Reservation:
+        """Reserve the next free slot and move the schedule ``interval`` seconds on;
+        the slot is at most ``horizon`` seconds from now."""
         ...
 
     def block(self, seconds: float) -> float:
@@ -89,10 +100,10 @@ class MemoryRateBudget:
         self._tat = 0.0
         self._blocked_until = 0.0
 
-    def reserve(self, interval: float) -> Reservation:
+    def reserve(self, interval: float, horizon: float = DEFAULT_HORIZON) -> Reservation:
         with self._lock:
             now = time.monotonic()
-            slot = max(self._tat, now, self._blocked_until)
+            slot = max(min(self._tat, now + horizon), now, min(self._blocked_until, now + horizon))
             self._tat = slot + interval
             return Reservation(slot=slot, now=now)
 
@@ -122,7 +133,9 @@ class SQLiteRateBudget:
             f"INSERT INTO {t} (name, tat, blocked_until) "  # noqa: S608 - constant names
             f"VALUES (:name, {_SQLITE_NOW} + :interval, 0) "
             "ON CONFLICT (name) DO UPDATE SET "
-            f"tat = max(tat, {_SQLITE_NOW}, blocked_until) + :interval "
+            f"tat = max(min(tat, {_SQLITE_NOW} + :horizon), {_SQLITE_NOW}, "
+            f"min(blocked_until, {_SQLITE_NOW} + :horizon)) + :interval, "
+            f"blocked_until = min(blocked_until, {_SQLITE_NOW} + :horizon) "
             f"RETURNING tat - :interval, {_SQLITE_NOW}"
         )
         self._block = (
@@ -137,8 +150,9 @@ class SQLiteRateBudget:
         with self._datastore.transaction(commit=True) as curs:
             curs.execute(self._create)
 
-    def reserve(self, interval: float) -> Reservation:
-        row = self._one(self._reserve, {"name": self.name, "interval": interval})
+    def reserve(self, interval: float, horizon: float = DEFAULT_HORIZON) -> Reservation:
+        params = {"name": self.name, "interval": interval, "horizon": horizon}
+        row = self._one(self._reserve, params)
         return Reservation(slot=float(row[0]), now=float(row[1]))
 
     def block(self, seconds: float) -> float:
@@ -172,7 +186,9 @@ class PostgresRateBudget:
             "INSERT INTO {table} AS b (name, tat, blocked_until) "
             "VALUES (%(name)s, {now} + %(interval)s, 0) "
             "ON CONFLICT (name) DO UPDATE SET "
-            "tat = GREATEST(b.tat, {now}, b.blocked_until) + %(interval)s "
+            "tat = GREATEST(LEAST(b.tat, {now} + %(horizon)s), {now}, "
+            "LEAST(b.blocked_until, {now} + %(horizon)s)) + %(interval)s, "
+            "blocked_until = LEAST(b.blocked_until, {now} + %(horizon)s) "
             "RETURNING b.tat - %(interval)s AS slot, {now} AS now"
         ).format(table=table, now=now)
         self._block = SQL(
@@ -187,8 +203,9 @@ class PostgresRateBudget:
         with self._datastore.get_connection() as conn:
             conn.execute(self._create)
 
-    def reserve(self, interval: float) -> Reservation:
-        row = self._one(self._reserve, {"name": self.name, "interval": interval})
+    def reserve(self, interval: float, horizon: float = DEFAULT_HORIZON) -> Reservation:
+        params = {"name": self.name, "interval": interval, "horizon": horizon}
+        row = self._one(self._reserve, params)
         return Reservation(slot=float(row["slot"]), now=float(row["now"]))
 
     def block(self, seconds: float) -> float:

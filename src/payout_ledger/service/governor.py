@@ -44,6 +44,7 @@ from payout_ledger.adapters.rate_budget import RateBudget
 from payout_ledger.service.ports import elapsed_seconds
 
 __all__ = [
+    "HORIZON_MARGIN",
     "GovernorStats",
     "RateGovernor",
     "RequestNotes",
@@ -53,6 +54,11 @@ __all__ = [
     "governed_request_async",
     "noting_requests",
 ]
+
+HORIZON_MARGIN = 60.0
+"""Seconds beyond ``backoff_max`` that a token may be scheduled ahead: room for the
+takers queued before it. A schedule further ahead (a database clock stepped back,
+an edited row) is pulled back to it rather than waited for."""
 
 INITIAL_BACKOFF = 0.5
 """Seconds of the first back-off after a 429 without ``Retry-After`` (as the SDK's)."""
@@ -130,6 +136,8 @@ class RateGovernor:
         self.rate = rate
         self.interval = 1.0 / rate
         self.backoff_max = backoff_max
+        self.horizon = backoff_max + HORIZON_MARGIN
+        """The longest one token is waited for (see ``HORIZON_MARGIN``)."""
         self.retries = retries
         self.stats = GovernorStats()
         self._sleep = sleep
@@ -139,7 +147,7 @@ class RateGovernor:
 
     def take(self) -> float:
         """Wait for the next token; the seconds waited."""
-        wait = self.budget.reserve(self.interval).wait
+        wait = self.budget.reserve(self.interval, self.horizon).wait
         if wait > 0:
             self._sleep(wait)
         self.stats.add(tokens=1, waited_seconds=wait)
@@ -149,7 +157,7 @@ class RateGovernor:
     async def take_async(self) -> float:
         """[`take`][payout_ledger.service.governor.RateGovernor.take] without blocking
         the event loop (the store's statement runs in a worker thread)."""
-        wait = (await asyncio.to_thread(self.budget.reserve, self.interval)).wait
+        wait = (await asyncio.to_thread(self.budget.reserve, self.interval, self.horizon)).wait
         if wait > 0:
             await asyncio.sleep(wait)
         self.stats.add(tokens=1, waited_seconds=wait)

@@ -116,6 +116,9 @@ class MaintenanceWorker:
         self._anchored: int | None = None  # the newest seal this process anchored
         self._view: PayoutsView | None = None
         self._cycles = 0
+        self._seen_in_flight: dict[tuple[UUID, str, int], float] = {}
+        """Each claim in flight (payout, kind, attempt) and when this worker first saw
+        it, on the ledger's monotonic clock."""
 
     # -- leadership ----------------------------------------------------------
 
@@ -296,21 +299,44 @@ class MaintenanceWorker:
 
     # -- the steps ---------------------------------------------------------------
 
-    def _due(self, started_at: datetime | None, now: datetime) -> bool:
-        return started_at is None or now - started_at >= timedelta(seconds=self.resume_after)
+    def _due(
+        self, claim: tuple[UUID, str, int], started_at: datetime | None, now: datetime
+    ) -> bool:
+        """Whether a claim in flight is old enough to resume.
+
+        Its age by the clocks is the claiming host's time against this one's, and
+        hosts' clocks may disagree by hours: a claim is also due once this worker
+        has seen it in flight for ``resume_after`` on its own monotonic clock, so
+        a worker whose clock is behind never leaves it stuck longer than that.
+        """
+        seen = self._seen_in_flight.setdefault(claim, self.ledger._monotonic())
+        return (
+            started_at is None
+            or now - started_at >= timedelta(seconds=self.resume_after)
+            or self.ledger._monotonic() - seen >= self.resume_after
+        )
+
+    def _forget_seen(self, kind: str, in_flight: list[UUID]) -> None:
+        """Keep only the claims of ``kind`` still in flight (the memory stays small)."""
+        still = set(in_flight)
+        for claim in [c for c in self._seen_in_flight if c[1] == kind and c[0] not in still]:
+            del self._seen_in_flight[claim]
 
     def _resume(self, cycle: WorkerCycle, stop: threading.Event) -> None:
         ledger = self.ledger
         now = ledger._clock.now()
         outcomes: Counter[str] = Counter()
-        for payout_id in ledger._in_flight_ids():
+        in_flight = ledger._in_flight_ids()
+        self._forget_seen("transfer", in_flight)
+        for payout_id in in_flight:
             if stop.is_set():
                 raise _Interrupted("stopped")
             payout = self._payout(payout_id)
             if payout is not None:
                 if payout.status is not PayoutStatus.IN_FLIGHT:
                     continue  # settled since the log was read
-                if not self._due(payout.attempt_started_at, now):
+                claim = (payout_id, "transfer", payout.attempt)
+                if not self._due(claim, payout.attempt_started_at, now):
                     cycle.not_yet_due += 1
                     continue
             result = ledger._resume_isolated(payout_id)
@@ -338,7 +364,9 @@ class MaintenanceWorker:
     def _resume_reversals(self, cycle: WorkerCycle, stop: threading.Event) -> None:
         ledger = self.ledger
         now = ledger._clock.now()
-        for payout_id in ledger._reversal_in_flight_ids():
+        in_flight = ledger._reversal_in_flight_ids()
+        self._forget_seen("reversal", in_flight)
+        for payout_id in in_flight:
             if stop.is_set():
                 raise _Interrupted("stopped")
             payout = self._payout(payout_id)
@@ -347,7 +375,8 @@ class MaintenanceWorker:
                 continue
             if payout.reversal_status is not ReversalStatus.IN_FLIGHT:
                 continue
-            if not self._due(payout.reversal_started_at, now):
+            claim = (payout_id, "reversal", payout.reversal_attempt)
+            if not self._due(claim, payout.reversal_started_at, now):
                 cycle.reversals_not_yet_due += 1
                 continue
             cycle.reversals_resumed += 1
