@@ -52,3 +52,22 @@ class MovableClock:
 
     def advance(self, seconds: float) -> None:
         self.moment += timedelta(seconds=seconds)
+
+
+class SlowHostClock:
+    """A worker host's clock three hours behind the host that claimed; its own
+    monotonic clock moves with it."""
+
+    def __init__(self) -> None:
+        self.moment = datetime.now(UTC) - timedelta(hours=3)
+        self.elapsed = 0.0
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def monotonic(self) -> float:
+        return self.elapsed
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+        self.elapsed += seconds

@@ -27,7 +27,7 @@ from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGat
 from payout_ledger.testing.fake_stripe import FakeStripe
 from tests.conftest import DURABLE_STORES, LedgerFactory
 from tests.stripe.stripe_support import real_gateway
-from tests.support import ALICE, MovableClock, release
+from tests.support import ALICE, MovableClock, SlowHostClock, release
 from tests.webhooks.conftest import serve
 
 CHECKS = ["store", "cipher", "stripe", "in_flight", "projection", "seal"]
@@ -367,3 +367,24 @@ def test_in_flight_from_the_read_model_and_the_events_after_it_equals_the_whole_
     assert position is not None and position > 0
     health_module._in_flight(ledger)
     assert starts == [position + 1]
+
+
+@pytest.mark.parametrize("store_url", DURABLE_STORES, indirect=True)
+def test_a_health_host_whose_clock_is_hours_behind_still_sees_a_stuck_payout_age(
+    make_ledger: LedgerFactory, gateway: InMemoryTransferGateway
+) -> None:
+    """The claim was made on a host whose clock is right; the host answering health is
+    three hours behind. The age it reports grows from when it first saw the claim."""
+    writer = make_ledger()
+    gateway.fail_next(TransferOutcomeUnknown("response lost"), after_commit=True)
+    writer.release_payment(release("es_stuck"))
+    slow = SlowHostClock()
+    checker = make_ledger(clock=slow, health_in_flight_threshold=900)
+    assert checker.status().oldest_in_flight_seconds == 0.0
+    slow.advance(901)
+    status = checker.status()
+    assert status.oldest_in_flight_seconds == pytest.approx(901)
+    assert checker.health().failing == ["in_flight"]
+    writer.resume("es_stuck")
+    assert checker.status().oldest_in_flight_seconds is None
+    assert checker.health().ok

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +21,7 @@ from payout_ledger.adapters.anchor import CommandAnchorSink, FileAnchorSink
 from payout_ledger.audit import verify_ledger
 from payout_ledger.service.worker import MaintenanceWorker, WorkerCycle
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
-from tests.support import ALICE, MovableClock, release
+from tests.support import ALICE, MovableClock, SlowHostClock, release
 
 HOUR = 3600
 
@@ -477,25 +476,6 @@ def test_a_step_error_never_shows_the_store_password(
         cycle = worker.run_once()
     assert cycle.errors["reconcile"] == "RuntimeError: could not reach postgres:***@db"
     assert "pw-s3cr3t" not in json.dumps(cycle.as_dict()) + cycle.summary()
-
-
-class SlowHostClock:
-    """A worker host's clock three hours behind the host that claimed; its own
-    monotonic clock moves with it."""
-
-    def __init__(self) -> None:
-        self.moment = datetime.now(UTC) - timedelta(hours=3)
-        self.elapsed = 0.0
-
-    def now(self) -> datetime:
-        return self.moment
-
-    def monotonic(self) -> float:
-        return self.elapsed
-
-    def advance(self, seconds: float) -> None:
-        self.moment += timedelta(seconds=seconds)
-        self.elapsed += seconds
 
 
 def test_a_worker_whose_clock_is_hours_behind_still_resumes_within_the_threshold(

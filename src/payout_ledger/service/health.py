@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
+from weakref import WeakKeyDictionary
 
 from payout_ledger.adapters import telemetry
 from payout_ledger.adapters.log import claims_without_outcomes, iter_notifications
@@ -64,8 +65,9 @@ class LedgerStatus:
     reversals_in_flight: int
     """Payouts with a reversal attempt that has no recorded outcome yet."""
     oldest_in_flight_seconds: float | None
-    """The age of the oldest attempt in flight (transfer or reversal) from its
-    claim; None when nothing is in flight."""
+    """The age of the oldest attempt in flight (transfer or reversal): from its
+    claim's recorded time, or from when this process first saw it in flight,
+    whichever is more; None when nothing is in flight."""
     projection_lag: int | None
     """Payout events not yet in the read model (counted up to
     [`LAG_COUNT_LIMIT`][payout_ledger.service.health.LAG_COUNT_LIMIT]); None when
@@ -153,7 +155,7 @@ def ledger_status(ledger: LedgerCore) -> LedgerStatus:
     now = ledger._clock.now()
     last = ledger.recorder.max_notification_id() or 0
     payouts, reversals = _in_flight(ledger)
-    started = [s for s in _claim_times(ledger, payouts, reversals) if s is not None]
+    oldest = _oldest_age(ledger, now, _claims(ledger, payouts, reversals))
     seal = latest_seal(ledger)
     unsealed, first_unsealed = _unsealed(
         ledger, 1 if seal is None else seal.through_notification_id + 1
@@ -163,7 +165,7 @@ def ledger_status(ledger: LedgerCore) -> LedgerStatus:
         last_notification_id=last,
         in_flight=len(payouts),
         reversals_in_flight=len(reversals),
-        oldest_in_flight_seconds=(now - min(started)).total_seconds() if started else None,
+        oldest_in_flight_seconds=oldest,
         projection_lag=_projection_lag(ledger),
         unsealed_events=unsealed,
         oldest_unsealed_seconds=None
@@ -190,15 +192,46 @@ def _in_flight(ledger: LedgerCore) -> list[list[UUID]]:
     )
 
 
-def _claim_times(
-    ledger: LedgerCore, payouts: list[UUID], reversals: list[UUID]
-) -> list[datetime | None]:
-    times: list[datetime | None] = []
+Claim = tuple[UUID, str, datetime | None]
+"""A claim in flight: its payout, ``transfer`` or ``reversal``, and its recorded time."""
+
+_SEEN: WeakKeyDictionary[LedgerCore, dict[Claim, float]] = WeakKeyDictionary()
+"""Per ledger, when a status first saw each claim in flight (its monotonic clock)."""
+
+
+def _claims(ledger: LedgerCore, payouts: list[UUID], reversals: list[UUID]) -> list[Claim]:
+    claims: list[Claim] = []
     for payout_id in payouts:
-        times.append(_read(ledger, payout_id, lambda p: p.attempt_started_at))
+        claims.append((payout_id, "transfer", _read(ledger, payout_id, _attempt_started)))
     for payout_id in reversals:
-        times.append(_read(ledger, payout_id, lambda p: p.reversal_started_at))
-    return times
+        claims.append((payout_id, "reversal", _read(ledger, payout_id, _reversal_started)))
+    return claims
+
+
+def _attempt_started(payout: PayoutAggregate) -> datetime | None:
+    return payout.attempt_started_at
+
+
+def _reversal_started(payout: PayoutAggregate) -> datetime | None:
+    return payout.reversal_started_at
+
+
+def _oldest_age(ledger: LedgerCore, now: datetime, claims: list[Claim]) -> float | None:
+    """The oldest claim's age: by its recorded time against this ledger's clock, or
+    since this process first saw it in flight (its monotonic clock), whichever is
+    more. A host whose clock is hours behind the claiming host's still sees a
+    stuck payout age."""
+    if not claims:
+        _SEEN.pop(ledger, None)
+        return None
+    monotonic = ledger._monotonic()
+    first_seen = _SEEN.get(ledger, {})
+    seen = {claim: first_seen.get(claim, monotonic) for claim in claims}
+    _SEEN[ledger] = seen
+    return max(
+        max(0.0 if started is None else (now - started).total_seconds(), monotonic - since)
+        for (_, _, started), since in seen.items()
+    )
 
 
 def _read(
