@@ -37,10 +37,17 @@ from uuid import UUID
 from payout_ledger.adapters import telemetry
 from payout_ledger.adapters.anchor import AnchorError, AnchorSink, anchor_sink
 from payout_ledger.adapters.leader import LeaderLock, leader_lock
+from payout_ledger.adapters.log import claims_without_outcomes
 from payout_ledger.adapters.projection.runner import open_payouts_view, run_projection
 from payout_ledger.adapters.projection.view import PayoutsView
 from payout_ledger.adapters.store import first_cause
-from payout_ledger.domain.payout import PayoutAggregate, PayoutStatus, ReversalStatus
+from payout_ledger.domain.payout import (
+    REVERSAL_CLAIMS,
+    TRANSFER_CLAIMS,
+    PayoutAggregate,
+    PayoutStatus,
+    ReversalStatus,
+)
 from payout_ledger.domain.seal import LedgerSeal
 from payout_ledger.errors import ConfigurationError
 from payout_ledger.service.anchoring import anchor_record, seals_to_anchor
@@ -117,6 +124,7 @@ class MaintenanceWorker:
         self._view: PayoutsView | None = None
         self._cycles = 0
         self._seen_in_flight: dict[tuple[UUID, str, int], float] = {}
+        self._reversals_in_flight: list[UUID] | None = None
         """Each claim in flight (payout, kind, attempt) and when this worker first saw
         it, on the ledger's monotonic clock."""
 
@@ -326,7 +334,11 @@ class MaintenanceWorker:
         ledger = self.ledger
         now = ledger._clock.now()
         outcomes: Counter[str] = Counter()
-        in_flight = ledger._in_flight_ids()
+        # One read of the log's claims for both steps: the reversals step uses the
+        # second list (a reversal claimed meanwhile is too fresh to be due anyway).
+        in_flight, self._reversals_in_flight = claims_without_outcomes(
+            ledger, [TRANSFER_CLAIMS, REVERSAL_CLAIMS]
+        )
         self._forget_seen("transfer", in_flight)
         for payout_id in in_flight:
             if stop.is_set():
@@ -364,7 +376,9 @@ class MaintenanceWorker:
     def _resume_reversals(self, cycle: WorkerCycle, stop: threading.Event) -> None:
         ledger = self.ledger
         now = ledger._clock.now()
-        in_flight = ledger._reversal_in_flight_ids()
+        in_flight, self._reversals_in_flight = self._reversals_in_flight, None
+        if in_flight is None:  # the resume step failed before it read them
+            in_flight = ledger._reversal_in_flight_ids()
         self._forget_seen("reversal", in_flight)
         for payout_id in in_flight:
             if stop.is_set():
