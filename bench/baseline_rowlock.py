@@ -1,9 +1,10 @@
-"""The seed's row-lock design (Phase 3), rebuilt faithfully as the benchmark's baseline.
+"""The original backend's row-lock design, rebuilt faithfully as the benchmark's baseline.
 
-The seed's notes ("Concurrency Fix: Payment Release Safety (Phase 3)") made
-``release_payment()`` safe like this, on SQLAlchemy:
+The original backend (the application this ledger replaces) made ``release_payment()``
+safe against concurrent releases with its "Concurrency Fix: Payment Release Safety
+(Phase 3)", on SQLAlchemy:
 
-* the whole payout runs in one transaction (the seed: ``async with db.begin_nested()``);
+* the whole payout runs in one transaction (the original: ``async with db.begin_nested()``);
 * the ``EventService`` row is read with ``with_for_update()``, a row lock that
   serialises concurrent releases of the same service;
 * one ``Payment`` row per event service (``payments.event_service_id`` is UNIQUE,
@@ -20,7 +21,7 @@ This module does exactly that with the SQLAlchemy 2 ORM on psycopg 3, against th
 PostgreSQL server, with a connection pool the same size as the ledger's in every
 scenario. Two deliberate simplifications, both in the baseline's favour:
 
-* one plain transaction (``session.begin()``) instead of the seed's
+* one plain transaction (``session.begin()``) instead of the original backend's
   ``begin_nested()`` SAVEPOINT inside the request's transaction: two round trips
   fewer per release;
 * the provider (``stripe_account_id``, ``user_id``) comes from the same in-memory
@@ -59,7 +60,7 @@ class _Base(DeclarativeBase):
 
 
 class EventService(_Base):
-    """The host's event service row: the row the seed locks."""
+    """The host's event service row: the row the original backend locks."""
 
     __tablename__ = "event_services"
 
@@ -71,7 +72,7 @@ class EventService(_Base):
 
 
 class Payment(_Base):
-    """The seed's payout record: one per event service (UNIQUE event_service_id)."""
+    """The original backend's payout record: one per event service (UNIQUE event_service_id)."""
 
     __tablename__ = "payments"
 
@@ -93,7 +94,7 @@ class Payment(_Base):
 
 @dataclass
 class RowLockPayments:
-    """``release_payment`` as the seed wrote it: a row lock held across the Stripe call."""
+    """``release_payment`` as the original backend wrote it: a row lock across the Stripe call."""
 
     url: str
     schema: str
@@ -162,7 +163,7 @@ class RowLockPayments:
                     idempotency_key=key,
                 )
                 session.add(payment)
-            else:  # a failed earlier attempt: the seed reuses the row
+            else:  # a failed earlier attempt: the original reuses the row
                 payment.status = "payout_started"
                 payment.attempts += 1
             session.flush()  # payout_started is written before the transfer

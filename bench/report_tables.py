@@ -14,12 +14,37 @@ Row = dict[str, Any]
 Table = tuple[list[str], list[list[str]]]
 Column = tuple[str, Callable[[Row], str]]
 COMMITS_PER_RELEASE = 2
-TARGET_LATENCY_RATIO = 5.0
-TARGET_DB_VS_BASELINE = 1.0
+TARGET_LATENCY_RATIO = 6.0
+TARGET_DB_VS_BASELINE = 4.0
 TARGET_DB_VS_PGBENCH = 0.2
 TARGET_CONTENTION_P99_MS = 100.0
 TOP = 16  # workers (and pgbench clients) of the database-bound targets
 LATENCY_CALLERS = 64
+AUDIT_SCALE_EVENTS = 10_000_000
+"""The log size the audit-scale targets are read at; a smaller log is not at scale."""
+TARGET_TOOL_RATES = {
+    ("verify", "sqlite"): 300_000,
+    ("verify", "postgres"): 150_000,
+    ("audit", "sqlite"): 250_000,
+    ("audit", "postgres"): 150_000,
+    ("project", "sqlite"): 150_000,
+    ("project", "postgres"): 150_000,
+}
+"""Events/s each tool must replay a log of ``AUDIT_SCALE_EVENTS`` at, per store."""
+TARGET_PEAK_RSS_MB = 300.0
+TARGET_INCREMENTAL_BASE_S = 1.0
+"""An incremental run must take less than this + the new events at the full-run rate."""
+STORES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+LIMITS = ("raw_read", "raw_sha256")
+TOOLS = ("audit", "verify", "project")
+CHECKPOINTED = ("audit", "verify")
+BASELINE_NAME = "row-lock (original backend)"
+"""The baseline's name: the original backend's row-lock design (``baseline_rowlock.py``)."""
+LEGACY_NAMES = {
+    "row-lock baseline (seed)": BASELINE_NAME,
+    "the seed's row-lock design": "the original backend's row-lock design",
+}
+"""Names older results files use, and the names the page shows instead."""
 
 
 def find(rows: Iterable[Row], **match: Any) -> Row | None:
@@ -53,6 +78,87 @@ def ledger_db(results: Results, workers: int, block: str = "database_bound") -> 
 
 def baseline_db(results: Results, workers: int) -> Row | None:
     return find(results.get("database_bound", []), system="baseline", workers=workers)
+
+
+def current_names(value: Any) -> Any:
+    """``value`` (results, or any part of them) with every legacy name replaced."""
+    if isinstance(value, str):
+        for old, new in LEGACY_NAMES.items():
+            value = value.replace(old, new)
+        return value
+    if isinstance(value, dict):
+        return {k: current_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [current_names(v) for v in value]
+    return value
+
+
+def replay_result(results: Results, store: str) -> Row | None:
+    """``bench/replay.py``'s result for ``store``: the one with the largest log."""
+    found = [
+        r["result"]
+        for r in (results.get("replay") or {}).get("runs", [])
+        if r.get("result") and r["result"].get("store") == store
+    ]
+    return max(found, key=lambda r: r.get("events") or 0, default=None)
+
+
+def replay_failure(results: Results, store: str) -> str | None:
+    """Why ``store``'s replay command gave no result (a timeout, a crash), if it did not."""
+    for r in (results.get("replay") or {}).get("runs", []):
+        if f"--store {store} " in f"{r['command']} " and not r.get("result"):
+            return str(r.get("status"))
+    return None
+
+
+def measurement(result: Row | None, what: str, mode: str = "full") -> Row | None:
+    """The run of ``what`` in ``result`` (the median by events/s of repeats), or its failure."""
+    runs: list[Row] = [
+        m
+        for m in (result or {}).get("runs", [])
+        if m.get("what") == what and m.get("mode", "full") == mode
+    ]
+    done = sorted((m for m in runs if "error" not in m), key=lambda m: m["events_per_s"] or 0)
+    if done:
+        return done[len(done) // 2]
+    return runs[-1] if runs else None
+
+
+def rate_of(row: Row | None) -> float | None:
+    """A measurement's events/s (None for a failed one)."""
+    return None if row is None or "error" in row else row.get("events_per_s")
+
+
+def incremental(result: Row | None, tool: str) -> Row | None:
+    """``tool``'s incremental run with its goal: seconds < 1 + new events / full-run rate."""
+    run = measurement(result, tool, "incremental")
+    if run is None:
+        return None
+    full = rate_of(measurement(result, tool))
+    new = ((result or {}).get("appended") or {}).get("events")
+    found = {**run, "store": (result or {}).get("store"), "tool": tool}
+    found |= {"full_events_per_s": full, "new_events": new, "new_events_s": None, "goal_s": None}
+    found["holds"] = None
+    if full and new is not None:
+        found["new_events_s"] = round(new / full, 3)
+        found["goal_s"] = round(TARGET_INCREMENTAL_BASE_S + new / full, 3)
+        if "error" not in run:
+            found["holds"] = run.get("incremental") is True and run["seconds"] < found["goal_s"]
+    return found
+
+
+TOOL_NAMES = {
+    "raw_read": "raw_read: plain cursor, five columns",
+    "raw_sha256": "raw_sha256: raw_read + SHA-256 of each state",
+    "audit": "audit",
+    "verify": "verify",
+    "project": "project --rebuild",
+}
+
+
+def run_name(r: Row) -> str:
+    name = TOOL_NAMES.get(r["what"], str(r["what"]))
+    return f"{name}, incremental" if r.get("mode") == "incremental" else name
 
 
 def num(value: Any, digits: int = 1) -> str:
@@ -120,27 +226,70 @@ def run(results: Results, source: str) -> Table:
 
 TARGET_LABELS = {
     "latency_bound_vs_baseline": "latency-bound (200 ms gateway, 64 callers, pool 10): "
-    "ledger / baseline",
-    "database_bound_16_vs_baseline": "database-bound, 16 workers: ledger / baseline",
+    f"ledger / {BASELINE_NAME}",
+    "database_bound_16_vs_baseline": f"database-bound, 16 workers: ledger / {BASELINE_NAME}",
     "database_bound_16_vs_pgbench": "database-bound, 16 workers: 2 x releases/s / pgbench tps",
     "contention_p99_gateway_0ms": "hot contention, 32 callers, 0 ms gateway: p99 of every caller",
     "contention_losers_p99_gateway_200ms": "hot contention, 32 callers, 200 ms gateway: "
     "p99 of the callers that did not transfer",
+    **{
+        f"{tool}_{store}_events_per_s": f"{run_name({'what': tool})}, {STORES[store]}, "
+        f"log of {AUDIT_SCALE_EVENTS:,} events: events/s"
+        for tool, store in TARGET_TOOL_RATES
+    },
+    **{
+        f"peak_rss_{store}": f"peak RSS of every tool, {STORES[store]}, "
+        f"log of {AUDIT_SCALE_EVENTS:,} events"
+        for store in STORES
+    },
+    **{
+        f"incremental_{tool}_{store}": f"{tool} from its checkpoint after new events, "
+        f"{STORES[store]}, log of {AUDIT_SCALE_EVENTS:,} events: s"
+        for store in STORES
+        for tool in CHECKPOINTED
+    },
 }
 
 
-def targets(results: Results) -> Table:
-    def measured(r: Row) -> str:
+def _measured_target(r: Row) -> str:
+    """A target's measured value, in its unit, with what it depends on."""
+    if r.get("error"):
+        return f"failed: {r['error']}"
+    unit, value = r.get("unit"), r["value"]
+    if unit is None:  # the write path's targets
         if r["key"].startswith("contention"):
-            return f"{num(r['value'])} ms"
-        return pct(r["value"]) if r["key"].endswith("pgbench") else times(r["value"])
+            return f"{num(value)} ms"
+        return pct(value) if r["key"].endswith("pgbench") else times(value)
+    if value is None:
+        return "n/a"
+    shown = {
+        "events/s": f"{num(value)} events/s",
+        "MB": f"{num(value)} MB ({r.get('tool')})",
+        "s": f"{num(value, 3)} s; goal < {num(r.get('goal_s'), 3)} s "
+        f"({num(r.get('new_events'))} new events, {num(r.get('new_events_s'), 3)} s at the "
+        "full-run rate)"
+        + ("" if r.get("incremental") else "; did not continue from its checkpoint"),
+    }[unit]
+    if not r.get("at_scale"):
+        shown += f"; log of {num(r.get('events'))} events, not at scale"
+    return shown
 
+
+def _target_verdict(r: Row) -> str:
+    if r.get("error"):
+        return "**run failed**"
+    if r.get("unit") is not None and r["value"] is not None and not r.get("at_scale"):
+        return "not at scale"
+    return holds(r["holds"])
+
+
+def targets(results: Results) -> Table:
     return table(
         [{**v, "key": k, "label": TARGET_LABELS[k]} for k, v in results["targets"].items()],
         col("target (the ledger as shipped)", "label"),
         col("required", "target"),
-        ("measured", measured),
-        ("verdict", lambda r: holds(r["holds"])),
+        ("measured", _measured_target),
+        ("verdict", _target_verdict),
     )
 
 
@@ -238,21 +387,96 @@ def replay(results: Results) -> Table:
         {"command": c, "status": "not run: no bench/replay.py"} for c in found.get("commands", [])
     ]
     for r in found.get("runs", []):
-        result = r.get("result") or {}
+        result = r.get("result")
+        if not result:
+            rows.append({"command": r["command"], "status": f"**{r['status']}**"})
+            continue
         for m in result.get("runs") or [result]:
-            status = r["status"] if m.get("ok", True) else "**check failed**"
-            rows.append({**result, **m, "command": r["command"], "status": status})
+            shown = {**m, "write_s": result.get("write_s")}
+            rows.append({**shown, "command": r["command"], "status": _status(m)})
     return table(
         rows,
         ("command", lambda r: f"`{r['command']}`"),
         col("status", "status"),
-        col("replay", "what"),
+        ("replay", lambda r: run_name(r) if "what" in r else "-"),
         col("events", "events"),
         col("events/s", "events_per_s"),
         col("replay s", "seconds", 2),
         col("peak RSS MB", "peak_rss_mb"),
         col("RSS before MB", "rss_before_mb"),
         col("writing the log s", "write_s"),
+    )
+
+
+def _status(m: Row) -> str:
+    if "error" in m:
+        return f"**failed**: {m['error']}"
+    return "ok" if m.get("ok", True) else "**check failed**"
+
+
+def audit_at_scale(results: Results, store: str) -> Table:
+    """Each limit and tool over one store's log: events/s, memory, and ratio to the limits."""
+    result = replay_result(results, store)
+    limits = {what: rate_of(measurement(result, what)) for what in LIMITS}
+    rows = [m for what in (*LIMITS, *TOOLS) if (m := measurement(result, what)) is not None]
+
+    def versus(limit: str) -> Column:
+        def cell(r: Row) -> str:
+            if r["what"] in LIMITS or (limit == "raw_sha256" and r["what"] != "verify"):
+                return "-"
+            return pct(ratio(rate_of(r), limits[limit]))
+
+        return f"vs {limit}", cell
+
+    return table(
+        rows,
+        ("measured", run_name),
+        ("log events", lambda r: num((result or {}).get("events"))),
+        col("events", "events"),
+        col("s", "seconds", 2),
+        col("events/s", "events_per_s"),
+        col("events/s of CPU", "events_per_cpu_s"),
+        col("peak RSS MB", "peak_rss_mb"),
+        col("RSS before MB", "rss_before_mb"),
+        versus("raw_read"),
+        versus("raw_sha256"),
+        ("check", _status),
+    )
+
+
+def audit_sqlite(results: Results) -> Table:
+    return audit_at_scale(results, "sqlite")
+
+
+def audit_postgres(results: Results) -> Table:
+    return audit_at_scale(results, "postgres")
+
+
+def audit_incremental(results: Results) -> Table:
+    """Audit and verify from their checkpoints after new events, against the goal."""
+    rows = [
+        found
+        for store in STORES
+        for tool in CHECKPOINTED
+        if (found := incremental(replay_result(results, store), tool)) is not None
+    ]
+
+    def verdict(r: Row) -> str:
+        return "**run failed**" if "error" in r else holds(r["holds"])
+
+    return table(
+        rows,
+        ("store", lambda r: STORES.get(r["store"], str(r["store"]))),
+        col("tool", "tool"),
+        col("full run events/s", "full_events_per_s"),
+        col("new events", "new_events"),
+        col("s", "seconds", 3),
+        col("events read", "events_read"),
+        col("continued from the checkpoint", "incremental"),
+        ("checkpoint", lambda r: r.get("error") or num(r.get("checkpoint_status"))),
+        col("new events at the full-run rate, s", "new_events_s", 3),
+        ("goal: less than, s", lambda r: num(r["goal_s"], 3)),
+        ("goal", verdict),
     )
 
 

@@ -1,10 +1,12 @@
-"""payout_ledger benchmarks: the ledger against the seed's row-lock design and PostgreSQL.
+"""payout_ledger benchmarks: the write path against its baselines, and the audit at 10M events.
 
 Run::
 
-    nox -s bench -- --quick        # under two minutes: 1 repetition, short runs
-    nox -s bench                   # 3 repetitions, median (12-15 min,
-                                   # about half of it replay.py writing 1M events twice)
+    nox -s bench -- --quick        # a few minutes: 1 repetition, short runs, 10k-event replay
+    nox -s bench                   # 3 repetitions, median, and the audit at 10M events
+                                   # (under an hour at today's tool rates, most of it
+                                   # the reads of the 10M logs; far longer the first
+                                   # time, when the kept logs are written)
     nox -s bench -- --out bench --docs docs/performance.md   # the figures of record
     .venv/bin/python bench/run.py --quick   # the same without nox
 
@@ -14,12 +16,14 @@ tree as it was. ``--out bench --docs docs/performance.md`` records the figures o
 ``bench/results.json`` and the page (its tables are never typed by hand); ``--results``
 names the results file alone. PostgreSQL is the server at
 ``$PAYOUT_LEDGER_BENCH_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``);
-every timed run gets a fresh schema, dropped afterwards. ``--only`` picks sections.
+every timed run of the write path gets a fresh schema, dropped afterwards; the replay
+reads stores kept between runs (see below). ``--only`` picks sections.
 
 Systems, all in one process, on the same server, with the same in-memory gateway:
 
 * **ledger**: ``PayoutLedger`` as shipped (``LedgerSettings`` defaults), PostgreSQL or SQLite;
-* **row-lock baseline**: the seed's Phase 3 design on SQLAlchemy (``baseline_rowlock.py``):
+* **row-lock (original backend)**, the baseline: the original backend's design on
+  SQLAlchemy (``baseline_rowlock.py``):
   ``SELECT ... FOR UPDATE`` on the event service, a unique ``payments`` row,
   ``payout_started`` before the transfer, ``released`` after, the transaction (row lock
   and pooled connection) held across the gateway call;
@@ -38,9 +42,15 @@ Scenarios:
 3. *hot contention*: 32 callers release one event service at once, over many rounds:
    exactly one transfer per round, p99 until every caller has its answer (gateway at
    0 ms and at 200 ms).
-4. *replay*: events/s and peak memory at 100k and 1M events (quick: 10k), SQLite and
-   PostgreSQL, from ``bench/replay.py`` (run as a subprocess;
-   see ``replay_hook``).
+4. *replay*: the auditor tools over a log of 10M events, SQLite and PostgreSQL, from
+   ``bench/replay.py`` (run as a subprocess; see ``replay_hook``): the physical limits
+   (``raw_read``, ``raw_sha256``), audit, verify and the projection rebuild, each in a
+   fresh process (events/s, peak RSS, ratio to the limits), then audit and verify again
+   from their checkpoints after 10,000 new events. The stores are kept between runs
+   (``--replay-kept-sqlite``, default ``bench/.work/replay-10m``;
+   ``--replay-kept-postgres``, default schema ``bench_replay_10m``): written once, when
+   they hold fewer than ``--replay-events`` events, then reused; each run adds its new
+   events to them. ``--quick`` writes 10k events into a fresh store instead.
 
 Then the hot path: a pyinstrument profile and a libpq trace of one database-bound
 worker (``hotpath.py``), and bench-only prototypes of changes to ``src/``
@@ -54,6 +64,7 @@ moves them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -88,11 +99,22 @@ LATENCY_CALLERS = 64
 LATENCY_POOL = 10
 HOT_CALLERS = 32
 HOT_POOL = 10
-REPLAY_EVENTS_FULL = (100_000, 1_000_000)
-REPLAY_EVENTS_QUICK = (10_000,)
+REPLAY_EVENTS_FULL = 10_000_000
+REPLAY_EVENTS_QUICK = 10_000
+REPLAY_KEPT_SQLITE = Path("bench/.work/replay-10m")
+"""The folder of the kept SQLite store (relative to the repository; not in git)."""
+REPLAY_KEPT_POSTGRES = "bench_replay_10m"
+"""The schema of the kept PostgreSQL store."""
+REPLAY_ALSO = "verify,project"
+REPLAY_TIMEOUT_QUICK_S = 300.0
+REPLAY_TIMEOUT_FULL_S = 8 * 3600.0
+"""Per store, a bound against a hang, not a budget: writing the kept store first if it is
+missing or short, then seven reads of the whole log (each bounded by replay.py's own
+timeout per measurement)."""
 PROTOTYPES = [name for name in VARIANTS if name not in ("ours", "stock")]
 PROFILED = ("ours", "stock")
 LATENCY_PROTOTYPES = ("async_outcome",)
+ROW_LOCK_SUMMARY = "the original backend's row-lock design"
 
 
 def _log(message: str) -> None:
@@ -253,7 +275,7 @@ def run_prototypes(
     )
     for row in rows:
         if row["system"] == "baseline":
-            row["summary"], row["proposal"], row["safe"] = "the seed's row-lock design", "", True
+            row["summary"], row["proposal"], row["safe"] = ROW_LOCK_SUMMARY, "", True
             continue
         variant = VARIANTS[row["variant"]]
         row["summary"] = variant.summary
@@ -276,44 +298,58 @@ def run_profile(url: str, releases: int, out_dir: Path) -> list[dict[str, Any]]:
     return profiles
 
 
-def replay_hook(url: str, sizes: tuple[int, ...], timeout: float) -> dict[str, Any]:
-    """Run ``bench/replay.py --store {sqlite,postgres} --events N`` if it exists.
+def replay_commands(events: int, kept: dict[str, str] | None) -> list[list[str]]:
+    """The arguments of ``bench/replay.py``, one list per store.
 
-    Its contract is to print one JSON line (the last
-    line of stdout that parses as a JSON object is taken) with its figures: the store,
-    ``events``, ``write_s`` and ``runs`` (``what``, ``events_per_s``, ``peak_rss_mb``, ...),
-    each replay measured in a fresh process. Without the script this section records
-    ``status: "missing"`` and the commands it would run.
+    Every tool (audit, verify, the projection rebuild), the limits (``raw_read``,
+    ``raw_sha256``) and the incremental audit and verify, on the ``kept`` store of
+    each (a folder for SQLite, a schema for PostgreSQL), else on a fresh one.
+    """
+    commands = []
+    for store in ("sqlite", "postgres"):
+        args = ["--store", store, "--events", str(events)]
+        if kept is not None:
+            args += ["--kept", kept[store]]
+        commands.append([*args, "--also", REPLAY_ALSO])
+    return commands
+
+
+def replay_hook(
+    url: str, events: int, kept: dict[str, str] | None, timeout: float
+) -> dict[str, Any]:
+    """Run ``bench/replay.py`` on SQLite and on PostgreSQL (see ``replay_commands``).
+
+    Its contract is to print one JSON line (the last line of stdout that parses as
+    a JSON object is taken) with its figures: the store, ``events``, ``write_s``,
+    ``limits`` and ``runs`` (``what``, ``mode``, ``events_per_s``, ``peak_rss_mb``,
+    ...), each measured in a fresh process, and to exit non-zero when a measurement
+    failed (the figures it has are kept). ``timeout`` bounds one store's command;
+    on expiry its whole process group is stopped. Without the script this section
+    records ``status: "missing"`` and the commands it would run.
     """
     script = BENCH_DIR / "replay.py"
-    commands = [
-        [sys.executable, str(script), "--store", store, "--events", str(n), "--postgres-url", url]
-        for n in sizes
-        for store in ("sqlite", "postgres")
-    ]
-    shown = [" ".join(["python", "bench/replay.py", *c[2:6]]) for c in commands]
+    commands = replay_commands(events, kept)
+    shown = [" ".join(["python", "bench/replay.py", *_shown_args(c)]) for c in commands]
+    found: dict[str, Any] = {
+        "events": events,
+        "kept": None if kept is None else {k: _shown_args([v])[0] for k, v in kept.items()},
+    }
     if not script.exists():
-        return {"status": "missing", "commands": shown}
+        return {"status": "missing", **found, "commands": shown}
     env = {**os.environ, POSTGRES_URL_VARIABLE: url}
     runs = []
-    for command, text in zip(commands, shown, strict=True):
+    for args, text in zip(commands, shown, strict=True):
         _log(f"replay: {text}")
         started = time.perf_counter()
+        command = [sys.executable, str(script), *args, "--postgres-url", url]
         try:
-            done = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env=env,
-                cwd=ROOT,
-                check=False,
-            )
+            returncode, stdout, stderr = _run_group(command, timeout, env)
         except subprocess.TimeoutExpired:
             runs.append({"command": text, "status": "timeout", "timeout_s": timeout})
+            _log(f"replay: timed out after {timeout} s")
             continue
         parsed: dict[str, Any] | None = None
-        for line in reversed(done.stdout.splitlines()):
+        for line in reversed(stdout.splitlines()):
             try:
                 candidate = json.loads(line)
             except ValueError:
@@ -321,17 +357,49 @@ def replay_hook(url: str, sizes: tuple[int, ...], timeout: float) -> dict[str, A
             if isinstance(candidate, dict):
                 parsed = candidate
                 break
+        status = "ok" if returncode == 0 and parsed is not None else "failed"
+        _log(f"replay: {status} in {time.perf_counter() - started:.0f} s")
         runs.append(
             {
                 "command": text,
-                "status": "ok" if done.returncode == 0 and parsed is not None else "failed",
-                "returncode": done.returncode,
+                "status": status,
+                "returncode": returncode,
                 "wall_s": round(time.perf_counter() - started, 2),
                 "result": parsed,
-                "stderr_tail": done.stderr[-800:] if done.returncode else "",
+                "stderr_tail": stderr[-800:] if returncode else "",
             }
         )
-    return {"status": "ran", "runs": runs}
+    return {"status": "ran", **found, "runs": runs}
+
+
+def _shown_args(args: list[str]) -> list[str]:
+    """``args`` as results.json shows them: a kept folder relative to the repository."""
+    return [_shown(Path(a)) if Path(a).is_absolute() else a for a in args]
+
+
+def _run_group(command: list[str], timeout: float, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run ``command`` in its own process group; stop the whole group if it outlives ``timeout``.
+
+    replay.py measures in child processes of its own: stopping replay.py alone would
+    leave a measurement running.
+    """
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except BaseException:  # the timeout, Ctrl-C or SIGTERM: no measurement outlives the run
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return process.returncode, stdout, stderr
 
 
 def _shown(path: Path) -> str:
@@ -381,8 +449,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--replay-events",
         type=int,
-        nargs="+",
-        help="event counts for bench/replay.py (default 100000 1000000, quick 10000)",
+        help=f"events in the replay's log (default {REPLAY_EVENTS_FULL:,}; "
+        f"quick {REPLAY_EVENTS_QUICK:,}, in a fresh store)",
+    )
+    parser.add_argument(
+        "--replay-kept-sqlite",
+        type=Path,
+        default=REPLAY_KEPT_SQLITE,
+        help="the folder of the kept SQLite store, written once and reused "
+        f"(relative to the repository; default {REPLAY_KEPT_SQLITE})",
+    )
+    parser.add_argument(
+        "--replay-kept-postgres",
+        default=REPLAY_KEPT_POSTGRES,
+        help=f"the schema of the kept PostgreSQL store (default {REPLAY_KEPT_POSTGRES})",
     )
     return parser.parse_args(argv)
 
@@ -447,8 +527,16 @@ def main(argv: list[str] | None = None) -> int:
         results["profile"] = run_profile(url, 100 if quick else 500, paths["profiles"])
         save()
     if "replay" in sections:
-        sizes = tuple(args.replay_events or (REPLAY_EVENTS_QUICK if quick else REPLAY_EVENTS_FULL))
-        results["replay"] = replay_hook(url, sizes, timeout=60 if quick else 900)
+        events = args.replay_events or (REPLAY_EVENTS_QUICK if quick else REPLAY_EVENTS_FULL)
+        kept: dict[str, str] | None = None
+        if not quick:  # a kept store: written once (if it holds fewer events), then reused
+            folder: Path = args.replay_kept_sqlite
+            kept = {
+                "sqlite": str(folder if folder.is_absolute() else ROOT / folder),
+                "postgres": args.replay_kept_postgres,
+            }
+        timeout = REPLAY_TIMEOUT_QUICK_S if quick else REPLAY_TIMEOUT_FULL_S
+        results["replay"] = replay_hook(url, events, kept, timeout=timeout)
         save()
     save()
     write_report(results, paths["docs"], paths["results"])

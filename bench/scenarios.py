@@ -3,8 +3,8 @@
 A *target* is one system on one store, opened fresh for every timed run (its own
 PostgreSQL schema or SQLite file, dropped afterwards) and exposing
 ``release(event_service_id) -> outcome``. Targets: the ledger on PostgreSQL (any
-variant from ``ledger_variants``), the ledger on SQLite, and the seed's row-lock
-baseline on PostgreSQL.
+variant from ``ledger_variants``), the ledger on SQLite, and the baseline, the
+original backend's row-lock design, on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from common import (
     with_schema,
 )
 from ledger_variants import open_ledger
+from report_tables import BASELINE_NAME
 
 from payout_ledger import PayoutLedger
 from payout_ledger.testing import InMemoryTransferGateway
@@ -56,7 +57,7 @@ class Spec:
     @property
     def label(self) -> str:
         if self.system == "baseline":
-            name = "row-lock baseline (seed)"
+            name = BASELINE_NAME
         else:
             name = "ledger" if self.variant == "ours" else f"ledger [{self.variant}]"
         pool = "default pool" if self.pool_size is None else f"pool {self.pool_size}"

@@ -154,11 +154,12 @@ def test_json_shapes_are_the_documented_ones(fake: FakeStripe, env: dict[str, st
         "audit": {
             "ok", "events", "last_notification_id", "payouts", "events_by_type",
             "currencies", "providers", "in_flight", "reversals_in_flight", "violations",
+            "checkpoint", "incremental",
         },
         "verify": {
             "ok", "events", "aggregates", "chained_events", "legacy_events", "v1_links",
             "last_notification_id", "log_digest", "seals", "latest_seal", "unsealed_events",
-            "anchors_found", "problems",
+            "anchors_found", "problems", "checkpoint", "incremental",
         },
         "seal": {
             "seal_number", "through_notification_id", "event_count", "log_digest",

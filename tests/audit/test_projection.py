@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from typing import Any
@@ -11,6 +12,8 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+import payout_ledger.adapters.projection.rebuild as rebuild_module
+import payout_ledger.adapters.projection.runner as runner_module
 from payout_ledger import ConfigurationError, LedgerSettings, PayoutAggregate, PayoutLedger
 from payout_ledger.adapters.projection import (
     PAYOUT_TOPICS,
@@ -21,8 +24,14 @@ from payout_ledger.adapters.projection import (
 )
 from payout_ledger.cli import app
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
-from tests.audit.scenario import release, run_reversal_scenario, run_scenario
-from tests.audit.support import replay_all
+from tests.audit.scenario import (
+    deliver,
+    release,
+    run_reversal_scenario,
+    run_scenario,
+    transfer_event,
+)
+from tests.audit.support import RawStore, replay_all
 
 
 @pytest.fixture
@@ -296,3 +305,232 @@ class sqlite_or_postgres:  # noqa: N801 - used as a context manager, like a func
         if exc[0] is None:
             self.conn.commit()
         self.conn.close()
+
+
+# -- the fast rebuild: the same table as folding the log event by event ----------------
+
+P = PayoutAggregate
+TINY = {"_PAGE_SIZE": 3, "_FLUSH_ROWS": 2, "_CACHED_ROWS": 1}
+"""Sizes that make the fast rebuild write a batch every page and forget every row
+but one: later events read their payout's row back from the new table."""
+
+
+@pytest.fixture(params=["default", "tiny"])
+def sizes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The fast rebuild's page, batch and memory sizes: its own, or tiny ones."""
+    if request.param == "tiny":
+        for name, value in TINY.items():
+            monkeypatch.setattr(rebuild_module, name, value)
+    return str(request.param)
+
+
+@pytest.fixture
+def fast_folds(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+    """How many events each fast rebuild folded (None: it failed, or was stopped): a
+    test that expects a fast rebuild fails if none ran."""
+    folded: list[int | None] = []
+
+    def fold_log(*args: Any, **kwargs: Any) -> Any:
+        folded.append(None)
+        tally = rebuild_module.fold_log(*args, **kwargs)
+        folded[-1] = None if tally is None else tally.events
+        return tally
+
+    monkeypatch.setattr(runner_module, "fold_log", fold_log)
+    return folded
+
+
+def stored(ledger: PayoutLedger, topic: str, service: str, nth: int = 0) -> int:
+    """The notification id of ``service``'s ``nth`` event of ``topic``."""
+    payout_id = ledger.payout_id(service)
+    ids = [n.id for n in history_rows(ledger) if n.originator_id == payout_id and n.topic == topic]
+    return ids[nth]
+
+
+def with_late_events(ledger: PayoutLedger, gateway: InMemoryTransferGateway) -> None:
+    """Events of payouts started long before, at the end of the log: a reversal reported
+    by Stripe, one by the platform and one Stripe refused, a failed payout's new attempt."""
+    [paid] = gateway.transfers_for("es_paid")
+    outside = gateway.reverse(paid.transfer_id, 2000)
+    reported = transfer_event("evt_late", "transfer.reversed", outside, outside.amount_reversed)
+    deliver(ledger, {**reported, "api_version": ledger.settings.stripe_api_version})
+    assert ledger.reverse_payment("es_paid", 1000, reference="late").success
+    gateway.decline_next("balance_insufficient")
+    assert not ledger.reverse_payment("b_es_paid", 500, reference="refused").success
+    assert ledger.release_payment(
+        release("es_failed", provider_id="prov_carol", currency="eur")
+    ).success
+
+
+def with_odd_events(ledger: PayoutLedger, raw: RawStore) -> None:
+    """Stored events that the fast rebuild decodes the long way, leaves to the ledger's
+    mapper, or leaves out (as folding event by event does)."""
+
+    def version_1(state: dict[str, Any]) -> None:  # before started_at, source_transaction...
+        for key in ("class_version", "started_at", "source_transaction", "description"):
+            state.pop(key)
+
+    def revived(state: dict[str, Any]) -> None:  # transcoded values where the table looks not
+        state["description"] = {"_type_": "decimal_str", "_data_": "1.5"}
+        state["tags"] = [1, {"_type_": "uuid_hex", "_data_": "0" * 32}, {"a": [None]}]
+
+    edits: list[tuple[str, str, int, Any]] = [
+        (P.PayoutStarted.TOPIC, "es_paid", 0, version_1),
+        (P.PayoutStarted.TOPIC, "b_es_paid", 0, lambda s: s.update(payee_user_id="user_\u00e9")),
+        (P.PayoutStarted.TOPIC, "es_retry", 0, lambda s: s.update(destination_account='a "q"')),
+        (P.PayoutStarted.TOPIC, "es_failed", 0, revived),
+        (P.Released.TOPIC, "es_lost", 0,
+         lambda s: s.update(note={"_type_": "no_such_type", "_data_": 1})),  # undecodable
+        (P.TransferFailed.TOPIC, "b_es_retry", 0, lambda s: s.update(failure_code=5)),
+        (P.PayoutStarted.TOPIC, "b_es_reversed", 0,
+         lambda s: s.update(event_service_id="b_es_lost")),  # not its payout's
+        (P.ReversalSucceeded.TOPIC, "es_rev", 0, lambda s: s.update(class_version=1.0)),
+        # less than the row's amount reversed already (2000): the row keeps the most
+        (P.ReversalSucceeded.TOPIC, "es_paid", 0, lambda s: s.update(amount_reversed=1500)),
+    ]  # fmt: skip
+    for topic, service, nth, change in edits:
+        raw.edit(stored(ledger, topic, service, nth), change)
+    nid = stored(ledger, P.PayoutStarted.TOPIC, "b_es_inflight")
+    raw.set_state(nid, b"  " + raw.row(nid).state + b"\n")  # JSON with white space around it
+
+
+def raw_rows(store_url: str, table: str) -> list[tuple[Any, ...]]:
+    """A payouts table's rows exactly as the database holds them, by payout id."""
+    with sqlite_or_postgres(store_url) as (cursor, default):
+        name = table if "." not in default else f"{default.split('.')[0]}.{table}"
+        cursor.execute(f"SELECT * FROM {name} ORDER BY payout_id")
+        return [tuple(r) for r in cursor.fetchall()]
+
+
+def rebuilt_and_folded_one_by_one(ledger: PayoutLedger) -> tuple[Any, Any]:
+    """A fast rebuild of the payouts table, and the log applied one event at a time to
+    another table: (their runs, their rows)."""
+    rebuilt = run_projection(ledger, rebuild=True)
+    one_by_one = run_projection(ledger, view=open_payouts_view(ledger, table="by_event"),
+                                batch_size=1)  # fmt: skip
+    url = ledger.settings.store_url
+    return (rebuilt, one_by_one), (
+        raw_rows(url, "payout_ledger_payouts"),
+        raw_rows(url, "by_event"),
+    )
+
+
+@pytest.fixture
+def raw(store_url: str) -> RawStore:
+    return RawStore(store_url)
+
+
+def test_the_fast_rebuild_makes_the_table_folding_event_by_event_makes(
+    history: PayoutLedger,
+    gateway: InMemoryTransferGateway,
+    raw: RawStore,
+    sizes: str,
+    fast_folds: list[int | None],
+) -> None:
+    """Every kind of payout event, and stored events the fast decoding does not take
+    (an old class version, escapes, transcoded values in fields the table does not hold,
+    white space, an undecodable state, a wrong type, a service id not its payout's):
+    the same rows and values, the same events left out, the same tracking record."""
+    with_late_events(history, gateway)
+    with_odd_events(history, raw)
+    kinds = {n.topic for n in history_rows(history)}
+    assert kinds == set(PAYOUT_TOPICS)
+
+    (rebuilt, one_by_one), (rows, expected) = rebuilt_and_folded_one_by_one(history)
+
+    assert fast_folds == [rebuilt.events]
+    assert (rebuilt.events, rebuilt.skipped) == (one_by_one.events, one_by_one.skipped)
+    assert rebuilt.skipped == 4
+    assert rows == expected
+    payouts = {n.originator_id for n in history_rows(history)}
+    assert len(rows) == len(payouts) - 1  # b_es_reversed's claim is left out
+    assert rebuilt.tracking_id == one_by_one.tracking_id == max(r.id for r in history_rows(history))
+
+
+def test_the_fast_rebuild_reads_an_encrypted_log(
+    make_ledger: Any, gateway: InMemoryTransferGateway, fast_folds: list[int | None]
+) -> None:
+    from eventsourcing.cryptography import AESCipher
+    from pydantic import SecretStr
+
+    ledger = make_ledger(cipher_key=SecretStr(AESCipher.create_key(32)))
+    run_scenario(ledger, gateway)
+    run_reversal_scenario(ledger, gateway)
+
+    (rebuilt, one_by_one), (rows, expected) = rebuilt_and_folded_one_by_one(ledger)
+
+    assert fast_folds == [rebuilt.events] and rebuilt.events == one_by_one.events
+    assert rows == expected and len(rows) == len(expected_rows(ledger))
+
+
+def test_a_payout_started_again_in_an_edited_log_is_refused_then_folded_in_batches(
+    history: PayoutLedger,
+    raw: RawStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A payout's first claim (version 1) moved to the end of the log, after its second:
+    the fast rebuild takes it for a new payout's, the database refuses the new row, and
+    the log is folded in batches."""
+    for name, value in TINY.items():
+        monkeypatch.setattr(rebuild_module, name, value)
+    first = raw.row(stored(history, P.PayoutStarted.TOPIC, "es_retry", 0))
+    raw.delete(first.notification_id)
+    raw.insert((history.recorder.max_notification_id() or 0) + 1, first)
+
+    with caplog.at_level(logging.WARNING, logger="payout_ledger.adapters.projection"):
+        (rebuilt, one_by_one), (rows, expected) = rebuilt_and_folded_one_by_one(history)
+
+    assert any("refused a row of the rebuild" in r.getMessage() for r in caplog.records)
+    assert (rebuilt.events, rebuilt.skipped) == (one_by_one.events, one_by_one.skipped)
+    assert rows == expected
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("originator_version", "two"),
+        ("state", "text, not bytes"),
+        ("topic", 7),
+        ("originator_id", "upper"),
+        ("originator_id", "not-a-uuid"),
+        ("originator_id", 42),
+    ],
+)
+def test_the_fast_rebuild_reads_sqlite_columns_of_impossible_types_as_batches_do(
+    sqlite_url: str,
+    providers: InMemoryProviderDirectory,
+    gateway: InMemoryTransferGateway,
+    fast_folds: list[int | None],
+    column: str,
+    value: object,
+) -> None:
+    """SQLite lets a column hold any type: the fast rebuild reads such a row as applying
+    batches reads it (a run that fails there fails here too, with the same error)."""
+    with PayoutLedger(
+        settings=LedgerSettings(store_url=sqlite_url), providers=providers, gateway=gateway
+    ) as ledger:
+        run_scenario(ledger, gateway)
+        run_reversal_scenario(ledger, gateway)
+        nid = stored(ledger, P.TransferSucceeded.TOPIC, "es_reversed")
+        if value == "upper":
+            value = ledger.payout_id("es_reversed").hex.upper()
+        with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+            conn.execute(f"UPDATE stored_events SET {column} = ? WHERE rowid = ?", (value, nid))
+
+        def outcome(run: Any, table: str) -> tuple[Any, ...]:
+            try:
+                done = run()
+            except Exception as exc:
+                return ("failed", type(exc))
+            return (done.events, done.skipped, raw_rows(sqlite_url, table))
+
+        rebuilt = outcome(lambda: run_projection(ledger, rebuild=True), "payout_ledger_payouts")
+        one_by_one = outcome(
+            lambda: run_projection(ledger, view=open_payouts_view(ledger, table="by_event"),
+                                   batch_size=1),
+            "by_event",
+        )  # fmt: skip
+
+    assert rebuilt == one_by_one
+    assert len(fast_folds) == 1

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import payout_ledger.adapters.projection.rebuild as rebuild_module
 from payout_ledger import PayoutAggregate, PayoutLedger
 from payout_ledger.adapters.projection import (
     PAYOUT_TOPICS,
@@ -24,11 +25,13 @@ from payout_ledger.adapters.projection import (
     open_payouts_view,
     run_projection,
 )
+from payout_ledger.adapters.projection.postgres import PostgresRowWriter
+from payout_ledger.adapters.projection.sqlite import SQLiteRowWriter
 from payout_ledger.cli import app
 from payout_ledger.testing import InMemoryTransferGateway
 from tests.audit.scenario import run_scenario
 from tests.audit.support import RawStore, notification_ids
-from tests.audit.test_projection import as_compared, expected_rows, sqlite_or_postgres
+from tests.audit.test_projection import TINY, as_compared, expected_rows, sqlite_or_postgres
 
 P = PayoutAggregate
 
@@ -90,6 +93,7 @@ CASES: list[tuple[str, str, str, Change, bool]] = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("rebuild", [False, True], ids=["batches", "rebuild"])
 @pytest.mark.parametrize(
     ("service", "topic", "change", "row_left_out"),
     [pytest.param(*case[1:], id=case[0]) for case in CASES],
@@ -101,14 +105,16 @@ def test_an_event_the_table_cannot_hold_is_skipped_and_counted(
     topic: str,
     change: Change,
     row_left_out: bool,
+    rebuild: bool,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The run ends; the event is logged and counted; every other payout is projected."""
+    """The run ends; the event is logged and counted; every other payout is projected
+    (applying batches, or rebuilding the table)."""
     nid = first_of(history, raw, service, topic)
     raw.edit(nid, change)
 
     with caplog.at_level(logging.WARNING, logger="payout_ledger.adapters.projection"):
-        run = run_projection(history, batch_size=4)
+        run = run_projection(history, batch_size=4, rebuild=rebuild)
 
     assert run.skipped == 1
     assert run.events + run.skipped == payout_events(history)
@@ -150,11 +156,14 @@ def expected_rows_except(ledger: PayoutLedger, service: str) -> list[dict[str, A
     return rows
 
 
-def test_an_undecodable_event_is_skipped_and_counted(history: PayoutLedger, raw: RawStore) -> None:
+@pytest.mark.parametrize("rebuild", [False, True], ids=["batches", "rebuild"])
+def test_an_undecodable_event_is_skipped_and_counted(
+    history: PayoutLedger, raw: RawStore, rebuild: bool
+) -> None:
     nid = first_of(history, raw, "es_paid", P.Released.TOPIC)
     raw.set_state(nid, b"\xff\x00 not json")
 
-    run = run_projection(history)
+    run = run_projection(history, rebuild=rebuild)
 
     assert run.skipped == 1
     row = open_payouts_view(history).get("es_paid")
@@ -325,4 +334,47 @@ def test_a_crashed_rebuilds_table_is_dropped_by_the_next_rebuild(history: Payout
     run_projection(history, view=view, rebuild=True)
 
     assert leftover_tables(history.settings.store_url) == []
+    assert as_compared(view.rows()) == expected_rows(history)
+
+
+@pytest.mark.parametrize("where", ["fold", "writer"])
+def test_a_fast_rebuild_that_fails_keeps_the_old_rows(
+    history: PayoutLedger, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Whether the fold or the writer's thread fails, midway: the old table, its
+    tracking record and no leftover table."""
+    view = open_payouts_view(history)
+    run_projection(history, view=view)
+    with sqlite_or_postgres(history.settings.store_url) as (cursor, table):
+        cursor.execute(f"UPDATE {table} SET status = 'old'")
+    before, tracked = view.rows(), view.max_tracking_id(history.name)
+    for name, value in TINY.items():
+        monkeypatch.setattr(rebuild_module, name, value)
+    calls = {"n": 0}
+
+    def failing(original: Any) -> Any:
+        def call(*args: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] > 4:
+                raise RuntimeError("the rebuild died")
+            return original(*args)
+
+        return call
+
+    if where == "fold":
+        monkeypatch.setattr(rebuild_module._Folder, "fold", failing(rebuild_module._Folder.fold))
+    else:
+        sqlite = history.settings.store_url.startswith("sqlite")
+        writer = SQLiteRowWriter if sqlite else PostgresRowWriter
+        monkeypatch.setattr(writer, "_write", failing(writer._write))
+
+    with pytest.raises(RuntimeError, match="died"):
+        run_projection(history, view=view, rebuild=True)
+
+    assert view.rows() == before
+    assert view.max_tracking_id(history.name) == tracked
+    assert calls["n"] > 4
+    assert leftover_tables(history.settings.store_url) == []
+    monkeypatch.undo()
+    assert run_projection(history, view=view, rebuild=True).events == payout_events(history)
     assert as_compared(view.rows()) == expected_rows(history)

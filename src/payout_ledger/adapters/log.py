@@ -45,11 +45,15 @@ __all__ = [
     "PageCallback",
     "RawEvent",
     "StateDecoder",
+    "aggregate_rows",
     "claims_without_outcome",
     "claims_without_outcomes",
     "iter_notifications",
     "iter_states",
     "last_notification_id",
+    "notification",
+    "respelt_rows",
+    "well_typed_row",
 ]
 
 DEFAULT_PAGE_SIZE = 2000
@@ -190,7 +194,7 @@ def _stored_notifications(
         state = row[4]
         if isinstance(state, memoryview):
             state = bytes(state)
-        rowid, originator_id, version, topic, state = _well_typed_row(
+        rowid, originator_id, version, topic, state = well_typed_row(
             row[0], row[1], row[2], row[3], state
         )
         notifications.append(
@@ -226,7 +230,7 @@ def _checked_notifications(
             and type(n.topic) is str
             and type(n.state) is bytes
         ):
-            row = _well_typed_row(n.id, n.originator_id, n.originator_version, n.topic, n.state)
+            row = well_typed_row(n.id, n.originator_id, n.originator_version, n.topic, n.state)
             page[i] = Notification(
                 id=row[0],
                 originator_id=row[1],
@@ -235,6 +239,10 @@ def _checked_notifications(
                 state=row[4],
             )
     return page
+
+
+def _as_is(rows: list[Any]) -> list[RawEvent]:
+    return rows
 
 
 def _typed_rows(rows: list[Any]) -> list[RawEvent]:
@@ -246,7 +254,7 @@ def _typed_rows(rows: list[Any]) -> list[RawEvent]:
             or type(topic) is not str
             or type(state) is not bytes
         ):
-            row = _well_typed_row(nid, oid, version, topic, state)
+            row = well_typed_row(nid, oid, version, topic, state)
             rows[i] = (row[0], row[1].hex, row[2], row[3], row[4])
     return rows
 
@@ -255,7 +263,7 @@ ILL_TYPED_ROW = "payout_ledger:ill-typed-row"
 """The topic of a placeholder for an SQLite row whose columns have impossible types."""
 
 
-def _well_typed_row(
+def well_typed_row(
     rowid: int, oid: object, version: object, topic: object, state: object
 ) -> tuple[int, UUID, int, str, bytes]:
     """The row's columns, or a placeholder that names them (topic ``ILL_TYPED_ROW``)."""
@@ -285,10 +293,12 @@ _SMALLEST_ID, _LARGEST_ID = -(2**63), 2**63 - 1
 """Notification ids are 64-bit: every one of them is read, the smallest included."""
 
 
-def _raw_pages(ledger: PayoutLedger, page_size: int) -> Iterator[list[RawEvent]]:
+def _raw_pages(
+    ledger: PayoutLedger, page_size: int, start: int | None = None, *, checked: bool = True
+) -> Iterator[list[RawEvent]]:
     """Pages of plain tuples, each page from the id after the last of the one before."""
-    fetch = _page_reader(ledger, page_size)
-    start = _SMALLEST_ID
+    fetch = _page_reader(ledger, page_size, checked)
+    start = _SMALLEST_ID if start is None else start
     while True:
         page = fetch(start)
         if not page:
@@ -299,9 +309,16 @@ def _raw_pages(ledger: PayoutLedger, page_size: int) -> Iterator[list[RawEvent]]
         start = page[-1][0] + 1
 
 
-def _page_reader(ledger: PayoutLedger, page_size: int) -> Callable[[int], list[RawEvent]]:
-    """The store's query for ``page_size`` events with ids from ``start`` on."""
+def _page_reader(
+    ledger: PayoutLedger, page_size: int, checked: bool = True
+) -> Callable[[int], list[RawEvent]]:
+    """The store's query for ``page_size`` events with ids from ``start`` on.
+
+    ``checked=False``: rows as the store returns them, for a reader that checks
+    each row's column types itself (see ``iter_states``).
+    """
     recorder = ledger.recorder
+    typed = _typed_rows if checked else _as_is
     if isinstance(recorder, SQLiteApplicationRecorder):
         statement = (
             "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608
@@ -314,7 +331,7 @@ def _page_reader(ledger: PayoutLedger, page_size: int) -> Callable[[int], list[R
                 raw = cursor.sqlite_cursor
                 raw.row_factory = None  # plain tuples, not sqlite3.Row
                 raw.execute(statement, (start, page_size))
-                return _typed_rows(raw.fetchall())
+                return typed(raw.fetchall())
 
         return read_sqlite
     if isinstance(recorder, PostgresApplicationRecorder):
@@ -334,7 +351,7 @@ def _page_reader(ledger: PayoutLedger, page_size: int) -> Callable[[int], list[R
                 conn.cursor(row_factory=tuple_row) as cursor,
             ):
                 cursor.execute(query, (start, page_size), prepare=True)
-                return _typed_rows(cursor.fetchall())
+                return typed(cursor.fetchall())
 
         return read_postgres
 
@@ -402,12 +419,19 @@ def iter_states(
     *,
     page_size: int = DEFAULT_PAGE_SIZE,
     on_page: PageCallback | None = None,
+    after: int | None = None,
+    checked: bool = True,
 ) -> Iterator[list[RawEvent]]:
     """The whole log as pages of plain tuples, in notification order (ids below 1 included).
 
-    Decode the states with a [`StateDecoder`][payout_ledger.adapters.log.StateDecoder].
+    With ``after``, only the events after that notification id. Decode the states
+    with a [`StateDecoder`][payout_ledger.adapters.log.StateDecoder]. Each row's
+    columns have the types of ``RawEvent`` (a row whose columns have impossible
+    types becomes a placeholder, see ``well_typed_row``) unless ``checked=False``:
+    then the caller checks them (SQLite lets a column hold any type).
     """
-    for page in _raw_pages(ledger, page_size):
+    start = None if after is None else after + 1
+    for page in _raw_pages(ledger, page_size, start, checked=checked):
         yield page
         if on_page is not None:
             on_page(page[-1][0], len(page))
@@ -490,3 +514,107 @@ def _json_object(data: bytes) -> Any:
     if end != len(text):
         return json.loads(text)  # trailing data: json.loads raises "Extra data"
     return value
+
+
+def notification(
+    nid: int, oid: object, version: object, topic: object, state: object
+) -> Notification:
+    """A raw row as a ``Notification`` (a placeholder if its columns are impossible)."""
+    row = well_typed_row(nid, oid, version, topic, state)
+    return Notification(
+        id=row[0], originator_id=row[1], originator_version=row[2], topic=row[3], state=row[4]
+    )
+
+
+# Ordered by version, so the planner reads the primary key's range for the one aggregate
+# (ordered by notification id, it may walk that index over the whole log instead); the
+# rows are put in notification order here.
+_AGGREGATE = SQL(
+    "SELECT notification_id, replace(originator_id::text, '-', ''), originator_version, "
+    "topic, state FROM {schema}.{table} WHERE originator_id = %s "
+    "AND notification_id IS NOT NULL ORDER BY originator_version"
+)
+_AGGREGATE_BEFORE = SQL(
+    "SELECT notification_id, replace(originator_id::text, '-', ''), originator_version, "
+    "topic, state FROM {schema}.{table} WHERE originator_id = %s "
+    "AND notification_id < %s ORDER BY originator_version"
+)
+
+
+def _notification_id(row: RawEvent) -> int:
+    return row[0]
+
+
+def aggregate_rows(
+    ledger: PayoutLedger, originator_id: str, before: int | None = None
+) -> list[RawEvent]:
+    """One aggregate's stored events (with notification ids below ``before``), in order.
+
+    ``originator_id`` is 32 lower-case hex digits. A bounded reader that has let
+    an aggregate's state go uses this to rebuild it from the log when a later
+    event of that aggregate arrives: one indexed query, no scan.
+    """
+    recorder = ledger.recorder
+    bound = before is not None
+    if isinstance(recorder, SQLiteApplicationRecorder):
+        statement = (
+            "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608
+            f"FROM {recorder.events_table_name} WHERE originator_id = ? "
+            + ("AND rowid < ? " if bound else "")
+            + "ORDER BY originator_version"
+        )
+        with recorder.datastore.transaction(commit=False) as cursor:
+            raw = cursor.sqlite_cursor
+            raw.row_factory = None
+            raw.execute(statement, (originator_id, before) if bound else (originator_id,))
+            return sorted(_typed_rows(raw.fetchall()), key=_notification_id)
+    if isinstance(recorder, PostgresApplicationRecorder):
+        query = (_AGGREGATE_BEFORE if bound else _AGGREGATE).format(
+            schema=Identifier(recorder.datastore.schema),
+            table=Identifier(recorder.events_table_name),
+        )
+        with (
+            recorder.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as cursor,
+        ):
+            oid = UUID(originator_id)
+            cursor.execute(query, (oid, before) if bound else (oid,))
+            return sorted(_typed_rows(cursor.fetchall()), key=_notification_id)
+    return [
+        row
+        for page in _raw_pages(ledger, DEFAULT_PAGE_SIZE)
+        for row in page
+        if (before is None or row[0] < before) and row[1] == originator_id
+    ]
+
+
+def respelt_rows(ledger: PayoutLedger) -> dict[str, list[RawEvent]]:
+    """SQLite rows whose originator id is not spelt as the store writes it, by the id they name.
+
+    Keyed by the id as 32 lower-case hex digits (rows whose id is no UUID at all
+    are under ``""``). The ledger does not load such a row with its aggregate;
+    verify reports each, and a reader that rebuilds an aggregate from
+    [`aggregate_rows`][payout_ledger.adapters.log.aggregate_rows] (which finds rows
+    by their exact text) adds these. Empty for other stores.
+    """
+    recorder = ledger.recorder
+    if not isinstance(recorder, SQLiteApplicationRecorder):
+        return {}
+    statement = (
+        "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608
+        f"FROM {recorder.events_table_name} WHERE typeof(originator_id) != 'text' "
+        "OR length(originator_id) != 32 OR originator_id GLOB '*[^0-9a-f]*' ORDER BY rowid"
+    )
+    with recorder.datastore.transaction(commit=False) as cursor:
+        raw = cursor.sqlite_cursor
+        raw.row_factory = None
+        raw.execute(statement)
+        rows = raw.fetchall()
+    found: dict[str, list[RawEvent]] = {}
+    for row in rows:
+        try:
+            key = UUID(row[1]).hex if isinstance(row[1], str) else ""
+        except ValueError:
+            key = ""
+        found.setdefault(key, []).append(row)
+    return found

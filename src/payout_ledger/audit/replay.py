@@ -42,11 +42,15 @@ The rules themselves are in ``payout_ledger.audit.rules``, the totals in
 
 from __future__ import annotations
 
+import json
+import os
+from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 
 from payout_ledger.adapters import telemetry
@@ -54,10 +58,25 @@ from payout_ledger.adapters.log import (
     DEFAULT_PAGE_SIZE,
     ILL_TYPED_ROW,
     PageCallback,
+    RawEvent,
     StateDecoder,
+    aggregate_rows,
     hidden_rows,
     iter_notifications,
     iter_states,
+    last_notification_id,
+)
+from payout_ledger.adapters.mapper import chained_mapper
+from payout_ledger.audit.checkpoint import (
+    Checkpoint,
+    CheckpointRefusedError,
+    check_binding,
+    decode_value,
+    encode_value,
+    load_checkpoint,
+    save_checkpoint,
+    seal_binding,
+    store_identity,
 )
 from payout_ledger.audit.report import (
     AuditReport,
@@ -70,8 +89,16 @@ from payout_ledger.audit.report import (
     Violation,
     ViolationKind,
 )
-from payout_ledger.audit.rules import Auditor
-from payout_ledger.audit.totals import add_totals
+from payout_ledger.audit.rules import FOLDED, Auditor, TransferIds
+from payout_ledger.audit.stored import (
+    LEDGER_EVENT_CLASSES,
+    OrdinaryEvents,
+    SeenFilter,
+    filter_bits,
+)
+from payout_ledger.audit.totals import add_totals, fold_payout, new_totals
+from payout_ledger.audit.verify_report import VerifyReport
+from payout_ledger.audit.verify_seals import read_seals
 from payout_ledger.domain.account import ConnectedAccount
 from payout_ledger.domain.payout import PayoutAggregate
 from payout_ledger.domain.seal import LedgerSeal
@@ -99,6 +126,10 @@ Decode = Literal["states", "mapper"]
 """How the audit decodes events; see [`audit_ledger`][payout_ledger.audit.audit_ledger]."""
 
 
+SUMMARIES_LIMIT = 100_000
+"""Payout summaries the audit keeps at most; settled ones beyond it are folded into the totals."""
+
+
 @telemetry.traced(
     "payout_ledger.audit",
     lambda report: {
@@ -115,24 +146,358 @@ def audit_ledger(
     on_page: PageCallback | None = None,
     keep_summaries: Callable[[dict[int, PayoutSummary]], None] | None = None,
     decode: Decode = "states",
+    summaries_limit: int = SUMMARIES_LIMIT,
+    checkpoint: str | os.PathLike[str] | None = None,
+    full: bool = False,
 ) -> AuditReport:
     """Replay the whole log once and check every payout; see the module docs.
 
     ``on_page(last_id, count)`` is called after each page (for a progress bar).
     ``keep_summaries`` receives the per-payout summaries at the end, keyed by
     payout id as an int, each with its event service id (the payouts export
-    uses it; it takes more memory). ``decode="states"`` (the
+    uses it; it keeps every summary in memory). ``decode="states"`` (the
     default) folds each event's decoded, upcast state without building event
     objects (see [`iter_states`][payout_ledger.adapters.log.iter_states] for why);
     ``decode="mapper"`` builds every event with ``ledger.mapper.to_domain_event``.
+
+    Memory is bounded: at most ``summaries_limit`` payout summaries are kept;
+    beyond that, settled payouts are folded into the totals and let go, and a
+    payout let go whose later event arrives (a reversal months after) is rebuilt
+    from its earlier events in the log first. A payout in flight is always kept.
+    Transfer ids are kept as 64-bit hashes; a hash seen for two payouts makes
+    the audit read the log a second time, keeping those ids exactly (see
+    [`TransferIds`][payout_ledger.audit.rules.TransferIds]).
+
+    With ``checkpoint`` (a file path), the audit continues from the state that
+    file holds and reads only the events after it, then writes the file anew at
+    the end of the log; ``full=True`` reads the whole log whatever the file
+    holds. A missing, damaged or refused file makes a full run; the report's
+    ``checkpoint`` says which (see ``payout_ledger.audit.checkpoint``).
     """
-    auditor = Auditor(keep_service_ids=keep_summaries is not None)
+    args = (ledger, page_size, on_page, keep_summaries, decode, summaries_limit)
+    status, run, incremental = "", None, False
+    if checkpoint is not None and keep_summaries is None:
+        status, run = _restore(ledger, checkpoint, full, summaries_limit)
+        if run is not None:
+            run = _replay(*args, None, run)
+            incremental = True
+            if run.transfers.suspects():
+                status = (
+                    f"{status}, then read the whole log: a transfer id was recorded twice "
+                    "since the checkpoint"
+                )
+                run, incremental = None, False
+    if run is None:
+        run = _replay(*args, None)
+        suspects = run.transfers.suspects()
+        if suspects:
+            run = _replay(*args, suspects)
+    if checkpoint is not None and keep_summaries is None:
+        run.evict(everything=True)
+        save_checkpoint(checkpoint, run.checkpoint())
+    report = run.finish(keep_summaries)
+    report.checkpoint = status
+    report.incremental = incremental
+    return report
+
+
+def _restore(
+    ledger: PayoutLedger, path: str | os.PathLike[str], full: bool, limit: int
+) -> tuple[str, _Replay | None]:
+    """Why the audit reads the whole log, or the pass restored from the checkpoint."""
+    if full:
+        return "full: the whole log was read, as asked (--full)", None
+    try:
+        saved = load_checkpoint(path, "audit")
+        check_binding(saved, ledger, read_seals(ledger, chained_mapper(ledger), VerifyReport(), 1))
+        run = _Replay.restore(ledger, saved, limit)
+    except FileNotFoundError:
+        return "missing: no checkpoint file yet, the whole log was read", None
+    except CheckpointRefusedError as refused:
+        return f"refused: {refused}; the whole log was read", None
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"refused: the file is damaged ({type(exc).__name__}); the whole log was read", None
+    return f"continued after notification {saved.position}", run
+
+
+class _Replay:
+    """One audit pass: the ``Auditor``, the report so far, and the bounded summaries."""
+
+    def __init__(
+        self,
+        ledger: PayoutLedger,
+        auditor: Auditor,
+        limit: int | None,
+    ) -> None:
+        self.ledger = ledger
+        self.auditor = auditor
+        self.transfers = auditor.transfers
+        self.report = AuditReport()
+        self.by_topic: dict[str, int] = {}
+        self.limit = limit
+        self.saved_lines: dict[int, bytes] = {}
+        """The open payouts of the checkpoint this pass started from, as it stored them."""
+        self.touched: set[int] | None = None
+        """Payouts this pass folded an event into (when it started from a checkpoint)."""
+        self.next_eviction = limit or 0
+        """Evict when this many summaries are kept."""
+        self.folded = new_totals()
+        self.seen = SeenFilter(filter_bits(last_notification_id(ledger))) if limit else None
+        self.respelt: dict[int, list[RawEvent]] = {}
+        """SQLite rows whose originator id is spelt otherwise than the store writes it,
+        by payout id (the rebuild of a payout adds them: its query matches exact text)."""
+        self.decode_state = StateDecoder(ledger).decode
+
+    def recall(self, key: int, nid: int) -> None:
+        """Before an event of payout ``key``, which is not kept: rebuild it if it was let go."""
+        assert self.seen is not None
+        if not self.seen.add(key):
+            return  # never seen: the event is the payout's first
+        auditor = self.auditor
+        scratch = Auditor(keep_service_ids=auditor.keep_service_ids, transfers=_NO_TRANSFERS)
+        scratch.simulated = auditor.simulated
+        scratch.violations = _Discarded()
+        folds = scratch.folds
+        rows = aggregate_rows(self.ledger, UUID(int=key).hex, nid)
+        extra = [row for row in self.respelt.get(key, ()) if row[0] < nid]
+        if extra:
+            rows = sorted([*rows, *extra])
+        for row_nid, _, version, topic, stored in rows:
+            fold = folds.get(topic)
+            if fold is None:
+                continue
+            try:
+                state = self.decode_state(topic, stored)
+                if fold[0](state) is None:
+                    fold[1](state, row_nid, key, version)
+            except Exception:  # noqa: S112 - reported when the pass read it
+                continue
+        p = scratch.payouts.get(key)
+        if p is not None:
+            fold_payout(p, self.folded, -1)
+            auditor.payouts[key] = p
+
+    def evict(self, everything: bool = False) -> None:
+        """Fold settled payouts into the totals and let them go (half of those kept).
+
+        Payouts in flight stay; the next eviction comes after ``limit / 2`` more
+        payouts, however many stay, so its cost per payout stays bounded.
+        """
+        payouts = self.auditor.payouts
+        goal = 0 if everything else len(payouts) // 2
+        for key in list(payouts):
+            if len(payouts) <= goal:
+                break
+            p = payouts[key]
+            r = p.reversal
+            if p.open_since is None and (r is None or r.since is None):
+                fold_payout(p, self.folded)
+                del payouts[key]
+        if self.limit:
+            self.next_eviction = len(payouts) + max(1, self.limit // 2)
+
+    def finish(
+        self, keep_summaries: Callable[[dict[int, PayoutSummary]], None] | None
+    ) -> AuditReport:
+        ledger, report, auditor = self.ledger, self.report, self.auditor
+        for row_id, row_version, row_topic in hidden_rows(ledger):
+            auditor.violations.append(
+                Violation(
+                    kind=ViolationKind.HIDDEN_ROW,
+                    notification_id=None,
+                    payout_id=row_id,
+                    originator_version=row_version if type(row_version) is int else 0,
+                    event_type=str(row_topic).rsplit(":", 1)[-1],
+                    event_service_id=None,
+                    detail="a stored row without a notification id: the audit cannot place "
+                    "it, the ledger applies it",
+                )
+            )
+        report.events_by_type = {t.rsplit(":", 1)[-1]: c for t, c in self.by_topic.items()}
+        report.violations = [_named(ledger, v) for v in auditor.violations]
+        report.payouts = auditor.created
+        add_totals(report, auditor.payouts.values(), auditor.captured, self.folded)
+        report.reversals_in_flight = [
+            r
+            if r.event_service_id
+            else replace(r, event_service_id=_service_named(ledger, r.payout_id))
+            for r in report.reversals_in_flight
+        ]
+        if keep_summaries is not None:
+            keep_summaries(auditor.payouts)
+        return report
+
+    def checkpoint(self) -> Checkpoint:
+        """The pass's state at the end of the log (after ``evict(everything=True)``)."""
+        auditor, report, transfers = self.auditor, self.report, self.transfers
+        seals = read_seals(self.ledger, chained_mapper(self.ledger), VerifyReport(), 1)
+        body = {
+            "events": report.events,
+            "last_notification_id": report.last_notification_id,
+            "by_topic": self.by_topic,
+            "violations": [asdict(v) for v in auditor.violations],
+            "created": auditor.created,
+            "simulated": auditor.simulated,
+            "captured": auditor.captured,
+            "folded": [
+                [asdict(c) for c in self.folded[0].values()],
+                [asdict(t) for t in self.folded[1].values()],
+            ],
+            "open_fields": [*_SUMMARY, "reversal"],
+            "respelt": [
+                [str(key), [[encode_value(v) for v in row] for row in rows]]
+                for key, rows in self.respelt.items()
+            ],
+            "suspected": sorted(transfers.suspected),
+            "exact": transfers.exact,
+            "filter_bits": (self.seen.mask + 1) if self.seen is not None else 0,
+        }
+        opened = bytearray()  # JSON lines, one per open payout: no list of them all
+        saved, touched = self.saved_lines, self.touched or set()
+        for key, p in auditor.payouts.items():
+            line = saved.get(key) if key not in touched else None
+            if line is None:  # new or changed since the checkpoint this run started from
+                line = json.dumps(_summary_state(p), separators=(",", ":")).encode("utf-8")
+            opened += line
+            opened += b"\n"
+        blobs: dict[str, Any] = {"open": opened}
+        blobs["hashes"] = transfers.hashes
+        blobs["hash_counts"] = array("I", (len(h) for h in transfers.hashes))
+        if self.seen is not None:
+            blobs["seen"] = self.seen.bits
+        return Checkpoint(
+            kind="audit",
+            store=store_identity(self.ledger),
+            position=report.last_notification_id,
+            seal=seal_binding(seals[-1] if seals else None),
+            body=body,
+            blobs=blobs,
+        )
+
+    @classmethod
+    def restore(cls, ledger: PayoutLedger, saved: Checkpoint, limit: int) -> _Replay:
+        body = saved.body
+        transfers = TransferIds(set(body["suspected"]))
+        transfers.exact = dict(body["exact"])
+        counts = array("I")
+        counts.frombytes(saved.blobs.pop("hash_counts"))
+        hashes = memoryview(saved.blobs.pop("hashes"))
+        if len(counts) != TransferIds.BUCKETS or sum(counts) * 8 != len(hashes):
+            raise CheckpointRefusedError("its transfer ids are of another release's form")
+        offset = 0
+        for bucket, count in enumerate(counts):
+            transfers.hashes[bucket].frombytes(hashes[offset : offset + count * 8])
+            offset += count * 8
+        transfers.checked = counts  # a checkpoint's hashes were found unique
+        auditor = Auditor(keep_service_ids=False, transfers=transfers)
+        auditor.created = body["created"]
+        auditor.simulated = body["simulated"]
+        auditor.captured = {k: list(v) for k, v in body["captured"].items()}
+        auditor.violations = [
+            Violation(**{**v, "kind": ViolationKind(v["kind"])}) for v in body["violations"]
+        ]
+        if body["open_fields"] != [*_SUMMARY, "reversal"]:
+            raise CheckpointRefusedError("its payouts are of another release's form")
+        lines = bytes(saved.blobs.pop("open")).splitlines()
+        saved_lines: dict[int, bytes] = {}
+        for start in range(0, len(lines), 10_000):  # one parse per 10,000 payouts
+            chunk = lines[start : start + 10_000]
+            for line, state in zip(chunk, json.loads(b"[" + b",".join(chunk) + b"]"), strict=True):
+                p = _summary_of(state)
+                auditor.payouts[p.key] = p
+                saved_lines[p.key] = line
+        del lines
+        run = cls(ledger, auditor, limit)
+        run.saved_lines = saved_lines
+        run.touched = set()
+        run.seen = SeenFilter(body["filter_bits"], saved.blobs.pop("seen"))
+        run.by_topic = dict(body["by_topic"])
+        run.report.events = body["events"]
+        run.report.last_notification_id = body["last_notification_id"]
+        currencies, providers = body["folded"]
+        run.folded = (
+            {c["currency"]: CurrencyTotals(**c) for c in currencies},
+            {(t["provider_id"], t["currency"]): ProviderTotals(**t) for t in providers},
+        )
+        run.respelt = {
+            int(key): [tuple(decode_value(v) for v in row) for row in rows]
+            for key, rows in body["respelt"]
+        }
+        return run
+
+
+_SUMMARY = ("key", "event_service_id", "provider_id", "amount", "currency", "attempt",
+            "destination", "open_since", "successes", "failed", "released_transfer",
+            "transfer_id", "reversed", "version")  # fmt: skip
+_REVERSAL = ("attempt", "status", "since", "reference", "key", "amount", "reversed_before")
+
+
+def _summary_state(p: PayoutSummary) -> list[Any]:
+    """A summary as a list of its ``_SUMMARY`` fields, then its reversal's (or None)."""
+    r = p.reversal
+    return [
+        *(getattr(p, name) for name in _SUMMARY),
+        None if r is None else [getattr(r, name) for name in _REVERSAL],
+    ]
+
+
+def _summary_of(state: list[Any]) -> PayoutSummary:
+    (key, event_service_id, provider_id, amount, currency, attempt, destination,
+     open_since, successes, failed, released_transfer, transfer_id, reversed_, version,
+     reversal) = state  # fmt: skip
+    p = PayoutSummary.__new__(PayoutSummary)
+    p.key, p.event_service_id, p.provider_id, p.amount = key, event_service_id, provider_id, amount
+    p.currency, p.attempt, p.destination, p.open_since = currency, attempt, destination, open_since
+    p.successes, p.failed, p.released_transfer = successes, failed, released_transfer
+    p.transfer_id, p.reversed, p.version, p.reversal = transfer_id, reversed_, version, None
+    if reversal is not None:
+        r = p.reversal = ReversalSummary()
+        for name, value in zip(_REVERSAL, reversal, strict=True):
+            setattr(r, name, value)
+    return p
+
+
+class _Discarded(list[Violation]):
+    """The violations of a rebuild: reported when the pass read those events."""
+
+    def append(self, violation: Violation) -> None:
+        pass
+
+
+_NO_TRANSFERS = TransferIds()
+"""A rebuild records no transfer id: the pass did."""
+
+
+def _replay(
+    ledger: PayoutLedger,
+    page_size: int,
+    on_page: PageCallback | None,
+    keep_summaries: Callable[[dict[int, PayoutSummary]], None] | None,
+    decode: Decode,
+    summaries_limit: int,
+    suspects: set[int] | None,
+    restored: _Replay | None = None,
+) -> _Replay:
+    """One pass over the log (``restored``: over the events after its checkpoint)."""
+    if restored is None:
+        auditor = Auditor(
+            keep_service_ids=keep_summaries is not None, transfers=TransferIds(suspects)
+        )
+        run = _Replay(ledger, auditor, None if keep_summaries is not None else summaries_limit)
+        after = None
+    else:
+        run, auditor = restored, restored.auditor
+        after = run.report.last_notification_id
     folds = auditor.folds
-    by_topic: dict[str, int] = {}
-    report = AuditReport()
+    by_topic = run.by_topic
+    report = run.report
     finding = auditor.violations.append
+    payouts = auditor.payouts
+    limit = run.limit
+    recall = run.recall
+    touched = run.touched
     if decode == "mapper":
-        for nid, key, version, topic, state in _mapper_states(ledger, page_size, on_page):
+        for nid, key, version, topic, state in _mapper_states(ledger, page_size, on_page, after):
             report.events += 1
             report.last_notification_id = nid
             by_topic[topic] = by_topic.get(topic, 0) + 1
@@ -148,64 +513,67 @@ def audit_ledger(
                 if why is not None:
                     finding(_ill_typed(nid, key, version, topic, why))
                     continue
+                if limit and topic in _PAYOUT_TOPICS and key not in payouts:
+                    recall(key, nid)
+                if touched is not None:
+                    touched.add(key)
                 try:
                     step(state, nid, key, version)
                 except (KeyError, TypeError) as exc:  # a malformed event is a finding
                     finding(_undecodable(nid, key, version, topic, exc))
-    else:
-        # The hot loop: one page of tuples at a time, no per-event objects but the state.
-        decode_state = StateDecoder(ledger).decode
-        for page in iter_states(ledger, page_size=page_size, on_page=on_page):
-            for nid, oid, version, topic, stored in page:
-                by_topic[topic] = by_topic.get(topic, 0) + 1
-                fold = folds.get(topic)
-                if fold is None:
-                    if topic == ILL_TYPED_ROW:
-                        finding(_ill_typed(nid, int(oid, 16), version, topic, _BAD_COLUMNS))
-                    elif topic not in KNOWN_TOPICS:
-                        finding(_unknown_topic(nid, int(oid, 16), version, topic))
-                    continue
-                key = 0
-                try:
-                    # 32 hex digits as written; SQLite text could be spelt otherwise.
-                    key = int(oid, 16) if len(oid) == 32 else UUID(oid).int
+            if limit and len(payouts) > run.next_eviction:
+                run.evict()
+        return run
+    # The hot loop: one page of tuples at a time, no per-event objects but the state.
+    decode_state = run.decode_state
+    mapper = ledger.mapper
+    ordinary = (
+        OrdinaryEvents(LEDGER_EVENT_CLASSES, FOLDED).fields
+        if mapper.cipher is None and mapper.compressor is None
+        else None
+    )
+    respelt = isinstance(ledger.recorder, SQLiteApplicationRecorder)
+    payout_topics = _PAYOUT_TOPICS
+    for page in iter_states(ledger, page_size=page_size, on_page=on_page, after=after):
+        for nid, oid, version, topic, stored in page:
+            by_topic[topic] = by_topic.get(topic, 0) + 1
+            fold = folds.get(topic)
+            if fold is None:
+                if topic == ILL_TYPED_ROW:
+                    finding(_ill_typed(nid, int(oid, 16), version, topic, _BAD_COLUMNS))
+                elif topic not in KNOWN_TOPICS:
+                    finding(_unknown_topic(nid, int(oid, 16), version, topic))
+                continue
+            key = 0
+            try:
+                # 32 hex digits as written; SQLite text could be spelt otherwise.
+                if len(oid) == 32 and (not respelt or oid.islower() or oid.isdigit()):
+                    key = int(oid, 16)
+                else:
+                    key = UUID(oid).int
+                    if respelt:
+                        run.respelt.setdefault(key, []).append((nid, oid, version, topic, stored))
+                # An ordinary state's folded fields have their types: no check needed.
+                state = ordinary(topic, stored) if ordinary is not None else None
+                why = None
+                if state is None:
                     state = decode_state(topic, stored)
                     why = fold[0](state)
-                    if why is None:
-                        fold[1](state, nid, key, version)
-                    else:
-                        finding(_ill_typed(nid, key, version, topic, why))
-                except Exception as exc:  # a damaged or malformed event is a finding
-                    finding(_undecodable(nid, key, version, topic, exc))
-            report.events += len(page)
-            report.last_notification_id = page[-1][0]
-
-    for row_id, row_version, row_topic in hidden_rows(ledger):
-        finding(
-            Violation(
-                kind=ViolationKind.HIDDEN_ROW,
-                notification_id=None,
-                payout_id=row_id,
-                originator_version=row_version if type(row_version) is int else 0,
-                event_type=str(row_topic).rsplit(":", 1)[-1],
-                event_service_id=None,
-                detail="a stored row without a notification id: the audit cannot place it, "
-                "the ledger applies it",
-            )
-        )
-    report.events_by_type = {t.rsplit(":", 1)[-1]: c for t, c in by_topic.items()}
-    report.violations = [_named(ledger, v) for v in auditor.violations]
-    report.payouts = len(auditor.payouts)
-    add_totals(report, auditor.payouts, auditor.captured)
-    report.reversals_in_flight = [
-        r
-        if r.event_service_id
-        else replace(r, event_service_id=_service_named(ledger, r.payout_id))
-        for r in report.reversals_in_flight
-    ]
-    if keep_summaries is not None:
-        keep_summaries(auditor.payouts)
-    return report
+                if why is None:
+                    if limit and topic in payout_topics and key not in payouts:
+                        recall(key, nid)
+                    if touched is not None:
+                        touched.add(key)
+                    fold[1](state, nid, key, version)
+                else:
+                    finding(_ill_typed(nid, key, version, topic, why))
+            except Exception as exc:  # a damaged or malformed event is a finding
+                finding(_undecodable(nid, key, version, topic, exc))
+        report.events += len(page)
+        report.last_notification_id = page[-1][0]
+        if limit and len(payouts) > run.next_eviction:
+            run.evict()
+    return run
 
 
 _Folded = tuple[int, int, int, str, "dict[str, Any] | Exception | None"]
@@ -213,11 +581,12 @@ _Folded = tuple[int, int, int, str, "dict[str, Any] | Exception | None"]
 
 
 def _mapper_states(
-    ledger: PayoutLedger, page_size: int, on_page: PageCallback | None
+    ledger: PayoutLedger, page_size: int, on_page: PageCallback | None, after: int | None
 ) -> Iterator[_Folded]:
     wanted = _AUDITED_TOPICS
     to_domain_event = ledger.mapper.to_domain_event
-    for n in iter_notifications(ledger, page_size=page_size, on_page=on_page):
+    start = None if after is None else after + 1
+    for n in iter_notifications(ledger, start=start, page_size=page_size, on_page=on_page):
         key, topic = UUID(str(n.originator_id)).int, n.topic
         if topic not in wanted:
             yield n.id, key, n.originator_version, topic, None
@@ -317,3 +686,18 @@ _AUDITED_TOPICS = frozenset(
         StoreModeRecord.ModeDeclared.TOPIC,
     }
 )
+
+
+_PAYOUT_TOPICS = frozenset(
+    {
+        PayoutAggregate.PayoutStarted.TOPIC,
+        PayoutAggregate.TransferFailed.TOPIC,
+        PayoutAggregate.TransferSucceeded.TOPIC,
+        PayoutAggregate.Released.TOPIC,
+        PayoutAggregate.TransferReversed.TOPIC,
+        PayoutAggregate.ReversalStarted.TOPIC,
+        PayoutAggregate.ReversalSucceeded.TOPIC,
+        PayoutAggregate.ReversalFailed.TOPIC,
+    }
+)
+"""The topics folded into a payout's summary (the others fold into totals or the mode)."""

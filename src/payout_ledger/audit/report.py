@@ -287,6 +287,10 @@ class AuditReport:
     reversals_in_flight: list[InFlightReversal] = field(default_factory=list)
     """Payouts whose latest reversal attempt has no recorded outcome (settle them
     with ``payout-ledger resume``); not violations."""
+    checkpoint: str = ""
+    """What the run did with its checkpoint ("" if it was given none)."""
+    incremental: bool = False
+    """Whether the run continued from its checkpoint (read only the newer events)."""
 
     @property
     def ok(self) -> bool:
@@ -305,4 +309,6 @@ class AuditReport:
             "in_flight": [asdict(p) for p in self.in_flight],
             "reversals_in_flight": [asdict(r) for r in self.reversals_in_flight],
             "violations": [asdict(v) for v in self.violations],
+            "checkpoint": self.checkpoint,
+            "incremental": self.incremental,
         }

@@ -7,7 +7,9 @@ feeds every event to an ``Auditor``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import sys
+from array import array
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -24,7 +26,69 @@ from payout_ledger.domain.store_mode import StoreMode, StoreModeRecord
 from payout_ledger.domain.stripe_events import CapturedPayment
 from payout_ledger.domain.typecheck import TypeCheck, type_check
 
-__all__ = ["Auditor"]
+__all__ = ["FOLDED", "Auditor", "TransferIds"]
+
+
+class TransferIds:
+    """Which payout recorded each transfer id first, in bounded memory.
+
+    Keeping every transfer id of a large log would take more memory than the
+    rest of the audit. A first pass keeps 8 bytes per transfer (a 64-bit hash
+    of the id) and reports nothing;
+    [`suspects`][payout_ledger.audit.rules.TransferIds.suspects] then names the
+    hashes recorded more than once. Only if there are any (a reused id, a
+    payout that recorded its transfer twice, or a one-in-2**64 collision) does
+    the audit read the log again, keeping the exact ids of those hashes: a
+    reused transfer id is reported as a one-pass audit with every id in memory
+    would, at its second use.
+    """
+
+    BUCKETS = 1 << 16
+    """Small buckets: a run from a checkpoint checks only the buckets its new ids fall in."""
+
+    def __init__(self, suspects: set[int] | None = None) -> None:
+        self.hashes = [array("Q") for _ in range(self.BUCKETS)]
+        self.checked = array("I", bytes(4 * self.BUCKETS))
+        """Per bucket, how many hashes were already found unique (a checkpoint's)."""
+        self.suspected: set[int] = suspects or set()
+        """Hashes whose ids are kept exactly (from a first pass, or a checkpoint)."""
+        self.exact: dict[str, int] = {}
+        """For a suspected hash: each transfer id and the payout that recorded it first."""
+
+    def record(self, transfer_id: str, key: int) -> int | None:
+        """Note ``transfer_id`` for payout ``key``; the payout that recorded it first, if
+        another one did (known only for a suspected hash)."""
+        h = transfer_hash(transfer_id)
+        if h in self.suspected:
+            owner = self.exact.setdefault(transfer_id, key)
+            return owner if owner != key else None
+        self.hashes[h & (self.BUCKETS - 1)].append(h)
+        return None
+
+    def suspects(self) -> set[int]:
+        """Hashes not yet suspected that were recorded more than once.
+
+        Only buckets with hashes recorded since the last check are read.
+        """
+        found: set[int] = set()
+        checked = self.checked
+        for bucket, hashes in enumerate(self.hashes):
+            if len(hashes) == checked[bucket]:
+                continue
+            once: set[int] = set()
+            for h in hashes:
+                if h in once:
+                    found.add(h)
+                once.add(h)
+            checked[bucket] = len(hashes)
+        return found
+
+
+def transfer_hash(transfer_id: str) -> int:
+    """A stable 64-bit hash of a transfer id (the same in every process)."""
+    return int.from_bytes(
+        hashlib.blake2b(transfer_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    )
 
 
 _Handler = Callable[[dict[str, Any], int, int, int], None]
@@ -33,7 +97,7 @@ _Handler = Callable[[dict[str, Any], int, int, int], None]
 _Fold = tuple[TypeCheck, _Handler]
 """The type check of the fields a fold step reads, and the step."""
 
-_FOLDED: dict[type, tuple[str, ...]] = {
+FOLDED: dict[type, tuple[str, ...]] = {
     PayoutAggregate.PayoutStarted: (
         "event_service_id",
         "provider_id",
@@ -97,11 +161,13 @@ class Auditor:
     violations name theirs at the end. This keeps 1M events under 200 MB.
     """
 
-    def __init__(self, *, keep_service_ids: bool) -> None:
+    def __init__(self, *, keep_service_ids: bool, transfers: TransferIds | None = None) -> None:
         self.keep_service_ids = keep_service_ids
         self.payouts: dict[int, PayoutSummary] = {}
-        self.transfers: dict[str, PayoutSummary] = {}
-        """Each transfer id's payout (the summary itself: no second copy of the key)."""
+        """The summaries kept (a bounded audit lets settled ones go, see ``replay``)."""
+        self.created = 0
+        """Payouts started: summaries made, whether still kept or not."""
+        self.transfers = transfers if transfers is not None else TransferIds()
         self.violations: list[Violation] = []
         self.captured: dict[str, list[int]] = {}
         steps: dict[type, _Handler] = {
@@ -119,7 +185,7 @@ class Auditor:
         self.simulated: bool | None = None
         """Whether the store's money is simulated: its recorded mode, else its first transfer."""
         self.folds: dict[str, _Fold] = {
-            get_topic(cls): (type_check(cls, _FOLDED[cls]), step) for cls, step in steps.items()
+            get_topic(cls): (type_check(cls, FOLDED[cls]), step) for cls, step in steps.items()
         }
 
     def violate(
@@ -151,6 +217,7 @@ class Auditor:
                 intern(e["currency"]),
             )
             self.payouts[key] = p
+            self.created += 1
         else:
             if p.open_since is not None:
                 self.violate(
@@ -242,15 +309,15 @@ class Auditor:
                 f"{p.attempt} claimed {p.amount} {p.currency} to {p.destination}",
             )
         p.destination = None
-        owner = self.transfers.setdefault(transfer_id, p)
-        if owner is not p:
+        owner = self.transfers.record(transfer_id, key)
+        if owner is not None:
             self.violate(
                 ViolationKind.TRANSFER_ID_REUSED,
                 "TransferSucceeded",
                 nid,
                 key,
                 version,
-                f"transfer {transfer_id} is already recorded for payout {owner.payout_id}",
+                f"transfer {transfer_id} is already recorded for payout {UUID(int=owner)}",
             )
         p.successes += 1
         if p.successes > 1:

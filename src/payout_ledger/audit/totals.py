@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import replace
+
 from payout_ledger.audit.report import (
     AuditReport,
     CurrencyTotals,
@@ -12,62 +15,85 @@ from payout_ledger.audit.report import (
 )
 from payout_ledger.domain.payout import PayoutAggregate, parse_reversal_idempotency_key
 
-__all__ = ["add_totals"]
+__all__ = ["Totals", "add_totals", "fold_payout", "new_totals"]
+
+
+Totals = tuple[dict[str, CurrencyTotals], dict[tuple[str, str], ProviderTotals]]
+"""Totals per currency, and per (provider, currency)."""
+
+
+def new_totals() -> Totals:
+    return {}, {}
+
+
+def fold_payout(p: PayoutSummary, totals: Totals, sign: int = 1) -> None:
+    """Add a settled payout's money to ``totals`` (``sign=-1``: take it back out).
+
+    A payout with an attempt in flight is never folded: the report lists it.
+    """
+    currencies, providers = totals
+    c = currencies.get(p.currency)
+    if c is None:
+        c = currencies[p.currency] = CurrencyTotals(p.currency)
+    key = (p.provider_id, p.currency)
+    pt = providers.get(key)
+    if pt is None:
+        pt = providers[key] = ProviderTotals(p.provider_id, p.currency)
+    c.payouts += sign
+    pt.payouts += sign
+    if p.released:
+        c.released += sign
+        c.released_amount += sign * p.amount
+        pt.released += sign
+        pt.released_amount += sign * p.amount
+    c.reversed_amount += sign * p.reversed
+    pt.reversed_amount += sign * p.reversed
+    if p.open_since is not None:
+        c.in_flight += sign
+        c.in_flight_amount += sign * p.amount
+        pt.in_flight += sign
+    elif p.failed:
+        c.failed += sign
 
 
 def add_totals(
-    report: AuditReport, payouts: dict[int, PayoutSummary], captured: dict[str, list[int]]
+    report: AuditReport,
+    payouts: Iterable[PayoutSummary],
+    captured: dict[str, list[int]],
+    folded: Totals | None = None,
 ) -> None:
     """Fill the report's currencies, providers, in-flight payouts and reversals.
 
-    ``captured`` maps a currency to its captured payments' ``[count, amount]``.
-    A payout's reversed amount is its final ``reversed`` (the largest cumulative
-    amount a webhook reported or a platform reversal implied), so a reversal
-    reported both ways counts once. An in-flight reversal is named by its
-    idempotency key's service when the key is the payout's, else left unnamed
-    (``""``) for the caller to name.
+    ``payouts`` are the summaries still kept, ``folded`` the totals of those
+    already let go (settled payouts, folded as the audit went). ``captured``
+    maps a currency to its captured payments' ``[count, amount]``. A payout's
+    reversed amount is its final ``reversed`` (the largest cumulative amount a
+    webhook reported or a platform reversal implied), so a reversal reported
+    both ways counts once. An in-flight reversal is named by its idempotency
+    key's service when the key is the payout's, else left unnamed (``""``) for
+    the caller to name.
     """
-    currencies: dict[str, CurrencyTotals] = {}
-    providers: dict[tuple[str, str], ProviderTotals] = {}
-    for p in payouts.values():
-        c = currencies.get(p.currency)
-        if c is None:
-            c = currencies[p.currency] = CurrencyTotals(p.currency)
-        key = (p.provider_id, p.currency)
-        pt = providers.get(key)
-        if pt is None:
-            pt = providers[key] = ProviderTotals(p.provider_id, p.currency)
-        c.payouts += 1
-        pt.payouts += 1
-        if p.released:
-            c.released += 1
-            c.released_amount += p.amount
-            pt.released += 1
-            pt.released_amount += p.amount
-        c.reversed_amount += p.reversed
-        pt.reversed_amount += p.reversed
+    totals = new_totals() if folded is None else _copy(folded)
+    currencies, providers = totals
+    for p in payouts:
+        fold_payout(p, totals)
         if p.open_since is not None:
-            c.in_flight += 1
-            c.in_flight_amount += p.amount
-            pt.in_flight += 1
             report.in_flight.append(
                 InFlightPayout(
                     event_service_id=p.event_service_id or "",
-                    payout_id=str(p.payout_id),
+                    payout_id=_uuid_text(p.key),
                     attempt=p.attempt,
                     amount=p.amount,
                     currency=p.currency,
                     started_notification_id=p.open_since,
                 )
             )
-        elif p.failed:
-            c.failed += 1
         r = p.reversal
         if r is not None and r.since is not None:
             report.reversals_in_flight.append(
                 InFlightReversal(
                     event_service_id=_service_of(p.key, r.key) or p.event_service_id or "",
-                    payout_id=str(p.payout_id),
+                    payout_id=_uuid_text(p.key),
                     reversal_attempt=r.attempt,
                     reference=r.reference,
                     amount=r.amount,
@@ -81,10 +107,22 @@ def add_totals(
             c = currencies[currency] = CurrencyTotals(currency)
         c.captured += count
         c.captured_amount += amount
-    report.currencies = sorted(currencies.values(), key=lambda t: t.currency)
-    report.providers = sorted(providers.values(), key=lambda t: (t.provider_id, t.currency))
+    report.currencies = sorted(
+        (c for c in currencies.values() if c.payouts or c.captured), key=lambda t: t.currency
+    )
+    report.providers = sorted(
+        (t for t in providers.values() if t.payouts), key=lambda t: (t.provider_id, t.currency)
+    )
     report.in_flight.sort(key=lambda f: f.started_notification_id)
     report.reversals_in_flight.sort(key=lambda f: f.started_notification_id)
+
+
+def _copy(totals: Totals) -> Totals:
+    currencies, providers = totals
+    return (
+        {k: replace(v) for k, v in currencies.items()},
+        {k: replace(v) for k, v in providers.items()},
+    )
 
 
 def _service_of(key: int, idempotency_key: str) -> str | None:
@@ -93,3 +131,9 @@ def _service_of(key: int, idempotency_key: str) -> str | None:
     if parsed is None or PayoutAggregate.create_id(parsed[0]).int != key:
         return None
     return parsed[0]
+
+
+def _uuid_text(key: int) -> str:
+    """``str(UUID(int=key))``, without the UUID."""
+    h = f"{key:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

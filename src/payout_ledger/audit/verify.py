@@ -43,32 +43,64 @@ matched by ``payout_ledger.audit.verify_seals``; the report's types are in
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import os
+import re
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from payout_ledger.adapters import telemetry
 from payout_ledger.adapters.log import (
     DEFAULT_PAGE_SIZE,
     PageCallback,
+    RawEvent,
+    aggregate_rows,
     hidden_rows,
-    iter_notifications,
+    iter_states,
+    last_notification_id,
+    notification,
 )
-from payout_ledger.adapters.mapper import chained_mapper, read_notification
+from payout_ledger.adapters.mapper import StoredRead, chained_mapper, read_notification
+from payout_ledger.audit.checkpoint import (
+    Checkpoint,
+    CheckpointRefusedError,
+    check_binding,
+    decode_value,
+    encode_value,
+    load_checkpoint,
+    save_checkpoint,
+    seal_binding,
+    store_identity,
+)
+from payout_ledger.audit.stored import (
+    LEDGER_EVENT_CLASSES,
+    OrdinaryEvents,
+    SeenFilter,
+    StoredDigest,
+    filter_bits,
+)
 from payout_ledger.audit.verify_links import Head, check_link, v1_digest
 from payout_ledger.audit.verify_report import ChainProblem, ProblemKind, VerifyReport, problem_at
 from payout_ledger.audit.verify_seals import Seal, check_anchors, read_seals
 from payout_ledger.domain.chain import GENESIS, roll
-from payout_ledger.domain.seal import LedgerSeal
+from payout_ledger.domain.seal import LEDGER_SEAL_ID, LedgerSeal
 from payout_ledger.domain.typecheck import type_check
 
 if TYPE_CHECKING:
     from payout_ledger.service.ledger import PayoutLedger
 
 __all__ = ["ChainProblem", "ProblemKind", "VerifyReport", "verify_ledger"]
+
+
+HEADS_LIMIT = 200_000
+"""Aggregates whose chain head verify keeps at most; older ones are rebuilt from the log."""
 
 
 @telemetry.traced(
@@ -82,26 +114,282 @@ def verify_ledger(
     strict: bool = False,
     page_size: int = DEFAULT_PAGE_SIZE,
     on_page: PageCallback | None = None,
+    heads_limit: int = HEADS_LIMIT,
+    checkpoint: str | os.PathLike[str] | None = None,
+    full: bool = False,
 ) -> VerifyReport:
-    """Recompute every chain and seal; see the module docs for what is checked."""
+    """Recompute every chain and seal; see the module docs for what is checked.
+
+    Memory stays bounded: the chain heads of at most ``heads_limit`` aggregates
+    are kept, and the head of any other is rebuilt from the log when its next
+    event comes (see ``_VerifyPass``).
+
+    With ``checkpoint`` (a file path), verify continues from the state that
+    file holds, at its seal, and reads only the events after it; then it writes
+    the file anew at the log's latest seal. ``full=True`` reads the whole log
+    whatever the file holds. A missing, damaged or refused file makes a full
+    run; the report's ``checkpoint`` says which (see
+    ``payout_ledger.audit.checkpoint``).
+    """
     report = VerifyReport()
-    problems = report.problems
     mapper = chained_mapper(ledger)
     seals = read_seals(ledger, mapper, report, page_size)
-    pending = deque(seals)
-    heads: dict[UUID, Head] = {}
-    rolling, rolling_v1, count = GENESIS, GENESIS, 0
-    v1_through = max(
-        (s.info.through_notification_id for s in seals if s.class_version == 1), default=None
-    )
-    previous_through = 0
+    run = _VerifyPass(ledger, report, seals, strict=strict, heads_limit=heads_limit)
+    after = None
+    if checkpoint is not None:
+        report.checkpoint, after = run.restore(checkpoint, full)
+        report.incremental = after is not None
+        run.snapshot_due = bool(seals)
+    run.read(page_size=page_size, on_page=on_page, after=after)
+    run.finish()
+    check_anchors(anchors, seals, report)
+    if checkpoint is not None:
+        if run.snapshot is not None:
+            save_checkpoint(checkpoint, run.snapshot)
+        else:
+            report.checkpoint += "; no checkpoint written: the log has no seal to chain it to"
+    return report
 
-    def check_seal(seal: Seal) -> None:
-        nonlocal previous_through
+
+class _VerifyPass:
+    """One pass over the log in notification order.
+
+    Most events are *ordinary* (see ``payout_ledger.audit.stored``): their digest
+    is taken over the stored bytes, their link and version checked against the
+    aggregate's head, and nothing else is built. Every other event, and every
+    event whose link or version is not the expected one, is checked by the
+    mapper-based path, event by event, with the findings and counts of the
+    original algorithm. Heads are kept for the ``heads_limit`` aggregates most
+    recently seen; an aggregate a ``SeenFilter`` may have seen whose head is
+    not kept is rebuilt from its earlier events in the log (one indexed query)
+    before its event is checked, so bounding memory changes no finding.
+    """
+
+    def __init__(
+        self,
+        ledger: PayoutLedger,
+        report: VerifyReport,
+        seals: list[Seal],
+        *,
+        strict: bool,
+        heads_limit: int,
+    ) -> None:
+        self.ledger = ledger
+        self.report = report
+        self.strict = strict
+        self.heads_limit = max(1, heads_limit)
+        self.mapper = chained_mapper(ledger)
+        self.seals = seals
+        self.pending = deque(seals)
+        self.heads: dict[str, Any] = {}
+        """Chain heads by aggregate id: a ``Head``, or the fast path's tuple."""
+        self.seen = SeenFilter(filter_bits(last_notification_id(ledger)))
+        self.rolling = _GENESIS_BYTES
+        self.rolling_v1 = GENESIS
+        self.count = 0
+        self.aggregates = 0
+        self.previous_through = 0
+        self.v1_through = max(
+            (s.info.through_notification_id for s in seals if s.class_version == 1), default=None
+        )
+        self.sealed_through = seals[-1].info.through_notification_id if seals else None
+        self.seal_problems = len(report.problems)
+        """Findings of the seals' own checks (made before the pass, on every run)."""
+        self.snapshot_due = False
+        self.snapshot: Checkpoint | None = None
+        self.respelt: dict[str, list[RawEvent]] = {}
+        """SQLite rows whose originator id is not spelt as the store writes it, by the id
+        they name (``""``: no UUID), as the pass meets them."""
+        self.spelling_checked = isinstance(ledger.recorder, SQLiteApplicationRecorder)
+
+    def read(
+        self, *, page_size: int, on_page: PageCallback | None, after: int | None = None
+    ) -> None:
+        report, heads, pending, seen = self.report, self.heads, self.pending, self.seen
+        mapper = self.mapper
+        plain = mapper.cipher is None and mapper.compressor is None
+        ordinary = OrdinaryEvents(LEDGER_EVENT_CLASSES).previous_hash
+        digest_of = StoredDigest()
+        sha256 = hashlib.sha256
+        v1_through = self.v1_through if self.v1_through is not None else _SMALLEST
+        sealed_through = self.sealed_through if self.sealed_through is not None else _SMALLEST
+        spelling_checked = self.spelling_checked
+        canonical = _CANONICAL_ID
+        sealed_topic, seal_id = LedgerSeal.Sealed.TOPIC, LEDGER_SEAL_ID.hex
+        limit = self.heads_limit
+        rolling = self.rolling
+        count = self.count
+        chained = aggregates = unsealed = 0
+        next_seal = pending[0].info.through_notification_id if pending else _LARGEST
+        pages = iter_states(
+            self.ledger, page_size=page_size, on_page=on_page, after=after, checked=False
+        )
+        for page in pages:
+            for nid, oid, version, topic, stored in page:
+                if nid > next_seal:
+                    self.rolling, self.count = rolling, count
+                    report.chained_events += chained
+                    report.unsealed_events += unsealed
+                    self.aggregates += aggregates
+                    chained = aggregates = unsealed = 0
+                    while pending and pending[0].info.through_notification_id < nid:
+                        self.check_seal(pending.popleft())
+                    next_seal = pending[0].info.through_notification_id if pending else _LARGEST
+                count += 1
+                if nid > sealed_through:
+                    unsealed += 1
+                previous = None
+                plaintext: bytes | None = stored
+                respelt = spelling_checked and (type(oid) is not str or not canonical(oid))
+                if respelt:
+                    self.respelt_row(nid, oid, version, topic, stored)
+                if topic == sealed_topic and oid != seal_id:
+                    self.stray_seal(nid, oid, version, topic, stored)
+                if (
+                    nid > v1_through
+                    and not respelt
+                    and type(stored) is bytes
+                    and type(version) is int
+                ):
+                    if not plain:
+                        plaintext = self.plaintext(stored)
+                    if plaintext is not None:
+                        previous = ordinary(topic, plaintext)
+                if previous is None or plaintext is None:
+                    self.rolling = rolling
+                    self.event(nid, oid, version, topic, stored)
+                    rolling = self.rolling
+                    continue
+                digest = digest_of(topic, oid, version, plaintext)
+                rolling = sha256(rolling + nid.to_bytes(8, "big", signed=True) + digest).digest()
+                # A head the fast path keeps: (version, digest, notification id, v2 linked).
+                head = heads.get(oid)
+                if head is None:
+                    if version == 1 and previous == GENESIS and not seen.add(int(oid, 16)):
+                        heads[oid] = (1, digest.hex(), nid, False)
+                        chained += 1
+                        aggregates += 1
+                        if len(heads) > limit:
+                            self.evict()
+                        continue
+                elif type(head) is tuple and version == head[0] + 1 and previous == head[1]:
+                    heads[oid] = (version, digest.hex(), nid, True)
+                    chained += 1
+                    continue
+                self.rolling = rolling  # rolled: the full check of its link and version
+                self.event(nid, oid, version, topic, stored, rolled=True)
+            report.last_notification_id = page[-1][0]
+        self.rolling, self.count = rolling, count
+        report.chained_events += chained
+        report.unsealed_events += unsealed
+        self.aggregates += aggregates
+
+    def respelt_row(self, nid: int, oid: Any, version: Any, topic: Any, stored: Any) -> None:
+        self.respelt.setdefault(_respelt_key(oid), []).append((nid, oid, version, topic, stored))
+
+    def stray_seal(self, nid: int, oid: Any, version: Any, topic: Any, stored: Any) -> None:
+        self.report.problems.append(
+            problem_at(
+                ProblemKind.SEAL_INVALID,
+                notification(nid, oid, version, topic, stored),
+                "a Sealed event outside the ledger's seal aggregate: no seal, and not one "
+                "the ledger wrote",
+            )
+        )
+
+    def plaintext(self, stored: bytes) -> bytes | None:
+        try:
+            return self.mapper.plaintext(cast(StoredEvent, _Stored(stored)))
+        except Exception:  # the event path reports it
+            return None
+
+    def event(
+        self, nid: int, oid: str, version: int, topic: str, stored: bytes, *, rolled: bool = False
+    ) -> None:
+        """One event through the mapper, as the original algorithm checks it.
+
+        ``rolled``: its digest is already in the rolling digest.
+        """
+        n = notification(nid, oid, version, topic, stored)
+        read = read_notification(self.mapper, n)
+        if not rolled:
+            self.rolling = hashlib.sha256(
+                self.rolling + nid.to_bytes(8, "big", signed=True) + bytes.fromhex(read.digest)
+            ).digest()
+        report = self.report
+        v1: str | None = None
+        if self.v1_through is not None and nid <= self.v1_through:
+            v1 = v1_digest(self.mapper, n, read)
+            self.rolling_v1 = roll(self.rolling_v1, nid, v1)
+        event = read.event
+        if event is None:
+            report.problems.append(problem_at(ProblemKind.UNDECODABLE, n, str(read.error)))
+            return
+        why = type_check(type(event))(vars(event))
+        if why is not None:
+            report.problems.append(
+                problem_at(ProblemKind.ILL_TYPED, n, f"{type(event).__name__}: {why}")
+            )
+        self.link(n, event, read, v1)
+
+    def link(self, n: Any, event: Any, read: StoredRead, v1: str | None) -> None:
+        key = cast(UUID, event.originator_id).hex
+        heads = self.heads
+        head = heads.get(key)
+        if type(head) is tuple:  # kept by the fast path
+            version, digest, nid, v2_linked = head
+            if v2_linked:
+                head = heads[key] = Head(version, digest, True, nid)
+                head.v2_linked = True
+            else:  # its v1 digest was not computed: rebuild it
+                del heads[key]
+                head = None
+        maybe_seen = self.seen.add(event.originator_id.int)
+        if head is None and maybe_seen:
+            self.rebuild(key, n.id)
+        new = key not in heads
+        head = check_link(n, event, read.digest, heads, self.report, self.strict)
+        if head.v2_linked:  # back to the fast path's form (a v2-linked head is all it keeps)
+            heads[key] = (head.version, head.digest, head.notification_id, True)
+        else:  # the aggregate's next link may still be a v1 link
+            head.v1 = v1 if v1 is not None else v1_digest(self.mapper, n, read)
+        if new:
+            self.aggregates += 1
+        if len(heads) > self.heads_limit:
+            self.evict()
+
+    def rebuild(self, key: str, before: int) -> None:
+        """The head of ``key`` as of notification ``before``, from its earlier stored events."""
+        rows = aggregate_rows(self.ledger, key, before)
+        extra = [row for row in self.respelt.get(key, ()) if row[0] < before]
+        if extra:
+            rows = sorted([*rows, *extra])
+        scratch: dict[str, Head] = {}
+        quiet = VerifyReport()
+        for row in rows:
+            n = notification(*row)
+            read = read_notification(self.mapper, n)
+            if read.event is None:
+                continue
+            head = check_link(n, read.event, read.digest, scratch, quiet, self.strict)
+            if not head.v2_linked:
+                head.v1 = v1_digest(self.mapper, n, read)
+        if key in scratch:
+            self.heads[key] = scratch[key]
+
+    def evict(self) -> None:
+        heads = self.heads
+        for key in list(itertools.islice(heads, len(heads) // 2)):
+            del heads[key]
+
+    def check_seal(self, seal: Seal) -> None:
+        if self.snapshot_due and seal is self.seals[-1]:
+            self.snapshot = self.take_snapshot(seal)
         info = seal.info
-        recomputed = rolling_v1 if seal.class_version == 1 else rolling
-        if info.event_count != count or info.log_digest != recomputed:
-            problems.append(
+        recomputed = self.rolling_v1 if seal.class_version == 1 else self.rolling.hex()
+        if info.event_count != self.count or info.log_digest != recomputed:
+            previous_through = self.previous_through
+            self.report.problems.append(
                 ChainProblem(
                     kind=ProblemKind.SEAL_MISMATCH,
                     notification_id=seal.notification_id,
@@ -111,10 +399,10 @@ def verify_ledger(
                     detail=(
                         f"seal {info.seal_number} recorded {info.event_count} events "
                         f"through notification {info.through_notification_id}, the log has "
-                        f"{count}, and a different digest: an event after notification "
+                        f"{self.count}, and a different digest: an event after notification "
                         f"{previous_through} and up to {info.through_notification_id} was "
                         "edited, removed, inserted or reordered"
-                        if info.event_count != count
+                        if info.event_count != self.count
                         else f"seal {info.seal_number}: the log's digest through notification "
                         f"{info.through_notification_id} differs: an event after "
                         f"notification {previous_through} was edited, removed, inserted "
@@ -122,78 +410,143 @@ def verify_ledger(
                     ),
                 )
             )
-        previous_through = info.through_notification_id
+        self.previous_through = info.through_notification_id
 
-    sealed_through = seals[-1].info.through_notification_id if seals else None
-    for n in iter_notifications(ledger, page_size=page_size, on_page=on_page):
-        while pending and pending[0].info.through_notification_id < n.id:
-            check_seal(pending.popleft())
-        read = read_notification(mapper, n)
-        rolling = roll(rolling, n.id, read.digest)
-        count += 1
-        v1: str | None = None
-        if v1_through is not None and n.id <= v1_through:
-            v1 = v1_digest(mapper, n, read)
-            rolling_v1 = roll(rolling_v1, n.id, v1)
-        report.last_notification_id = n.id
-        if sealed_through is None or n.id > sealed_through:
-            report.unsealed_events += 1
-        event = read.event
-        if event is None:
-            problems.append(problem_at(ProblemKind.UNDECODABLE, n, str(read.error)))
-            continue
-        why = type_check(type(event))(vars(event))
-        if why is not None:
-            problems.append(problem_at(ProblemKind.ILL_TYPED, n, f"{type(event).__name__}: {why}"))
-        head = check_link(n, event, read.digest, heads, report, strict)
-        if not head.v2_linked:  # the aggregate's next link may still be a v1 link
-            head.v1 = v1 if v1 is not None else v1_digest(mapper, n, read)
-    while pending:
-        check_seal(pending.popleft())
-
-    _check_sqlite_ids(ledger, report)
-    for oid, version, topic in hidden_rows(ledger):
-        problems.append(
-            ChainProblem(
-                kind=ProblemKind.HIDDEN_ROW,
-                notification_id=None,
-                originator_id=oid,
-                originator_version=version if type(version) is int else None,
-                topic=str(topic),
-                detail="a stored row without a notification id: no reader in notification "
-                "order sees it, no seal covers it, and the ledger applies it",
-            )
+    def take_snapshot(self, seal: Seal) -> Checkpoint:
+        """The pass's state after every event up to ``seal``'s position, before its check."""
+        report = self.report
+        body = {
+            "rolling": self.rolling.hex(),
+            "rolling_v1": self.rolling_v1,
+            "count": self.count,
+            "previous_through": self.previous_through,
+            "aggregates": self.aggregates,
+            "chained_events": report.chained_events,
+            "legacy_events": report.legacy_events,
+            "v1_links": report.v1_links,
+            "problems": [asdict(p) for p in report.problems[self.seal_problems :]],
+            "respelt": [
+                [encode_value(v) for v in row] for rows in self.respelt.values() for row in rows
+            ],
+            "filter_bits": self.seen.mask + 1,
+        }
+        return Checkpoint(
+            kind="verify",
+            store=store_identity(self.ledger),
+            position=seal.info.through_notification_id,
+            seal=seal_binding(seal),
+            body=body,
+            blobs={"seen": bytes(self.seen.bits)},  # a copy: the pass goes on
         )
-    report.events = count
-    report.aggregates = len(heads)
-    report.log_digest = rolling
-    report.latest_seal = seals[-1].info if seals else None
-    check_anchors(anchors, seals, report)
-    return report
+
+    def restore(self, path: str | os.PathLike[str], full: bool) -> tuple[str, int | None]:
+        """Continue from the checkpoint at ``path``: (what was done, the id to read after)."""
+        if full:
+            return "full: the whole log was read, as asked (--full)", None
+        try:
+            saved = load_checkpoint(path, "verify")
+            seal = check_binding(saved, self.ledger, self.seals)
+            body = saved.body
+            if seal is None or saved.position != seal.info.through_notification_id:
+                raise CheckpointRefusedError("it is not chained to a seal of the log")
+            recomputed = body["rolling_v1"] if seal.class_version == 1 else body["rolling"]
+            if (body["count"], recomputed) != (seal.info.event_count, seal.info.log_digest):
+                raise CheckpointRefusedError(
+                    f"its digest and count are not those seal {seal.info.seal_number} recorded"
+                )
+            self.rolling = bytes.fromhex(body["rolling"])
+            self.rolling_v1 = body["rolling_v1"]
+            self.count = body["count"]
+            self.previous_through = body["previous_through"]
+            self.aggregates = body["aggregates"]
+            problems = [
+                ChainProblem(**{**p, "kind": ProblemKind(p["kind"])}) for p in body["problems"]
+            ]
+            respelt: dict[str, list[RawEvent]] = {}
+            for encoded in body["respelt"]:
+                row = tuple(decode_value(v) for v in encoded)
+                self_key = _respelt_key(row[1])
+                respelt.setdefault(self_key, []).append(row)
+            seen = SeenFilter(body["filter_bits"], saved.blobs.pop("seen"))
+            chained, legacy, v1_links = (
+                body["chained_events"], body["legacy_events"], body["v1_links"]
+            )  # fmt: skip
+        except FileNotFoundError:
+            return "missing: no checkpoint file yet, the whole log was read", None
+        except CheckpointRefusedError as refused:
+            return f"refused: {refused}; the whole log was read", None
+        except (KeyError, TypeError, ValueError) as exc:
+            return (
+                f"refused: the file is damaged ({type(exc).__name__}); the whole log was read",
+                None,
+            )
+        report = self.report
+        report.last_notification_id = saved.position
+        report.problems.extend(problems)
+        report.chained_events, report.legacy_events, report.v1_links = chained, legacy, v1_links
+        self.respelt, self.seen = respelt, seen
+        self.pending = deque(
+            s for s in self.seals if s.info.through_notification_id >= saved.position
+        )
+        return f"continued after notification {saved.position}", saved.position
+
+    def finish(self) -> None:
+        report = self.report
+        while self.pending:
+            self.check_seal(self.pending.popleft())
+        _check_sqlite_ids(self.respelt, report)
+        for oid, version, topic in hidden_rows(self.ledger):
+            report.problems.append(
+                ChainProblem(
+                    kind=ProblemKind.HIDDEN_ROW,
+                    notification_id=None,
+                    originator_id=oid,
+                    originator_version=version if type(version) is int else None,
+                    topic=str(topic),
+                    detail="a stored row without a notification id: no reader in notification "
+                    "order sees it, no seal covers it, and the ledger applies it",
+                )
+            )
+        report.events = self.count
+        report.aggregates = self.aggregates
+        report.log_digest = self.rolling.hex()
+        report.latest_seal = self.seals[-1].info if self.seals else None
 
 
-def _check_sqlite_ids(ledger: PayoutLedger, report: VerifyReport) -> None:
+def _respelt_key(oid: Any) -> str:
+    """The id a respelt row names, as 32 hex digits ("" if it names no UUID)."""
+    try:
+        return UUID(oid).hex if isinstance(oid, str) else ""
+    except ValueError:
+        return ""
+
+
+_GENESIS_BYTES = bytes.fromhex(GENESIS)
+_SMALLEST = -(2**63) - 1
+_CANONICAL_ID = re.compile("[0-9a-f]{32}").fullmatch
+_LARGEST = 2**63
+
+
+class _Stored:
+    """What ``ChainedMapper.plaintext`` reads of a stored event."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: bytes) -> None:
+        self.state = state
+
+
+def _check_sqlite_ids(respelt: dict[str, list[RawEvent]], report: VerifyReport) -> None:
     """On SQLite, originator ids are text: each must be spelt as the store writes it.
 
     ``5f0c...`` and ``5F0C...`` or ``5f0c-...`` name the same UUID, so digests
     and chains do not see the difference, but the ledger loads an aggregate's
     events by the exact text: a respelt id would hide the event from its
-    aggregate. (PostgreSQL's uuid column has one spelling.)
+    aggregate. (PostgreSQL's uuid column has one spelling.) ``respelt`` is
+    [`respelt_rows`][payout_ledger.adapters.log.respelt_rows].
     """
-    recorder = ledger.recorder
-    if not isinstance(recorder, SQLiteApplicationRecorder):
-        return
-    statement = (
-        "SELECT rowid, originator_id, originator_version, topic "  # noqa: S608
-        f"FROM {recorder.events_table_name} WHERE typeof(originator_id) != 'text' "
-        "OR length(originator_id) != 32 OR originator_id GLOB '*[^0-9a-f]*' ORDER BY rowid"
-    )
-    with recorder.datastore.transaction(commit=False) as cursor:
-        raw = cursor.sqlite_cursor
-        raw.row_factory = None
-        raw.execute(statement)
-        rows = raw.fetchall()
-    for rowid, originator_id, version, topic in rows:
+    rows = sorted(row for rows in respelt.values() for row in rows)
+    for rowid, originator_id, version, topic, _ in rows:
         report.problems.append(
             ChainProblem(
                 kind=ProblemKind.ILL_TYPED,

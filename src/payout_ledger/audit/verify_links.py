@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from payout_ledger.adapters.mapper import ChainedMapper, StoredRead
@@ -44,12 +44,15 @@ def check_link(
     n: Any,
     event: Any,
     digest: str,
-    heads: dict[UUID, Head],
+    heads: dict[str, Any],
     report: VerifyReport,
     strict: bool,
 ) -> Head:
-    """Check the event's version and link; returns its aggregate's head, now this event."""
-    originator_id = event.originator_id
+    """Check the event's version and link; returns its aggregate's head, now this event.
+
+    ``heads`` are keyed by the aggregate's id as 32 hex digits.
+    """
+    originator_id = cast(UUID, event.originator_id).hex
     head = heads.get(originator_id)
     version = event.originator_version
     expected_version = 1 if head is None else head.version + 1

@@ -79,6 +79,10 @@ class VerifyReport:
     """Events after the latest seal: protected by their chains only."""
     anchors_found: list[str] = field(default_factory=list)
     problems: list[ChainProblem] = field(default_factory=list)
+    checkpoint: str = ""
+    """What the run did with its checkpoint ("" if it was given none)."""
+    incremental: bool = False
+    """Whether the run continued from its checkpoint (read only the events after it)."""
 
     @property
     def ok(self) -> bool:
@@ -99,6 +103,8 @@ class VerifyReport:
             "unsealed_events": self.unsealed_events,
             "anchors_found": self.anchors_found,
             "problems": [asdict(p) for p in self.problems],
+            "checkpoint": self.checkpoint,
+            "incremental": self.incremental,
         }
 
 

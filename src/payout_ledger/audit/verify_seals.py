@@ -6,11 +6,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from payout_ledger.adapters.log import iter_notifications
+from payout_ledger.adapters.log import aggregate_rows, notification
 from payout_ledger.adapters.mapper import ChainedMapper, read_notification
 from payout_ledger.audit.verify_report import ChainProblem, ProblemKind, VerifyReport, problem_at
 from payout_ledger.domain.chain import as_stored
-from payout_ledger.domain.seal import LedgerSeal
+from payout_ledger.domain.seal import LEDGER_SEAL_ID, LedgerSeal
 from payout_ledger.domain.typecheck import type_check
 from payout_ledger.service.sealing import SealInfo
 
@@ -32,12 +32,20 @@ class Seal:
 def read_seals(
     ledger: PayoutLedger, mapper: ChainedMapper, report: VerifyReport, page_size: int
 ) -> list[Seal]:
-    """The log's seals in order; the ones that cannot be right are reported and left out."""
+    """The log's seals in order; the ones that cannot be right are reported and left out.
+
+    Seals are the events of the seal aggregate, found by its id (an indexed
+    read, whatever the log's size). A ``Sealed`` event stored under any other id
+    is no seal: the main pass reports it.
+    """
     seals: list[Seal] = []
     previous = 0
     check = type_check(LedgerSeal.Sealed)
     seen_v2 = False
-    for n in iter_notifications(ledger, topics=[LedgerSeal.Sealed.TOPIC], page_size=page_size):
+    for row in aggregate_rows(ledger, LEDGER_SEAL_ID.hex):
+        n = notification(*row)
+        if n.topic != LedgerSeal.Sealed.TOPIC:
+            continue  # the main pass reports an event the seal aggregate should not have
         event = read_notification(mapper, n).event
         if event is None or check(vars(event)) is not None:
             continue  # reported as undecodable or ill-typed by the main pass

@@ -57,12 +57,12 @@ ISO 8601 strings):
   [{"event_service_id", "payout_id", "reversal_attempt", "reference",
   "amount", "currency", "started_notification_id"}], "violations": [{"kind",
   "notification_id", "payout_id", "originator_version", "event_type",
-  "event_service_id", "detail"}]}``
+  "event_service_id", "detail"}], "checkpoint", "incremental"}``
 - ``verify``: ``{"ok", "events", "aggregates", "chained_events",
   "legacy_events", "v1_links", "last_notification_id", "log_digest", "seals",
   "latest_seal": seal or null, "unsealed_events", "anchors_found": [digest],
   "problems": [{"kind", "notification_id", "originator_id",
-  "originator_version", "topic", "detail"}]}``
+  "originator_version", "topic", "detail"}], "checkpoint", "incremental"}``
 - ``seal``: ``{"seal_number", "through_notification_id", "event_count",
   "log_digest", "seal_digest", "sealed_at"}``
 - ``reconcile``: ``{"payouts_checked", "transfers_checked", "ok",

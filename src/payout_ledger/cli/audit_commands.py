@@ -60,6 +60,18 @@ ProgressOption = Annotated[
     bool, typer.Option("--progress/--no-progress", help="A progress bar on long logs.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="A checkpoint file: continue from it, reading only the newer events, and write "
+        "it anew. Missing or damaged: a full run, said so. Keep it where the database's "
+        "writers cannot write.",
+        dir_okay=False,
+    ),
+]
+FullOption = Annotated[
+    bool, typer.Option("--full", help="Read the whole log, whatever the checkpoint holds.")
+]
 
 
 @app.command("audit", epilog=EXIT_CODES_HELP)
@@ -68,11 +80,18 @@ def audit_command(
     as_json: JsonOption = False,
     page_size: PageSizeOption = 2000,
     progress: ProgressOption = True,
+    checkpoint: CheckpointOption = None,
+    full: FullOption = False,
     store_url: StoreOption = None,
 ) -> None:
     """Replay every payout from the log and check the money rules; exit 1 on a violation."""
     with reading_ledger(store_url) as ledger, _progress(ledger, "audit", progress) as on_page:
-        report = audit_ledger(ledger, page_size=page_size, on_page=on_page)
+        try:
+            report = audit_ledger(
+                ledger, page_size=page_size, on_page=on_page, checkpoint=checkpoint, full=full
+            )
+        except OSError as exc:
+            fail(f"cannot write --checkpoint {checkpoint}: {first_line(exc)}")
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -110,6 +129,8 @@ def verify_command(
     as_json: JsonOption = False,
     page_size: PageSizeOption = 2000,
     progress: ProgressOption = True,
+    checkpoint: CheckpointOption = None,
+    full: FullOption = False,
     store_url: StoreOption = None,
 ) -> None:
     """Recompute every hash chain and seal; exit 1 if the log was tampered with."""
@@ -121,9 +142,18 @@ def verify_command(
             fail(f"cannot read --anchor-file {anchor_file}: {first_line(exc)}")
         anchors += [_anchored_digest(line) for line in lines if line.strip()]
     with reading_ledger(store_url) as ledger, _progress(ledger, "verify", progress) as on_page:
-        report = verify_ledger(
-            ledger, anchors=anchors, strict=strict, page_size=page_size, on_page=on_page
-        )
+        try:
+            report = verify_ledger(
+                ledger,
+                anchors=anchors,
+                strict=strict,
+                page_size=page_size,
+                on_page=on_page,
+                checkpoint=checkpoint,
+                full=full,
+            )
+        except OSError as exc:
+            fail(f"cannot write --checkpoint {checkpoint}: {first_line(exc)}")
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:

@@ -18,6 +18,8 @@ def print_audit(report: Any) -> None:
         f"{report.last_notification_id}): {counted(report.payouts, 'payout')}, "
         f"{len(report.in_flight)} in flight, {counted(len(report.violations), 'violation')}."
     )
+    if report.checkpoint:
+        console.print(f"Checkpoint: {report.checkpoint}.")
     if report.currencies:
         print_table(
             console,
@@ -143,6 +145,8 @@ def print_verify(report: Any) -> None:
         "latest seal."
     )
     console.print(f"Log digest now: {report.log_digest}")
+    if report.checkpoint:
+        console.print(f"Checkpoint: {report.checkpoint}.")
     if report.latest_seal is not None:
         seal = report.latest_seal
         console.print(

@@ -80,6 +80,9 @@ def _test(hint: Any) -> _Test:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
+        if all(a in _EXACT or a is type(None) for a in args):
+            kinds = frozenset(args)  # ``str | None`` and the like: one set lookup
+            return lambda v: type(v) in kinds
         alternatives = [_test(a) for a in args]
         return lambda v: any(t(v) for t in alternatives)
     if hint is type(None) or hint is None:

@@ -42,7 +42,9 @@ replaces the old table with it in one transaction once it is complete. Until
 then, and if the rebuild fails, readers see the old rows; the new table is
 dropped. Run one rebuild at a time: a rebuild that completes drops every other
 rebuild's table (a crashed one's too), and a rebuild whose table was dropped
-fails without touching the old rows.
+fails without touching the old rows. With the package's own fold, a rebuild
+does not apply batches: it folds the log in memory and writes the rows many at
+a time (see ``rebuild``), into the same table, leaving out the same events.
 
 **Modules.** The names above are defined in these submodules and re-exported here:
 
@@ -50,6 +52,7 @@ fails without touching the old rows.
 * ``sqlite``, ``postgres``: the view on each database (tables, batches, queries,
   rebuild swap);
 * ``fold``: the projection, and how each event changes a row;
+* ``rebuild``: the fast rebuild, the same fold over decoded states;
 * ``checks``: the events and writes the table cannot hold, and how a skip is logged;
 * ``runner``: ``open_payouts_view`` and ``run_projection``, on a ledger.
 """

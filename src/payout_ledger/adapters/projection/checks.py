@@ -20,7 +20,7 @@ INT8 = (-(2**63), 2**63 - 1)
 """PostgreSQL ``bigint`` (and SQLite ``INTEGER``): ``amount`` and ``amount_reversed``."""
 
 _P = PayoutAggregate
-_FOLDED: dict[type, tuple[str, ...]] = {
+FOLDED_FIELDS: dict[type, tuple[str, ...]] = {
     _P.PayoutStarted: (
         "event_service_id",
         "provider_id",
@@ -39,13 +39,14 @@ _FOLDED: dict[type, tuple[str, ...]] = {
     _P.ReversalFailed: ("reversal_attempt",),
 }
 """The fields :meth:`PayoutsProjection.fold` writes to the table, per event class."""
-_RANGES = {
+COLUMN_RANGES = {
     "amount": INT8,
     "amount_reversed": INT8,
     "attempt": INT4,
     "reversal_attempt": INT4,
     "originator_version": INT4,
 }
+"""The range of each integer field's column (on PostgreSQL; SQLite's is ``INT8``)."""
 
 WRITE_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
@@ -67,7 +68,7 @@ def unprojectable(event: Any) -> str | None:
     fit their columns (``integer`` or ``bigint``), text be valid Unicode without
     NUL, and a ``PayoutStarted``'s service id must be its payout's.
     """
-    fields_ = _FOLDED.get(type(event))
+    fields_ = FOLDED_FIELDS.get(type(event))
     if fields_ is None:
         return None  # not an event the base fold writes
     names = (*fields_, "originator_version", "timestamp")
@@ -77,8 +78,8 @@ def unprojectable(event: Any) -> str | None:
         return wrong
     for name in names:
         value = state[name]
-        if isinstance(value, int) and name in _RANGES:
-            low, high = _RANGES[name]
+        if isinstance(value, int) and name in COLUMN_RANGES:
+            low, high = COLUMN_RANGES[name]
             if not low <= value <= high:
                 return f"{name} is out of the column's range"
         elif isinstance(value, str) and ("\x00" in value or not _encodable(value)):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -15,6 +15,8 @@ from payout_ledger.adapters.projection.view import (
     PayoutRow,
     PayoutsView,
     ProjectionConflictError,
+    Row,
+    RowWriter,
     checked_name,
     payout_row,
     staging_name,
@@ -186,6 +188,9 @@ class PostgresPayoutsView(PostgresTrackingRecorder, PayoutsView):
                     )
                 )
 
+    def row_writer(self) -> PostgresRowWriter:
+        return PostgresRowWriter(self)
+
     def missing_columns(self) -> list[str]:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(
@@ -205,3 +210,63 @@ class PostgresPayoutsView(PostgresTrackingRecorder, PayoutsView):
                         schema=schema, n=Identifier(name)
                     )
                 )
+
+
+class PostgresRowWriter(RowWriter):
+    """A rebuild's rows, written into the staging table: each batch one transaction
+    with its tracking record, new rows by ``COPY`` and changed ones by upsert."""
+
+    def __init__(self, view: PostgresPayoutsView) -> None:
+        super().__init__()
+        self._view = view
+        schema, t = Identifier(view.datastore.schema), Identifier(view.table)
+        cols = SQL(", ").join(Identifier(c) for c in COLUMNS)
+        self._copy = SQL("COPY {schema}.{t} ({cols}) FROM STDIN").format(
+            schema=schema, t=t, cols=cols
+        )
+        self._upsert = SQL(
+            "INSERT INTO {schema}.{t} ({cols}) VALUES ({vals}) "
+            "ON CONFLICT (payout_id) DO UPDATE SET {updates}"
+        ).format(
+            schema=schema,
+            t=t,
+            cols=cols,
+            vals=SQL(", ").join(SQL("%s") for _ in COLUMNS),
+            updates=SQL(", ").join(
+                SQL("{c} = EXCLUDED.{c}").format(c=Identifier(c))
+                for c in COLUMNS
+                if c != "payout_id"
+            ),
+        )
+        self._select = SQL("SELECT {cols} FROM {schema}.{t} WHERE payout_id = ANY(%s)").format(
+            schema=schema, t=t, cols=cols
+        )
+        self._tracked: int | None = None
+
+    def _load(self, payout_ids: Sequence[str]) -> dict[str, Row]:
+        with self._view.datastore.transaction(commit=False) as curs:
+            curs.execute(self._select, ([UUID(hex=i) for i in payout_ids],))
+            return {r["payout_id"].hex: tuple(r[c] for c in COLUMNS) for r in curs.fetchall()}
+
+    def _write(
+        self, application_name: str, new: Sequence[Row], changed: Sequence[Row], through: int
+    ) -> None:
+        with self._view.datastore.transaction(commit=True) as curs:
+            if new:
+                with curs.copy(self._copy) as copy:
+                    for row in new:
+                        copy.write_row(row)
+            if changed:
+                curs.executemany(self._upsert, changed)
+            if self._tracked is None or through > self._tracked:
+                self._view._insert_tracking(curs, Tracking(application_name, through))
+        self._tracked = through
+
+    def _finish(self, view: PayoutsView, application_name: str, through: int | None) -> None:
+        if through is not None and (self._tracked is None or through > self._tracked):
+            self._view.insert_tracking(Tracking(application_name, through))
+            self._tracked = through
+        view.replace_with(self._view, application_name)
+
+    def _close(self) -> None:
+        pass

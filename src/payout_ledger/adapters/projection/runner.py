@@ -24,6 +24,11 @@ from payout_ledger.adapters.projection.checks import (
 )
 from payout_ledger.adapters.projection.fold import PayoutsProjection
 from payout_ledger.adapters.projection.postgres import PostgresPayoutsView
+from payout_ledger.adapters.projection.rebuild import (
+    RefusedByTheTableError,
+    fast_rebuild_applies,
+    fold_log,
+)
 from payout_ledger.adapters.projection.sqlite import SQLitePayoutsView
 from payout_ledger.adapters.projection.view import (
     PayoutsView,
@@ -109,10 +114,13 @@ def run_projection(
     its tracking record. After a crash, running again resumes after the last
     committed batch. ``rebuild`` folds the whole log into a new table and swaps
     it in, in one transaction, once it is complete: until then (and if the
-    rebuild fails or is stopped) the old rows stay. An event the table cannot
-    hold is logged, counted in ``skipped`` and left out, never the whole run.
-    A table an older release made (without this release's columns) is rebuilt.
-    ``on_batch(last notification id, events)`` is called after each commit.
+    rebuild fails or is stopped) the old rows stay. With ``PayoutsProjection``'s
+    own fold, a rebuild folds the log in memory and writes its rows in batches
+    of thousands (``batch_size`` does not apply; see the ``rebuild`` module). An
+    event the table cannot hold is logged, counted in ``skipped`` and left out,
+    never the whole run. A table an older release made (without this release's
+    columns) is rebuilt. ``on_batch(last notification id, events)`` is called
+    after each commit (in a rebuild, after each batch of rows is handed over).
     """
     view = view or open_payouts_view(ledger)
     app_name = cast(str, ledger.name)
@@ -132,12 +140,33 @@ def run_projection(
         staging = view.staging()
         swapped = False
         try:
-            _catch_up(ledger, staging, projection_class, app_name, batch_size, stopping,
-                      on_batch, tally)  # fmt: skip
-            if stopping.is_set():  # stopped before the end: the old rows stay
-                return ProjectionRun(0, 0, view.max_tracking_id(app_name))
-            view.replace_with(staging, app_name)
-            swapped = True
+            writer = staging.row_writer() if fast_rebuild_applies(projection_class) else None
+            if writer is not None:
+                try:
+                    folded = fold_log(ledger, view, writer, app_name, stopping, on_batch)
+                except RefusedByTheTableError as exc:
+                    logger.warning(
+                        "the database refused a row of the rebuild (%s): folding the log "
+                        "again in batches, which leave out only the refused event",
+                        exc,
+                    )
+                    _drop_quietly(staging)
+                    staging = view.staging()
+                else:
+                    if folded is None:  # stopped before the end: the old rows stay
+                        return ProjectionRun(0, 0, view.max_tracking_id(app_name))
+                    tally.events, tally.skipped = folded.events, folded.skipped
+                    tally.batches = folded.batches
+                    swapped = True  # the writer replaced the table, staging tables dropped
+                finally:
+                    writer.close()
+            if not swapped:
+                _catch_up(ledger, staging, projection_class, app_name, batch_size, stopping,
+                          on_batch, tally)  # fmt: skip
+                if stopping.is_set():  # stopped before the end: the old rows stay
+                    return ProjectionRun(0, 0, view.max_tracking_id(app_name))
+                view.replace_with(staging, app_name)
+                swapped = True
         finally:
             if not swapped:
                 _drop_quietly(staging)

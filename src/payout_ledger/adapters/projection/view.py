@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -55,8 +57,83 @@ projection rebuilds it: the older release skipped the reversal events, so the
 rows must be folded again, not only given the columns."""
 
 
+Row = tuple[Any, ...]
+"""A row as a rebuild keeps it in memory: its values in ``COLUMNS`` order."""
+
+
 class ProjectionConflictError(Exception):
     """Another runner moved the tracking record while this batch was being applied."""
+
+
+_IN_FLIGHT = 2
+"""Batches a rebuild's writer holds before the caller waits (they smooth its pace)."""
+
+
+class RowWriter(ABC):
+    """Writes a rebuild's rows into a new (staging) view, many at a time.
+
+    Batches are written in order by a thread of the writer's own while the
+    caller folds the next ones (at most ``_IN_FLIGHT`` waiting; an error is
+    raised by a later call). Nothing written shows in the staging view before
+    :meth:`finish`, or only with the tracking record that covers it: a rebuild
+    that stops or fails leaves it consistent, and the old table in place.
+    """
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="payouts-rebuild-writer")
+        self._pending: deque[Future[None]] = deque()
+
+    def load(self, payout_ids: Sequence[str]) -> dict[str, Row]:
+        """The rows written so far of these payouts (ids as 32 hex digits), by id."""
+        self._wait()
+        return self._load(payout_ids)
+
+    def write(
+        self, application_name: str, new: Sequence[Row], changed: Sequence[Row], through: int
+    ) -> None:
+        """Write ``new`` rows (of payouts without one yet) and ``changed`` ones (that
+        replace the payout's row), every event up to ``through`` folded into them."""
+        while len(self._pending) >= _IN_FLIGHT:
+            self._pending.popleft().result()
+        self._pending.append(
+            self._thread.submit(self._write, application_name, new, changed, through)
+        )
+
+    def finish(self, view: PayoutsView, application_name: str, through: int | None) -> None:
+        """Replace ``view``'s table by the rows written, tracked ``through`` (None: no
+        event), as [`replace_with`][payout_ledger.adapters.projection.PayoutsView.replace_with]
+        replaces it by the staging view's: in one transaction, indexes recreated,
+        every rebuild's leftover tables dropped."""
+        self._wait()
+        self._finish(view, application_name, through)
+
+    def close(self) -> None:
+        """Release the connection and any scratch storage (also after a failure)."""
+        for pending in self._pending:
+            pending.cancel()
+        wait(self._pending)  # their errors no longer matter: the rebuild is over
+        self._pending.clear()
+        self._thread.shutdown()
+        self._close()
+
+    def _wait(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    @abstractmethod
+    def _load(self, payout_ids: Sequence[str]) -> dict[str, Row]: ...
+
+    @abstractmethod
+    def _write(
+        self, application_name: str, new: Sequence[Row], changed: Sequence[Row], through: int
+    ) -> None:
+        """:meth:`write`, on the writer's thread."""
+
+    @abstractmethod
+    def _finish(self, view: PayoutsView, application_name: str, through: int | None) -> None: ...
+
+    @abstractmethod
+    def _close(self) -> None: ...
 
 
 class PayoutsView(TrackingRecorder, ABC):
@@ -111,6 +188,11 @@ class PayoutsView(TrackingRecorder, ABC):
     @abstractmethod
     def missing_columns(self) -> list[str]:
         """The columns of this release the table lacks (it was made by an older one)."""
+
+    def row_writer(self) -> RowWriter | None:
+        """A writer of many rows at a time into this new, empty (staging) view, for a
+        rebuild; None if this kind of view has none (the rebuild applies batches)."""
+        return None
 
     def _leftovers(self, names: Iterable[str]) -> list[str]:
         """Of ``names``, the tables of this table's rebuilds (and their tracking tables)."""

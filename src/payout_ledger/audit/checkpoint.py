@@ -1,0 +1,223 @@
+"""Checkpoints: where an audit or a verify run stopped, so the next run reads only what is new.
+
+A checkpoint file holds a tool's state at a notification id: for verify the
+rolling digest, the counts and the findings up to the latest seal; for the
+audit the totals folded so far, the payouts still open, the findings, and the
+transfer ids as hashes. The next run with the same file reads the events after
+that id only, and its report equals what a full run over the whole log gives
+(a test holds the two equal, tampering included).
+
+The file is tamper evident:
+
+* its body carries a SHA-256 digest: a damaged file is refused;
+* it names the store (the digest of the log's first event) and the seal it is
+  chained to (number, digest and the notification id it covers). The seal must
+  still be in the log with that digest; verify's checkpoint sits exactly at
+  that seal's position and its rolling digest and event count must be the
+  seal's own. Anchoring the seal outside the database (``payout-ledger
+  worker`` does) vouches for the checkpoint in turn;
+* ``--full`` reads the whole log again and writes the checkpoint anew.
+
+A missing, damaged or refused checkpoint makes a full run, and the report says
+why (``checkpoint``). Keep the file where the database's writers cannot write,
+like the anchors: a run trusts what the checkpoint says about the events
+before it, and an event edited *after* the checkpoint was written, before its
+position, is found by the next ``--full`` run (or by the link of that
+aggregate's next event), not by an incremental one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from payout_ledger.adapters.log import iter_states, notification
+from payout_ledger.adapters.mapper import chained_mapper, read_notification
+from payout_ledger.service.sealing import SealInfo
+
+if TYPE_CHECKING:
+    from payout_ledger.audit.verify_seals import Seal
+    from payout_ledger.service.ledger import PayoutLedger
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointRefusedError",
+    "load_checkpoint",
+    "save_checkpoint",
+    "store_identity",
+]
+
+_MAGIC = b"payout-ledger checkpoint 1\n"
+
+Buffer: TypeAlias = "bytes | bytearray | memoryview | array[Any]"
+"""A blob: anything whose bytes can be written without a copy."""
+
+
+class CheckpointRefusedError(Exception):
+    """Why a checkpoint cannot be used (the run reads the whole log and says so)."""
+
+
+@dataclass
+class Checkpoint:
+    """One tool's state at a notification id."""
+
+    kind: str
+    """``audit`` or ``verify``."""
+    store: str
+    """The digest of the log's first event (the store the checkpoint is of)."""
+    position: int
+    """The notification id the state covers up to (inclusive)."""
+    seal: dict[str, Any] | None
+    """The seal it is chained to (``SealInfo.as_dict()`` with its class version), or None."""
+    body: dict[str, Any]
+    """The tool's state (JSON)."""
+    blobs: dict[str, Any] = field(default_factory=dict)
+    """Large binary parts, stored raw after the JSON, never copied: to write, a ``Buffer``
+    or a list of them (stored as one part); as read, a ``bytearray`` each."""
+
+
+def store_identity(ledger: PayoutLedger) -> str:
+    """The digest of the log's first stored event ("" for an empty log)."""
+    for page in iter_states(ledger, page_size=1):
+        return read_notification(chained_mapper(ledger), notification(*page[0])).digest
+    return ""
+
+
+def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` to ``path`` atomically (a new file renamed over the old one)."""
+    target = Path(path)
+    names = sorted(checkpoint.blobs)
+    parts: list[list[memoryview]] = []
+    for name in names:
+        blob = checkpoint.blobs[name]
+        buffers = blob if isinstance(blob, list) else [blob]
+        parts.append([memoryview(b).cast("B") for b in buffers])
+    header = {
+        "kind": checkpoint.kind,
+        "store": checkpoint.store,
+        "position": checkpoint.position,
+        "seal": checkpoint.seal,
+        "body": checkpoint.body,
+        "blobs": [
+            [name, sum(v.nbytes for v in views)] for name, views in zip(names, parts, strict=True)
+        ],
+    }
+    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    digest = hashlib.sha256(encoded)
+    for views in parts:
+        for view in views:
+            digest.update(view)
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_MAGIC)
+            f.write(digest.hexdigest().encode("ascii") + b"\n")
+            f.write(len(encoded).to_bytes(8, "big"))
+            f.write(encoded)
+            for views in parts:
+                for view in views:
+                    f.write(view)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike[str], kind: str) -> Checkpoint:
+    """The checkpoint at ``path``; raises ``FileNotFoundError`` or ``CheckpointRefusedError``.
+
+    Read part by part, each hashed as it comes, so the whole file is never in
+    memory at once.
+    """
+    with open(path, "rb") as f:
+        if f.read(len(_MAGIC)) != _MAGIC:
+            raise CheckpointRefusedError("the file is not a checkpoint of this release")
+        try:
+            expected = f.read(65)[:64].decode("ascii")
+            size = int.from_bytes(f.read(8), "big")
+            encoded = f.read(size)
+            if len(encoded) != size:
+                raise ValueError("truncated")
+            header = json.loads(encoded)
+            blobs: dict[str, Any] = {}
+            digest = hashlib.sha256(encoded)
+            for name, length in header["blobs"]:
+                blob = bytearray(length)
+                if f.readinto(blob) != length:
+                    raise ValueError("truncated")
+                digest.update(blob)
+                blobs[name] = blob
+            trailing = f.read(1)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError) as exc:
+            raise CheckpointRefusedError(f"the file is damaged ({type(exc).__name__})") from None
+    if trailing or digest.hexdigest() != expected:
+        raise CheckpointRefusedError("the file is damaged: its digest does not match its contents")
+    if header.get("kind") != kind:
+        raise CheckpointRefusedError(f"it is a checkpoint of {header.get('kind')!r}, not {kind!r}")
+    return Checkpoint(
+        kind=header["kind"],
+        store=header["store"],
+        position=header["position"],
+        seal=header["seal"],
+        body=header["body"],
+        blobs=blobs,
+    )
+
+
+def seal_binding(seal: Seal | None) -> dict[str, Any] | None:
+    """What a checkpoint records of the seal it is chained to."""
+    if seal is None:
+        return None
+    return {
+        "notification_id": seal.notification_id,
+        "class_version": seal.class_version,
+        **seal.info.as_dict(),
+    }
+
+
+def check_binding(checkpoint: Checkpoint, ledger: PayoutLedger, seals: list[Seal]) -> Seal | None:
+    """The seal the checkpoint is chained to, still in the log (else ``CheckpointRefusedError``)."""
+    if checkpoint.store != store_identity(ledger):
+        raise CheckpointRefusedError(
+            "it is a checkpoint of another store (its first event differs)"
+        )
+    bound = checkpoint.seal
+    if bound is None:
+        return None
+    for seal in seals:
+        if seal.info.seal_number == bound["seal_number"]:
+            if seal_binding(seal) != bound:
+                raise CheckpointRefusedError(
+                    f"seal {seal.info.seal_number} in the log is not the one the checkpoint "
+                    "is chained to: seals were rewritten"
+                )
+            return seal
+    raise CheckpointRefusedError(
+        f"seal {bound['seal_number']}, which the checkpoint is chained to, is not in the log"
+    )
+
+
+def encode_value(value: Any) -> Any:
+    """A raw column value as JSON (bytes as base64)."""
+    if isinstance(value, bytes | memoryview):
+        return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
+    return value
+
+
+def decode_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return base64.b64decode(value["b64"])
+    return value
+
+
+__all__ += ["Buffer", "check_binding", "decode_value", "encode_value", "seal_binding"]
+_ = SealInfo  # the binding is SealInfo.as_dict()

@@ -1,0 +1,309 @@
+"""Incremental audit and verify: a run from a checkpoint equals a full run over the same log.
+
+Each test writes a log, runs the tool with a checkpoint file (a full run that
+writes it), writes more, then compares a run from the checkpoint with a full
+run over the whole log: their reports must be equal in everything but the
+``checkpoint`` and ``incremental`` fields, tampered logs included. A damaged,
+foreign or rewritten checkpoint makes a full run that says why.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from payout_ledger import LedgerSettings, PayoutAggregate, PayoutLedger
+from payout_ledger.audit import (
+    ProblemKind,
+    ViolationKind,
+    audit_ledger,
+    verify_ledger,
+)
+from payout_ledger.audit import replay as replay_module
+from payout_ledger.audit import verify as verify_module
+from payout_ledger.cli import app
+from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
+from tests.audit.scenario import deliver, release, run_scenario, transfer_event
+from tests.audit.support import RawStore, notification_ids
+
+
+@pytest.fixture
+def store_url(durable_store_url: str) -> str:
+    return durable_store_url
+
+
+@pytest.fixture
+def raw(durable_store_url: str) -> RawStore:
+    return RawStore(durable_store_url)
+
+
+def without_checkpoint(report: Any) -> dict[str, Any]:
+    found = dict(report.as_dict())
+    found.pop("checkpoint")
+    found.pop("incremental")
+    return found
+
+
+def tamper_transfer(raw: RawStore, ledger: PayoutLedger, event_service_id: str) -> int:
+    """Edit a recorded transfer's amount: a broken link, and a transfer unlike its claim."""
+    payout = ledger.payout_id(event_service_id)
+    ids = notification_ids(ledger, payout)
+    [succeeded] = [i for i in ids if raw.row(i).topic == PayoutAggregate.TransferSucceeded.TOPIC]
+
+    def change(state: dict[str, Any]) -> None:
+        state["amount"] += 1
+
+    raw.edit(succeeded, change)
+    return succeeded
+
+
+def test_incremental_audit_and_verify_equal_full_runs_with_tampering_before_and_after(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, raw: RawStore, tmp_path: Path
+) -> None:
+    audit_file, verify_file = tmp_path / "audit.checkpoint", tmp_path / "verify.checkpoint"
+    run_scenario(ledger, gateway, prefix="a_")
+    before = tamper_transfer(raw, ledger, "a_es_paid")  # before the checkpoint, sealed over
+    ledger.seal()
+
+    first_audit = audit_ledger(ledger, checkpoint=audit_file)
+    first_verify = verify_ledger(ledger, checkpoint=verify_file)
+    assert first_audit.checkpoint.startswith("missing") and not first_audit.incremental
+    assert first_verify.checkpoint.startswith("missing") and not first_verify.incremental
+    assert before in [v.notification_id for v in first_audit.violations]
+    assert {p.kind for p in first_verify.problems} == {ProblemKind.BROKEN_LINK}
+    position = first_verify.latest_seal.through_notification_id  # type: ignore[union-attr]
+
+    run_scenario(ledger, gateway, prefix="b_")
+    ledger.release_payment(release("a_es_inflight", amount=1200))  # a payout of before, resumed
+    after = tamper_transfer(raw, ledger, "b_es_paid")  # after the checkpoint
+    ledger.seal()
+    ledger.release_payment(release("c_es_unsealed", amount=100))  # after the newest seal
+
+    pages: list[int] = []
+    audited = audit_ledger(ledger, checkpoint=audit_file, on_page=lambda _, n: pages.append(n))
+    verified = verify_ledger(ledger, checkpoint=verify_file)
+    assert audited.incremental and audited.checkpoint.startswith("continued after")
+    assert verified.incremental
+    assert verified.checkpoint == f"continued after notification {position}"
+    assert sum(pages) == audited.events - first_audit.events  # only the new events were read
+
+    full_audit, full_verify = audit_ledger(ledger), verify_ledger(ledger)
+    assert without_checkpoint(audited) == without_checkpoint(full_audit)
+    assert without_checkpoint(verified) == without_checkpoint(full_verify)
+    assert {before, after} <= {v.notification_id for v in full_audit.violations}
+    assert ViolationKind.TRANSFER_UNLIKE_CLAIM in {v.kind for v in full_audit.violations}
+    assert len([p for p in full_verify.problems if p.kind is ProblemKind.BROKEN_LINK]) == 2
+
+    # And once more from the checkpoints those runs wrote: nothing new, the same reports.
+    assert without_checkpoint(audit_ledger(ledger, checkpoint=audit_file)) == without_checkpoint(
+        full_audit
+    )
+    again = verify_ledger(ledger, checkpoint=verify_file)
+    assert again.incremental and without_checkpoint(again) == without_checkpoint(full_verify)
+
+
+def test_a_clean_log_stays_clean_incrementally(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, tmp_path: Path
+) -> None:
+    audit_file, verify_file = tmp_path / "audit.checkpoint", tmp_path / "verify.checkpoint"
+    run_scenario(ledger, gateway)
+    ledger.seal()
+    assert audit_ledger(ledger, checkpoint=audit_file).ok
+    assert verify_ledger(ledger, checkpoint=verify_file).ok
+    run_scenario(ledger, gateway, prefix="next_")
+    ledger.seal()
+    audited = audit_ledger(ledger, checkpoint=audit_file)
+    verified = verify_ledger(ledger, checkpoint=verify_file)
+    assert audited.ok and audited.incremental
+    assert verified.ok and verified.incremental
+    assert without_checkpoint(audited) == without_checkpoint(audit_ledger(ledger))
+    assert without_checkpoint(verified) == without_checkpoint(verify_ledger(ledger))
+
+
+@pytest.mark.parametrize("tool", ["audit", "verify"])
+def test_a_damaged_or_foreign_checkpoint_makes_a_full_run_that_says_so(
+    ledger: PayoutLedger,
+    gateway: InMemoryTransferGateway,
+    providers: InMemoryProviderDirectory,
+    tmp_path: Path,
+    tool: str,
+) -> None:
+    run = audit_ledger if tool == "audit" else verify_ledger
+    path = tmp_path / "checkpoint"
+    run_scenario(ledger, gateway)
+    ledger.seal()
+    run(ledger, checkpoint=path)
+    run_scenario(ledger, gateway, prefix="next_")
+    ledger.seal()
+    full = without_checkpoint(run(ledger))
+
+    good = path.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    report = run(ledger, checkpoint=path)
+    assert report.checkpoint.startswith("refused: the file is damaged") and not report.incremental
+    assert without_checkpoint(report) == full
+
+    path.write_bytes(good[:-1])  # truncated
+    report = run(ledger, checkpoint=path)
+    assert report.checkpoint.startswith("refused") and not report.incremental
+    assert without_checkpoint(report) == full
+
+    path.write_bytes(b"not a checkpoint")
+    assert run(ledger, checkpoint=path).checkpoint.startswith("refused")
+
+    path.write_bytes(good)
+    report = run(ledger, checkpoint=path, full=True)
+    assert report.checkpoint.startswith("full") and not report.incremental
+    assert without_checkpoint(report) == full
+
+    other_gateway = InMemoryTransferGateway()
+    settings = LedgerSettings(store_url=f"sqlite:///{tmp_path / 'other.db'}")
+    with PayoutLedger(settings=settings, providers=providers, gateway=other_gateway) as other:
+        run_scenario(other, other_gateway, prefix="other_")
+        other.seal()
+        report = run(other, checkpoint=path)
+    assert "another store" in report.checkpoint and not report.incremental
+
+
+def rewrite(path: Path, change: Any) -> None:
+    """Edit a checkpoint's JSON and recompute its digest, as someone who can write the file."""
+    import hashlib
+
+    data = path.read_bytes()
+    magic_end = data.index(b"\n") + 1
+    size = int.from_bytes(data[magic_end + 65 : magic_end + 73], "big")
+    header = json.loads(data[magic_end + 73 : magic_end + 73 + size])
+    blobs = data[magic_end + 73 + size :]
+    change(header)
+    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    digest = hashlib.sha256(encoded + blobs).hexdigest().encode()
+    path.write_bytes(
+        data[:magic_end] + digest + b"\n" + len(encoded).to_bytes(8, "big") + encoded + blobs
+    )
+
+
+def test_a_checkpoint_whose_digest_or_seal_was_rewritten_is_refused(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, raw: RawStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "verify.checkpoint"
+    run_scenario(ledger, gateway)
+    ledger.seal()
+    verify_ledger(ledger, checkpoint=path)
+
+    def forget_a_problem(header: dict[str, Any]) -> None:
+        header["body"]["rolling"] = "ab" * 32
+
+    rewrite(path, forget_a_problem)
+    report = verify_ledger(ledger, checkpoint=path)
+    assert "not those seal" in report.checkpoint and not report.incremental
+
+    verify_ledger(ledger, checkpoint=path, full=True)
+
+    def other_seal(header: dict[str, Any]) -> None:
+        header["seal"]["seal_digest"] = "cd" * 32
+
+    rewrite(path, other_seal)
+    report = verify_ledger(ledger, checkpoint=path)
+    assert "seals were rewritten" in report.checkpoint and not report.incremental
+
+
+def test_verify_without_a_seal_writes_no_checkpoint(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, tmp_path: Path
+) -> None:
+    path = tmp_path / "verify.checkpoint"
+    run_scenario(ledger, gateway)
+    report = verify_ledger(ledger, checkpoint=path)
+    assert report.ok and "no seal" in report.checkpoint and not path.exists()
+
+
+def test_bounded_memory_changes_no_finding(
+    ledger: PayoutLedger,
+    gateway: InMemoryTransferGateway,
+    raw: RawStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One summary and one head kept, every aggregate a "maybe seen": every payout and chain
+    is rebuilt from the log at each of its events, and the reports are the same."""
+    run_scenario(ledger, gateway)
+    tamper_transfer(raw, ledger, "es_retry")
+    ledger.seal()
+    run_scenario(ledger, gateway, prefix="b_")
+    # Later events of payouts let go by then: a reversal webhook, and a resumed attempt.
+    [paid] = gateway.transfers_for("es_paid")
+    reversed_ = gateway.reverse(paid.transfer_id, 1000)
+    deliver(ledger, transfer_event("evt_late", "transfer.reversed", reversed_, 1000))
+    ledger.release_payment(release("es_inflight", amount=1200))
+    roomy_audit, roomy_verify = audit_ledger(ledger), verify_ledger(ledger)
+    monkeypatch.setattr(replay_module, "filter_bits", lambda events: 8)
+    monkeypatch.setattr(verify_module, "filter_bits", lambda events: 8)
+    tight_audit = audit_ledger(ledger, summaries_limit=1, page_size=1)  # evicts at each page
+    assert audit_ledger(ledger, summaries_limit=1, decode="mapper").as_dict() == (
+        roomy_audit.as_dict()
+    )
+    tight_verify = verify_ledger(ledger, heads_limit=1)
+    assert tight_audit.as_dict() == roomy_audit.as_dict()
+    assert tight_verify.as_dict() == roomy_verify.as_dict()
+    assert not roomy_audit.ok and not roomy_verify.ok
+
+
+@pytest.mark.parametrize("command", ["audit", "verify"])
+def test_the_commands_take_a_checkpoint_and_say_what_they_did(
+    ledger: PayoutLedger,
+    gateway: InMemoryTransferGateway,
+    durable_store_url: str,
+    tmp_path: Path,
+    command: str,
+) -> None:
+    run_scenario(ledger, gateway)
+    ledger.seal()
+    env = {"PAYOUT_LEDGER_STORE_URL": durable_store_url}
+    path = tmp_path / f"{command}.checkpoint"
+    first = CliRunner().invoke(app, [command, "--checkpoint", str(path)], env=env)
+    assert first.exit_code == 0, first.output
+    assert "Checkpoint: missing: no checkpoint file yet, the whole log was read." in first.output
+    run_scenario(ledger, gateway, prefix="next_")
+    ledger.seal()
+    second = CliRunner().invoke(app, [command, "--checkpoint", str(path), "--json"], env=env)
+    assert second.exit_code == 0, second.output
+    found = json.loads(second.stdout)
+    assert found["incremental"] is True
+    assert found["checkpoint"].startswith("continued after notification")
+    full = CliRunner().invoke(app, [command, "--checkpoint", str(path), "--full"], env=env)
+    assert "Checkpoint: full: the whole log was read, as asked (--full)." in full.output
+
+    nowhere = tmp_path / "missing-folder" / "file"
+    failed = CliRunner().invoke(app, [command, "--checkpoint", str(nowhere)], env=env)
+    assert failed.exit_code == 2, failed.output
+    assert f"cannot write --checkpoint {nowhere}" in failed.output
+    assert "Traceback" not in failed.output
+
+
+def test_a_transfer_id_reused_after_the_checkpoint_is_named_by_a_full_read(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, raw: RawStore, tmp_path: Path
+) -> None:
+    """The checkpoint keeps transfer ids as hashes: a hash seen twice makes the audit read the
+    whole log again, to name the payout that recorded the id first."""
+    path = tmp_path / "audit.checkpoint"
+    run_scenario(ledger, gateway)
+    ledger.seal()
+    assert audit_ledger(ledger, checkpoint=path).ok
+    [first] = gateway.transfers_for("es_paid")
+    ledger.release_payment(release("es_copy", amount=5000))
+    copy_ids = notification_ids(ledger, ledger.payout_id("es_copy"))
+    [succeeded] = [
+        i for i in copy_ids if raw.row(i).topic == PayoutAggregate.TransferSucceeded.TOPIC
+    ]
+    raw.edit(succeeded, lambda state: state.update(transfer_id=first.transfer_id))
+
+    report = audit_ledger(ledger, checkpoint=path)
+    assert not report.incremental and "a transfer id was recorded twice" in report.checkpoint
+    assert without_checkpoint(report) == without_checkpoint(audit_ledger(ledger))
+    [reused] = [v for v in report.violations if v.kind is ViolationKind.TRANSFER_ID_REUSED]
+    assert reused.notification_id == succeeded
+    assert str(ledger.payout_id("es_paid")) in reused.detail
