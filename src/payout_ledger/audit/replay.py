@@ -99,11 +99,9 @@ from payout_ledger.audit.stored import (
 from payout_ledger.audit.totals import add_totals, fold_payout, new_totals
 from payout_ledger.audit.verify_report import VerifyReport
 from payout_ledger.audit.verify_seals import read_seals
-from payout_ledger.domain.account import ConnectedAccount
 from payout_ledger.domain.payout import PayoutAggregate
-from payout_ledger.domain.seal import LedgerSeal
 from payout_ledger.domain.store_mode import StoreModeRecord
-from payout_ledger.domain.stripe_events import CapturedPayment, StripeEventRecord
+from payout_ledger.domain.stripe_events import CapturedPayment
 
 if TYPE_CHECKING:
     from payout_ledger.service.ledger import PayoutLedger
@@ -619,24 +617,7 @@ def _service_named(ledger: PayoutLedger, payout_id: str) -> str:
 
 _BAD_COLUMNS = "the stored row's columns have impossible types (an edited SQLite file)"
 
-KNOWN_TOPICS = frozenset(
-    get_topic(cls)
-    for cls in (
-        PayoutAggregate.PayoutStarted,
-        PayoutAggregate.TransferFailed,
-        PayoutAggregate.TransferSucceeded,
-        PayoutAggregate.Released,
-        PayoutAggregate.TransferReversed,
-        PayoutAggregate.ReversalStarted,
-        PayoutAggregate.ReversalSucceeded,
-        PayoutAggregate.ReversalFailed,
-        StripeEventRecord.StripeEventReceived,
-        CapturedPayment.PaymentCaptured,
-        ConnectedAccount.PayabilityReported,
-        LedgerSeal.Sealed,
-        StoreModeRecord.ModeDeclared,
-    )
-)
+KNOWN_TOPICS = frozenset(get_topic(cls) for cls in LEDGER_EVENT_CLASSES)
 """Every topic the ledger writes. Any other (another import path that resolves to
 the same class, a made-up name) is a row the ledger did not write: undecodable."""
 
@@ -672,22 +653,6 @@ def _undecodable(nid: int, key: int, version: int, topic: str, exc: Exception) -
     )
 
 
-_AUDITED_TOPICS = frozenset(
-    {
-        PayoutAggregate.PayoutStarted.TOPIC,
-        PayoutAggregate.TransferFailed.TOPIC,
-        PayoutAggregate.TransferSucceeded.TOPIC,
-        PayoutAggregate.Released.TOPIC,
-        PayoutAggregate.TransferReversed.TOPIC,
-        PayoutAggregate.ReversalStarted.TOPIC,
-        PayoutAggregate.ReversalSucceeded.TOPIC,
-        PayoutAggregate.ReversalFailed.TOPIC,
-        CapturedPayment.PaymentCaptured.TOPIC,
-        StoreModeRecord.ModeDeclared.TOPIC,
-    }
-)
-
-
 _PAYOUT_TOPICS = frozenset(
     {
         PayoutAggregate.PayoutStarted.TOPIC,
@@ -701,3 +666,9 @@ _PAYOUT_TOPICS = frozenset(
     }
 )
 """The topics folded into a payout's summary (the others fold into totals or the mode)."""
+
+_AUDITED_TOPICS = _PAYOUT_TOPICS | {
+    CapturedPayment.PaymentCaptured.TOPIC,
+    StoreModeRecord.ModeDeclared.TOPIC,
+}
+"""The topics the audit folds."""
