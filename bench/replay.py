@@ -283,15 +283,7 @@ def raw_pages(store_url: str, page_size: int, where: str) -> tuple[Pages, Callab
         )
 
         def sqlite_pages() -> Iterator[list[tuple[Any, ...]]]:
-            start = SMALLEST_ID
-            while True:
-                page = conn.execute(statement, (start, page_size)).fetchall()
-                if not page:
-                    return
-                yield page
-                if len(page) < page_size:
-                    return
-                start = page[-1][0] + 1
+            return _paged(lambda start: conn.execute(statement, (start, page_size)).fetchall())
 
         return sqlite_pages, conn.close
     parts = urlsplit(store_url)
@@ -304,19 +296,26 @@ def raw_pages(store_url: str, page_size: int, where: str) -> tuple[Pages, Callab
     )
 
     def postgres_pages() -> Iterator[list[tuple[Any, ...]]]:
-        start = SMALLEST_ID
         with pg.cursor() as cursor:
-            while True:
+
+            def fetch(start: int) -> list[tuple[Any, ...]]:
                 cursor.execute(select, (start, page_size), prepare=True)
-                page = cursor.fetchall()
-                if not page:
-                    return
-                yield page
-                if len(page) < page_size:
-                    return
-                start = page[-1][0] + 1
+                return cursor.fetchall()
+
+            yield from _paged(fetch)
 
     return postgres_pages, pg.close
+
+
+def _paged(fetch: Callable[[int], list[tuple[Any, ...]]]) -> Iterator[list[tuple[Any, ...]]]:
+    """Pages of ``fetch(first id)`` in notification order, until one comes back empty."""
+    start = SMALLEST_ID
+    while True:
+        page = fetch(start)
+        if not page:
+            return
+        yield page
+        start = page[-1][0] + 1
 
 
 def measure_raw(store_url: str, what: str, page_size: int, where: str) -> dict[str, Any]:

@@ -27,7 +27,13 @@ from payout_ledger.audit import replay as replay_module
 from payout_ledger.audit import verify as verify_module
 from payout_ledger.cli import app
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
-from tests.audit.scenario import deliver, release, run_scenario, transfer_event
+from tests.audit.scenario import (
+    deliver,
+    release,
+    run_reversal_scenario,
+    run_scenario,
+    transfer_event,
+)
 from tests.audit.support import RawStore, notification_ids
 
 
@@ -307,3 +313,66 @@ def test_a_transfer_id_reused_after_the_checkpoint_is_named_by_a_full_read(
     [reused] = [v for v in report.violations if v.kind is ViolationKind.TRANSFER_ID_REUSED]
     assert reused.notification_id == succeeded
     assert str(ledger.payout_id("es_paid")) in reused.detail
+
+
+@pytest.mark.parametrize("limit", [replay_module.SUMMARIES_LIMIT, 1, 0], ids=str)
+def test_open_payouts_of_a_checkpoint_touched_or_not_equal_a_full_run(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, tmp_path: Path, limit: int
+) -> None:
+    """A run from a checkpoint keeps the payouts open there as they were saved (with their
+    rows and money) until an event touches one: then it is taken up as a summary. Payouts
+    settled after the checkpoint, reversals settled, payouts left untouched and new open
+    ones give the full run's report, at every bound of the kept summaries (0: unbounded)."""
+    audit_file = tmp_path / "audit.checkpoint"
+    for prefix in ("a_", "b_"):
+        run_scenario(ledger, gateway, prefix=prefix)
+        run_reversal_scenario(ledger, gateway, prefix=prefix)
+    first = audit_ledger(ledger, checkpoint=audit_file, summaries_limit=limit)
+    assert {p.event_service_id for p in first.in_flight} == {"a_es_inflight", "b_es_inflight"}
+    assert {r.event_service_id for r in first.reversals_in_flight} == {"a_es_rev", "b_es_rev"}
+
+    assert ledger.resume("a_es_inflight").success  # touched: settles
+    assert ledger.resume_reversal("a_es_rev").success  # touched: its reversal settles
+    run_scenario(ledger, gateway, prefix="c_")  # new payouts, some left open
+    audited = audit_ledger(ledger, checkpoint=audit_file, summaries_limit=limit)
+    full = audit_ledger(ledger, summaries_limit=limit)
+
+    assert audited.incremental
+    assert without_checkpoint(audited) == without_checkpoint(full)
+    still_open = {p.event_service_id for p in full.in_flight}
+    assert "b_es_inflight" in still_open and "a_es_inflight" not in still_open  # untouched, settled
+    assert {r.event_service_id for r in full.reversals_in_flight} == {"b_es_rev"}
+    # From the checkpoint that run wrote, after more: the same again.
+    assert ledger.resume_reversal("b_es_rev").success
+    assert ledger.resume("c_es_inflight").success
+    again = audit_ledger(ledger, checkpoint=audit_file, summaries_limit=limit)
+    assert again.incremental
+    assert without_checkpoint(again) == without_checkpoint(audit_ledger(ledger))
+    assert again.reversals_in_flight == []
+
+
+@pytest.mark.parametrize("tool", ["audit", "verify"])
+def test_a_body_that_fails_to_load_leaves_nothing_of_it_in_the_full_run(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, tmp_path: Path, tool: str
+) -> None:
+    """A checkpoint bound to the right seal, whose last part cannot be read (a file of
+    another release, or rewritten): the run is a full one, and none of the checkpoint's
+    state (its rolling digest and count, its totals) leaks into it."""
+    path = tmp_path / f"{tool}.checkpoint"
+    run_tool = audit_ledger if tool == "audit" else verify_ledger
+    run_scenario(ledger, gateway)
+    ledger.seal()
+    run_tool(ledger, checkpoint=path)
+
+    def unreadable_last(header: dict[str, Any]) -> None:
+        if tool == "verify":
+            header["body"]["chained_events"] = header["body"].pop("chained_events")
+            del header["body"]["v1_links"]  # read after everything else
+        else:
+            header["body"]["respelt"] = "not a list of rows"
+
+    rewrite(path, unreadable_last)
+    report = run_tool(ledger, checkpoint=path)
+    assert report.checkpoint.startswith("refused: the file is damaged") and not report.incremental
+    assert report.ok
+    assert without_checkpoint(report) == without_checkpoint(run_tool(ledger))

@@ -29,7 +29,7 @@ from uuid import UUID, uuid5
 
 from eventsourcing.persistence import JSONTranscoder, Notification
 from eventsourcing.postgres import PostgresApplicationRecorder
-from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 from eventsourcing.utils import resolve_topic
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
@@ -169,11 +169,7 @@ def _stored_notifications(
             f"FROM {recorder.events_table_name} WHERE {' AND '.join(where)} "
             "ORDER BY rowid LIMIT ?"
         )
-        with recorder.datastore.transaction(commit=False) as cursor:
-            raw = cursor.sqlite_cursor
-            raw.row_factory = None
-            raw.execute(statement, params)
-            rows = raw.fetchall()
+        rows = _sqlite_rows(recorder.datastore, statement, params)
     else:
         query = SQL(
             "SELECT notification_id, originator_id, originator_version, topic, state "
@@ -327,11 +323,7 @@ def _page_reader(
         sqlite_datastore = recorder.datastore
 
         def read_sqlite(start: int) -> list[RawEvent]:
-            with sqlite_datastore.transaction(commit=False) as cursor:
-                raw = cursor.sqlite_cursor
-                raw.row_factory = None  # plain tuples, not sqlite3.Row
-                raw.execute(statement, (start, page_size))
-                return typed(raw.fetchall())
+            return typed(_sqlite_rows(sqlite_datastore, statement, (start, page_size)))
 
         return read_sqlite
     if isinstance(recorder, PostgresApplicationRecorder):
@@ -563,11 +555,9 @@ def aggregate_rows(
             + ("AND rowid < ? " if bound else "")
             + "ORDER BY originator_version"
         )
-        with recorder.datastore.transaction(commit=False) as cursor:
-            raw = cursor.sqlite_cursor
-            raw.row_factory = None
-            raw.execute(statement, (originator_id, before) if bound else (originator_id,))
-            return sorted(_typed_rows(raw.fetchall()), key=_notification_id)
+        params = (originator_id, before) if bound else (originator_id,)
+        rows = _sqlite_rows(recorder.datastore, statement, params)
+        return sorted(_typed_rows(rows), key=_notification_id)
     if isinstance(recorder, PostgresApplicationRecorder):
         query = (_AGGREGATE_BEFORE if bound else _AGGREGATE).format(
             schema=Identifier(recorder.datastore.schema),
@@ -588,6 +578,17 @@ def aggregate_rows(
     ]
 
 
+def _sqlite_rows(
+    datastore: SQLiteDatastore, statement: str, params: Sequence[object] = ()
+) -> list[Any]:
+    """The rows of one query, as plain tuples (not ``sqlite3.Row``), in a read transaction."""
+    with datastore.transaction(commit=False) as cursor:
+        raw = cursor.sqlite_cursor
+        raw.row_factory = None
+        raw.execute(statement, params)
+        return raw.fetchall()
+
+
 def respelt_rows(ledger: PayoutLedger) -> dict[str, list[RawEvent]]:
     """SQLite rows whose originator id is not spelt as the store writes it, by the id they name.
 
@@ -605,11 +606,7 @@ def respelt_rows(ledger: PayoutLedger) -> dict[str, list[RawEvent]]:
         f"FROM {recorder.events_table_name} WHERE typeof(originator_id) != 'text' "
         "OR length(originator_id) != 32 OR originator_id GLOB '*[^0-9a-f]*' ORDER BY rowid"
     )
-    with recorder.datastore.transaction(commit=False) as cursor:
-        raw = cursor.sqlite_cursor
-        raw.row_factory = None
-        raw.execute(statement)
-        rows = raw.fetchall()
+    rows = _sqlite_rows(recorder.datastore, statement)
     found: dict[str, list[RawEvent]] = {}
     for row in rows:
         try:

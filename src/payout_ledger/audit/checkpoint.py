@@ -34,9 +34,10 @@ import json
 import os
 import tempfile
 from array import array
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from payout_ledger.adapters.log import iter_states, notification
 from payout_ledger.adapters.mapper import chained_mapper, read_notification
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 _MAGIC = b"payout-ledger checkpoint 1\n"
+
+_T = TypeVar("_T")
 
 Buffer: TypeAlias = "bytes | bytearray | memoryview | array[Any]"
 """A blob: anything whose bytes can be written without a copy."""
@@ -79,8 +82,8 @@ class Checkpoint:
     body: dict[str, Any]
     """The tool's state (JSON)."""
     blobs: dict[str, Any] = field(default_factory=dict)
-    """Large binary parts, stored raw after the JSON, never copied: to write, a ``Buffer``
-    or a list of them (stored as one part); as read, a ``bytearray`` each."""
+    """Large binary parts, stored raw after the JSON, never copied: to write, a ``Buffer``,
+    a list of them or ``Parts`` (each stored as one part); as read, a ``bytearray`` each."""
 
 
 def store_identity(ledger: PayoutLedger) -> str:
@@ -91,45 +94,67 @@ def store_identity(ledger: PayoutLedger) -> str:
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` to ``path`` atomically (a new file renamed over the old one)."""
+    """Write ``checkpoint`` to ``path`` atomically (a new file renamed over the old one).
+
+    Each blob is read once, hashed as it is written; the digest is then written
+    in its place near the start of the file. The file is not forced to disk: one
+    a crash left damaged fails its digest, which costs a full run, nothing more.
+    """
     target = Path(path)
     names = sorted(checkpoint.blobs)
-    parts: list[list[memoryview]] = []
-    for name in names:
-        blob = checkpoint.blobs[name]
-        buffers = blob if isinstance(blob, list) else [blob]
-        parts.append([memoryview(b).cast("B") for b in buffers])
+    sizes = [_size(checkpoint.blobs[name]) for name in names]
     header = {
         "kind": checkpoint.kind,
         "store": checkpoint.store,
         "position": checkpoint.position,
         "seal": checkpoint.seal,
         "body": checkpoint.body,
-        "blobs": [
-            [name, sum(v.nbytes for v in views)] for name, views in zip(names, parts, strict=True)
-        ],
+        "blobs": [[name, size] for name, size in zip(names, sizes, strict=True)],
     }
     encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     digest = hashlib.sha256(encoded)
-    for views in parts:
-        for view in views:
-            digest.update(view)
     fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(_MAGIC)
-            f.write(digest.hexdigest().encode("ascii") + b"\n")
+            f.write(b"0" * 64 + b"\n")
             f.write(len(encoded).to_bytes(8, "big"))
             f.write(encoded)
-            for views in parts:
-                for view in views:
+            for name, size in zip(names, sizes, strict=True):
+                written = 0
+                for buffer in _buffers(checkpoint.blobs[name]):
+                    view = memoryview(buffer).cast("B")
+                    digest.update(view)
                     f.write(view)
-            f.flush()
-            os.fsync(f.fileno())
+                    written += view.nbytes
+                if written != size:
+                    raise ValueError(f"blob {name!r} held {written} bytes, not {size}")
+            f.seek(len(_MAGIC))
+            f.write(digest.hexdigest().encode("ascii"))
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+@dataclass
+class Parts:
+    """A blob written from parts produced as it is written (``nbytes`` in all)."""
+
+    nbytes: int
+    parts: Iterable[Buffer]
+
+
+def _size(blob: Any) -> int:
+    if isinstance(blob, Parts):
+        return blob.nbytes
+    return sum(memoryview(b).nbytes for b in _buffers(blob))
+
+
+def _buffers(blob: Any) -> Iterable[Buffer]:
+    if isinstance(blob, Parts):
+        return blob.parts
+    return blob if isinstance(blob, list) else [blob]
 
 
 def load_checkpoint(path: str | os.PathLike[str], kind: str) -> Checkpoint:
@@ -171,6 +196,32 @@ def load_checkpoint(path: str | os.PathLike[str], kind: str) -> Checkpoint:
         body=header["body"],
         blobs=blobs,
     )
+
+
+def restore_from(
+    path: str | os.PathLike[str],
+    kind: str,
+    full: bool,
+    use: Callable[[Checkpoint], _T],
+) -> tuple[str, _T | None]:
+    """Load the ``kind`` checkpoint at ``path`` and ``use`` it: (what was done, what
+    ``use`` returned), or (why the whole log is read, None).
+
+    ``use`` raises ``CheckpointRefusedError`` for a checkpoint it cannot take; a
+    ``KeyError``, ``TypeError`` or ``ValueError`` it raises means a damaged file.
+    """
+    if full:
+        return "full: the whole log was read, as asked (--full)", None
+    try:
+        saved = load_checkpoint(path, kind)
+        restored = use(saved)
+    except FileNotFoundError:
+        return "missing: no checkpoint file yet, the whole log was read", None
+    except CheckpointRefusedError as refused:
+        return f"refused: {refused}; the whole log was read", None
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"refused: the file is damaged ({type(exc).__name__}); the whole log was read", None
+    return f"continued after notification {saved.position}", restored
 
 
 def seal_binding(seal: Seal | None) -> dict[str, Any] | None:
@@ -219,5 +270,13 @@ def decode_value(value: Any) -> Any:
     return value
 
 
-__all__ += ["Buffer", "check_binding", "decode_value", "encode_value", "seal_binding"]
+__all__ += [
+    "Buffer",
+    "Parts",
+    "check_binding",
+    "decode_value",
+    "encode_value",
+    "restore_from",
+    "seal_binding",
+]
 _ = SealInfo  # the binding is SealInfo.as_dict()

@@ -44,9 +44,9 @@ from __future__ import annotations
 
 import json
 import os
-from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, replace
+from itertools import chain, islice, starmap
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
@@ -70,10 +70,11 @@ from payout_ledger.adapters.mapper import chained_mapper
 from payout_ledger.audit.checkpoint import (
     Checkpoint,
     CheckpointRefusedError,
+    Parts,
     check_binding,
     decode_value,
     encode_value,
-    load_checkpoint,
+    restore_from,
     save_checkpoint,
     seal_binding,
     store_identity,
@@ -96,7 +97,16 @@ from payout_ledger.audit.stored import (
     SeenFilter,
     filter_bits,
 )
-from payout_ledger.audit.totals import add_totals, fold_payout, new_totals
+from payout_ledger.audit.totals import (
+    Totals,
+    add_totals,
+    fold_payout,
+    in_flight_row,
+    merged,
+    new_totals,
+    reversal_row,
+    uuid_text,
+)
 from payout_ledger.audit.verify_report import VerifyReport
 from payout_ledger.audit.verify_seals import read_seals
 from payout_ledger.domain.payout import PayoutAggregate
@@ -124,7 +134,7 @@ Decode = Literal["states", "mapper"]
 """How the audit decodes events; see [`audit_ledger`][payout_ledger.audit.audit_ledger]."""
 
 
-SUMMARIES_LIMIT = 100_000
+SUMMARIES_LIMIT = 50_000
 """Payout summaries the audit keeps at most; settled ones beyond it are folded into the totals."""
 
 
@@ -203,19 +213,12 @@ def _restore(
     ledger: PayoutLedger, path: str | os.PathLike[str], full: bool, limit: int
 ) -> tuple[str, _Replay | None]:
     """Why the audit reads the whole log, or the pass restored from the checkpoint."""
-    if full:
-        return "full: the whole log was read, as asked (--full)", None
-    try:
-        saved = load_checkpoint(path, "audit")
+
+    def use(saved: Checkpoint) -> _Replay:
         check_binding(saved, ledger, read_seals(ledger, chained_mapper(ledger), VerifyReport(), 1))
-        run = _Replay.restore(ledger, saved, limit)
-    except FileNotFoundError:
-        return "missing: no checkpoint file yet, the whole log was read", None
-    except CheckpointRefusedError as refused:
-        return f"refused: {refused}; the whole log was read", None
-    except (KeyError, TypeError, ValueError) as exc:
-        return f"refused: the file is damaged ({type(exc).__name__}); the whole log was read", None
-    return f"continued after notification {saved.position}", run
+        return _Replay.restore(ledger, saved, limit)
+
+    return restore_from(path, "audit", full, use)
 
 
 class _Replay:
@@ -226,6 +229,7 @@ class _Replay:
         ledger: PayoutLedger,
         auditor: Auditor,
         limit: int | None,
+        seen: SeenFilter | None = None,
     ) -> None:
         self.ledger = ledger
         self.auditor = auditor
@@ -233,14 +237,26 @@ class _Replay:
         self.report = AuditReport()
         self.by_topic: dict[str, int] = {}
         self.limit = limit
-        self.saved_lines: dict[int, bytes] = {}
-        """The open payouts of the checkpoint this pass started from, as it stored them."""
-        self.touched: set[int] | None = None
-        """Payouts this pass folded an event into (when it started from a checkpoint)."""
+        self.saved_lines: dict[bytes, bytes] = {}
+        """The open payouts of the checkpoint this pass started from that no event has
+        touched since, as it stored them (a JSON line each), by payout id (text)."""
+        self.saved_rows: list[tuple[InFlightPayout, bytes]] = []
+        """The report's rows of the payouts in flight there, each with its stored line."""
+        self.saved_reversals: list[InFlightReversal] = []
+        """The report's rows of the reversals in flight there."""
+        self.saved_totals = new_totals()
+        """Their money (in flight, and anything reversed before)."""
+        self.touched: set[str] = set()
+        """Saved open payouts an event touched: kept as summaries from then on."""
+        self.parked: dict[int, PayoutSummary] = {}
+        """Open payouts moved out of the working set by an eviction (taken back by
+        ``recall``): an eviction never reads them again, however many there are."""
         self.next_eviction = limit or 0
         """Evict when this many summaries are kept."""
         self.folded = new_totals()
-        self.seen = SeenFilter(filter_bits(last_notification_id(ledger))) if limit else None
+        if seen is None and limit:
+            seen = SeenFilter(filter_bits(last_notification_id(ledger)))
+        self.seen = seen
         self.respelt: dict[int, list[RawEvent]] = {}
         """SQLite rows whose originator id is spelt otherwise than the store writes it,
         by payout id (the rebuild of a payout adds them: its query matches exact text)."""
@@ -248,10 +264,22 @@ class _Replay:
 
     def recall(self, key: int, nid: int) -> None:
         """Before an event of payout ``key``, which is not kept: rebuild it if it was let go."""
+        auditor = self.auditor
+        parked = self.parked.pop(key, None)
+        if parked is not None:
+            auditor.payouts[key] = parked
+            return
+        if self.saved_lines:
+            line = self.saved_lines.pop(uuid_text(key).encode("ascii"), None)
+            if line is not None:  # open at the checkpoint: as it saved it
+                kept = _summary_of(json.loads(line))
+                fold_payout(kept, self.saved_totals, -1)
+                self.touched.add(uuid_text(key))
+                auditor.payouts[key] = kept
+                return
         assert self.seen is not None
         if not self.seen.add(key):
             return  # never seen: the event is the payout's first
-        auditor = self.auditor
         scratch = Auditor(keep_service_ids=auditor.keep_service_ids, transfers=_NO_TRANSFERS)
         scratch.simulated = auditor.simulated
         scratch.violations = _Discarded()
@@ -276,23 +304,28 @@ class _Replay:
             auditor.payouts[key] = p
 
     def evict(self, everything: bool = False) -> None:
-        """Fold settled payouts into the totals and let them go (half of those kept).
+        """Let the older half of the working set go (all of it: ``everything``).
 
-        Payouts in flight stay; the next eviction comes after ``limit / 2`` more
-        payouts, however many stay, so its cost per payout stays bounded.
+        A settled payout is folded into the totals and dropped; an open one (in
+        flight, or its reversal) is parked, whole. The next eviction comes after
+        ``limit / 2`` more payouts, so its cost per payout stays bounded.
         """
-        payouts = self.auditor.payouts
+        payouts, parked, folded = self.auditor.payouts, self.parked, self.folded
         goal = 0 if everything else len(payouts) // 2
-        for key in list(payouts):
-            if len(payouts) <= goal:
-                break
-            p = payouts[key]
+        for key in list(islice(payouts, len(payouts) - goal)):
+            p = payouts.pop(key)
             r = p.reversal
             if p.open_since is None and (r is None or r.since is None):
-                fold_payout(p, self.folded)
-                del payouts[key]
+                fold_payout(p, folded)
+            else:
+                parked[key] = p
         if self.limit:
             self.next_eviction = len(payouts) + max(1, self.limit // 2)
+
+    def open_payouts(self) -> Iterator[PayoutSummary]:
+        """Every payout kept as a summary: parked, then in the working set."""
+        yield from self.parked.values()
+        yield from self.auditor.payouts.values()
 
     def finish(
         self, keep_summaries: Callable[[dict[int, PayoutSummary]], None] | None
@@ -314,7 +347,17 @@ class _Replay:
         report.events_by_type = {t.rsplit(":", 1)[-1]: c for t, c in self.by_topic.items()}
         report.violations = [_named(ledger, v) for v in auditor.violations]
         report.payouts = auditor.created
-        add_totals(report, auditor.payouts.values(), auditor.captured, self.folded)
+        touched = self.touched
+        report.in_flight = [r for r, _ in self.saved_rows if r.payout_id not in touched]
+        report.reversals_in_flight = [r for r in self.saved_reversals if r.payout_id not in touched]
+        payouts = auditor.payouts
+        # Without a caller to keep them, each summary goes as its report row comes.
+        kept: Iterable[PayoutSummary] = (
+            payouts.values()  # then nothing was parked: a caller's audit is unbounded
+            if keep_summaries is not None
+            else chain(_drained(self.parked), _drained(payouts))
+        )
+        add_totals(report, kept, auditor.captured, merged(self.folded, self.saved_totals))
         report.reversals_in_flight = [
             r
             if r.event_service_id
@@ -329,6 +372,9 @@ class _Replay:
         """The pass's state at the end of the log (after ``evict(everything=True)``)."""
         auditor, report, transfers = self.auditor, self.report, self.transfers
         seals = read_seals(self.ledger, chained_mapper(self.ledger), VerifyReport(), 1)
+        open_totals = new_totals()
+        for p in self.open_payouts():
+            fold_payout(p, open_totals)
         body = {
             "events": report.events,
             "last_notification_id": report.last_notification_id,
@@ -337,11 +383,9 @@ class _Replay:
             "created": auditor.created,
             "simulated": auditor.simulated,
             "captured": auditor.captured,
-            "folded": [
-                [asdict(c) for c in self.folded[0].values()],
-                [asdict(t) for t in self.folded[1].values()],
-            ],
+            "folded": _totals_state(self.folded),
             "open_fields": [*_SUMMARY, "reversal"],
+            "open_totals": _totals_state(merged(self.saved_totals, open_totals)),
             "respelt": [
                 [str(key), [[encode_value(v) for v in row] for row in rows]]
                 for key, rows in self.respelt.items()
@@ -350,17 +394,27 @@ class _Replay:
             "exact": transfers.exact,
             "filter_bits": (self.seen.mask + 1) if self.seen is not None else 0,
         }
-        opened = bytearray()  # JSON lines, one per open payout: no list of them all
-        saved, touched = self.saved_lines, self.touched or set()
-        for key, p in auditor.payouts.items():
-            line = saved.get(key) if key not in touched else None
-            if line is None:  # new or changed since the checkpoint this run started from
-                line = json.dumps(_summary_state(p), separators=(",", ":")).encode("utf-8")
-            opened += line
-            opened += b"\n"
-        blobs: dict[str, Any] = {"open": opened}
-        blobs["hashes"] = transfers.hashes
-        blobs["hash_counts"] = array("I", (len(h) for h in transfers.hashes))
+        reversals = [asdict(r) for r in self.saved_reversals if r.payout_id not in self.touched]
+        live = self.open_payouts
+        for p in live():
+            r = p.reversal
+            if r is not None and r.since is not None:
+                reversals.append(asdict(reversal_row(p, r)))
+        body["reversals_in_flight"] = reversals
+        untouched = [line for row, line in self.saved_rows if row.payout_id not in self.touched]
+        blobs: dict[str, Any] = {
+            # JSON lines, each ended by a newline: one per open payout (its summary), and
+            # one per payout in flight (its report row). The untouched as they were saved,
+            # the others encoded as they are written: no second copy of them all.
+            "open": _lines(self.saved_lines.values(), lambda: map(_summary_state, live())),
+            "in_flight": _lines(
+                untouched,
+                lambda: (_row_state(in_flight_row(p)) for p in live() if p.open_since is not None),
+            ),
+        }
+        counts = transfers.counts()
+        blobs["hashes"] = Parts(8 * sum(counts), transfers.chunks())
+        blobs["hash_counts"] = counts
         if self.seen is not None:
             blobs["seen"] = self.seen.bits
         return Checkpoint(
@@ -375,18 +429,15 @@ class _Replay:
     @classmethod
     def restore(cls, ledger: PayoutLedger, saved: Checkpoint, limit: int) -> _Replay:
         body = saved.body
-        transfers = TransferIds(set(body["suspected"]))
-        transfers.exact = dict(body["exact"])
-        counts = array("I")
-        counts.frombytes(saved.blobs.pop("hash_counts"))
-        hashes = memoryview(saved.blobs.pop("hashes"))
-        if len(counts) != TransferIds.BUCKETS or sum(counts) * 8 != len(hashes):
-            raise CheckpointRefusedError("its transfer ids are of another release's form")
-        offset = 0
-        for bucket, count in enumerate(counts):
-            transfers.hashes[bucket].frombytes(hashes[offset : offset + count * 8])
-            offset += count * 8
-        transfers.checked = counts  # a checkpoint's hashes were found unique
+        try:
+            transfers = TransferIds.restore(
+                set(body["suspected"]),
+                dict(body["exact"]),
+                saved.blobs.pop("hashes"),
+                saved.blobs.pop("hash_counts"),
+            )
+        except ValueError as exc:
+            raise CheckpointRefusedError(f"{exc}: of another release") from None
         auditor = Auditor(keep_service_ids=False, transfers=transfers)
         auditor.created = body["created"]
         auditor.simulated = body["simulated"]
@@ -396,35 +447,78 @@ class _Replay:
         ]
         if body["open_fields"] != [*_SUMMARY, "reversal"]:
             raise CheckpointRefusedError("its payouts are of another release's form")
-        lines = bytes(saved.blobs.pop("open")).splitlines()
-        saved_lines: dict[int, bytes] = {}
-        for start in range(0, len(lines), 10_000):  # one parse per 10,000 payouts
-            chunk = lines[start : start + 10_000]
-            for line, state in zip(chunk, json.loads(b"[" + b",".join(chunk) + b"]"), strict=True):
-                p = _summary_of(state)
-                auditor.payouts[p.key] = p
-                saved_lines[p.key] = line
-        del lines
-        run = cls(ledger, auditor, limit)
-        run.saved_lines = saved_lines
-        run.touched = set()
-        run.seen = SeenFilter(body["filter_bits"], saved.blobs.pop("seen"))
+        seen = SeenFilter(body["filter_bits"], saved.blobs.pop("seen")) if limit else None
+        run = cls(ledger, auditor, limit, seen)
         run.by_topic = dict(body["by_topic"])
         run.report.events = body["events"]
         run.report.last_notification_id = body["last_notification_id"]
-        currencies, providers = body["folded"]
-        run.folded = (
-            {c["currency"]: CurrencyTotals(**c) for c in currencies},
-            {(t["provider_id"], t["currency"]): ProviderTotals(**t) for t in providers},
-        )
+        run.folded = _totals_of(body["folded"])
+        run.saved_totals = _totals_of(body["open_totals"])
+        # The summaries stay as saved until an event touches one (``recall``); their
+        # payout id is the first value of each line: '["' + 36 characters + '"'.
+        run.saved_lines = {line[2:38]: line for line in _split(saved.blobs.pop("open"))}
+        lines = _split(saved.blobs.pop("in_flight"))
+        rows = run.saved_rows
+        for start in range(0, len(lines), 10_000):  # one parse per 10,000 rows
+            chunk = lines[start : start + 10_000]
+            parsed = json.loads(b"[" + b",".join(chunk) + b"]")
+            rows.extend(zip(starmap(InFlightPayout, parsed), chunk, strict=True))
+        del lines
+        run.saved_reversals = [InFlightReversal(**r) for r in body["reversals_in_flight"]]
         run.respelt = {
             int(key): [tuple(decode_value(v) for v in row) for row in rows]
             for key, rows in body["respelt"]
         }
+        if not limit:  # nothing is let go, so nothing is recalled: take them all now
+            for payout_id in list(run.saved_lines):
+                run.recall(UUID(payout_id.decode("ascii")).int, 0)
         return run
 
 
-_SUMMARY = ("key", "event_service_id", "provider_id", "amount", "currency", "attempt",
+def _split(blob: Any) -> list[bytes]:
+    """The lines of a blob of ``_lines``."""
+    lines = bytes(blob).split(b"\n")
+    if lines.pop() != b"":
+        raise ValueError("a blob of lines without its last newline")
+    return lines
+
+
+def _lines(saved: Iterable[bytes], states: Callable[[], Iterable[list[Any]]]) -> Parts:
+    """A blob of JSON lines: ``saved`` as they are, then the ``states()`` encoded, each
+    line ended by a newline. Encoded twice (to know the size, then to write), never held."""
+    saved = list(saved)
+
+    def encoded() -> Iterator[bytes]:
+        for state in states():
+            yield json.dumps(state, separators=(",", ":")).encode("utf-8") + b"\n"
+
+    def parts() -> Iterator[bytes]:
+        for start in range(0, len(saved), 10_000):
+            yield b"\n".join(saved[start : start + 10_000]) + b"\n"
+        yield from encoded()
+
+    size = sum(len(line) + 1 for line in saved) + sum(len(line) for line in encoded())
+    return Parts(size, parts())
+
+
+def _row_state(row: InFlightPayout) -> list[Any]:
+    return [row.event_service_id, row.payout_id, row.attempt, row.amount, row.currency,
+            row.started_notification_id]  # fmt: skip
+
+
+def _totals_state(totals: Totals) -> list[Any]:
+    return [[asdict(c) for c in totals[0].values()], [asdict(t) for t in totals[1].values()]]
+
+
+def _totals_of(state: list[Any]) -> Totals:
+    currencies, providers = state
+    return (
+        {c["currency"]: CurrencyTotals(**c) for c in currencies},
+        {(t["provider_id"], t["currency"]): ProviderTotals(**t) for t in providers},
+    )
+
+
+_SUMMARY = ("payout_id", "event_service_id", "provider_id", "amount", "currency", "attempt",
             "destination", "open_since", "successes", "failed", "released_transfer",
             "transfer_id", "reversed", "version")  # fmt: skip
 _REVERSAL = ("attempt", "status", "since", "reference", "key", "amount", "reversed_before")
@@ -434,17 +528,23 @@ def _summary_state(p: PayoutSummary) -> list[Any]:
     """A summary as a list of its ``_SUMMARY`` fields, then its reversal's (or None)."""
     r = p.reversal
     return [
-        *(getattr(p, name) for name in _SUMMARY),
+        uuid_text(p.key),
+        *(getattr(p, name) for name in _SUMMARY[1:]),
         None if r is None else [getattr(r, name) for name in _REVERSAL],
     ]
 
 
 def _summary_of(state: list[Any]) -> PayoutSummary:
-    (key, event_service_id, provider_id, amount, currency, attempt, destination,
+    (payout_id, event_service_id, provider_id, amount, currency, attempt, destination,
      open_since, successes, failed, released_transfer, transfer_id, reversed_, version,
      reversal) = state  # fmt: skip
     p = PayoutSummary.__new__(PayoutSummary)
-    p.key, p.event_service_id, p.provider_id, p.amount = key, event_service_id, provider_id, amount
+    p.key, p.event_service_id, p.provider_id, p.amount = (
+        UUID(payout_id).int,
+        event_service_id,
+        provider_id,
+        amount,
+    )
     p.currency, p.attempt, p.destination, p.open_since = currency, attempt, destination, open_since
     p.successes, p.failed, p.released_transfer = successes, failed, released_transfer
     p.transfer_id, p.reversed, p.version, p.reversal = transfer_id, reversed_, version, None
@@ -453,6 +553,12 @@ def _summary_of(state: list[Any]) -> PayoutSummary:
         for name, value in zip(_REVERSAL, reversal, strict=True):
             setattr(r, name, value)
     return p
+
+
+def _drained(payouts: dict[int, PayoutSummary]) -> Iterator[PayoutSummary]:
+    """Every summary, each taken out of ``payouts`` as it is yielded."""
+    while payouts:
+        yield payouts.popitem()[1]
 
 
 class _Discarded(list[Violation]):
@@ -493,7 +599,6 @@ def _replay(
     payouts = auditor.payouts
     limit = run.limit
     recall = run.recall
-    touched = run.touched
     if decode == "mapper":
         for nid, key, version, topic, state in _mapper_states(ledger, page_size, on_page, after):
             report.events += 1
@@ -513,8 +618,6 @@ def _replay(
                     continue
                 if limit and topic in _PAYOUT_TOPICS and key not in payouts:
                     recall(key, nid)
-                if touched is not None:
-                    touched.add(key)
                 try:
                     step(state, nid, key, version)
                 except (KeyError, TypeError) as exc:  # a malformed event is a finding
@@ -560,8 +663,6 @@ def _replay(
                 if why is None:
                     if limit and topic in payout_topics and key not in payouts:
                         recall(key, nid)
-                    if touched is not None:
-                        touched.add(key)
                     fold[1](state, nid, key, version)
                 else:
                     finding(_ill_typed(nid, key, version, topic, why))

@@ -101,7 +101,7 @@ class Violation:
     detail: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InFlightPayout:
     """A payout whose current attempt has no recorded outcome."""
 
@@ -113,7 +113,7 @@ class InFlightPayout:
     started_notification_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InFlightReversal:
     """A payout whose latest reversal attempt has no recorded outcome."""
 

@@ -10,7 +10,9 @@ import functools
 import hashlib
 import sys
 from array import array
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from itertools import accumulate
 from typing import Any
 from uuid import UUID
 
@@ -47,9 +49,14 @@ class TransferIds:
     """Small buckets: a run from a checkpoint checks only the buckets its new ids fall in."""
 
     def __init__(self, suspects: set[int] | None = None) -> None:
-        self.hashes = [array("Q") for _ in range(self.BUCKETS)]
-        self.checked = array("I", bytes(4 * self.BUCKETS))
-        """Per bucket, how many hashes were already found unique (a checkpoint's)."""
+        self.hashes: defaultdict[int, array[int]] = defaultdict(_bucket)
+        """Per bucket, the hashes recorded by this run."""
+        self.checked: dict[int, int] = {}
+        """Per bucket, how many of this run's hashes were already found unique."""
+        self.saved: memoryview = memoryview(b"").cast("Q")
+        """The hashes of the checkpoint the run started from, bucket after bucket: unique."""
+        self.offsets = array("Q", bytes(8 * (self.BUCKETS + 1)))
+        """Where each bucket's saved hashes start in ``saved`` (and, last, their count)."""
         self.suspected: set[int] = suspects or set()
         """Hashes whose ids are kept exactly (from a first pass, or a checkpoint)."""
         self.exact: dict[str, int] = {}
@@ -71,17 +78,73 @@ class TransferIds:
         Only buckets with hashes recorded since the last check are read.
         """
         found: set[int] = set()
-        checked = self.checked
-        for bucket, hashes in enumerate(self.hashes):
-            if len(hashes) == checked[bucket]:
+        checked, saved, offsets = self.checked, self.saved, self.offsets
+        for bucket, hashes in self.hashes.items():
+            if len(hashes) == checked.get(bucket, 0):
                 continue
-            once: set[int] = set()
+            once = set(saved[offsets[bucket] : offsets[bucket + 1]])
             for h in hashes:
                 if h in once:
                     found.add(h)
                 once.add(h)
             checked[bucket] = len(hashes)
         return found
+
+    def counts(self) -> array[int]:
+        """How many hashes each bucket holds, saved and recorded."""
+        offsets, hashes = self.offsets, self.hashes
+        return array(
+            "I",
+            (
+                offsets[b + 1] - offsets[b] + (len(hashes[b]) if b in hashes else 0)
+                for b in range(self.BUCKETS)
+            ),
+        )
+
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """Every hash, bucket after bucket (the form ``restore`` takes), in chunks of about
+        ``size`` bytes: never a second copy of them all."""
+        offsets, hashes, saved = self.offsets, self.hashes, self.saved.cast("B")
+        parts: list[Any] = []
+        held = 0
+        for b in range(self.BUCKETS):
+            start, end = offsets[b], offsets[b + 1]
+            if start != end:
+                parts.append(saved[start * 8 : end * 8])
+                held += (end - start) * 8
+            if b in hashes:
+                parts.append(hashes[b])
+                held += len(hashes[b]) * 8
+            if held >= size:
+                yield b"".join(parts)
+                parts, held = [], 0
+        if parts:
+            yield b"".join(parts)
+
+    @classmethod
+    def restore(
+        cls, suspected: set[int], exact: dict[str, int], saved: Any, counts: Any
+    ) -> TransferIds:
+        """The hashes of a checkpoint (``chunks`` and ``counts``), found unique when saved.
+
+        Raises ``ValueError`` if the two do not fit together.
+        """
+        ids = cls(suspected)
+        ids.exact = exact
+        per_bucket = array("I")
+        per_bucket.frombytes(counts)
+        if len(per_bucket) != cls.BUCKETS:
+            raise ValueError("a checkpoint's transfer ids are of another form")
+        ids.offsets = array("Q", [0, *accumulate(per_bucket)])
+        view = memoryview(saved)
+        if ids.offsets[-1] * 8 != view.nbytes:
+            raise ValueError("a checkpoint's transfer ids are of another form")
+        ids.saved = view.cast("B").cast("Q")
+        return ids
+
+
+def _bucket() -> array[int]:
+    return array("Q")
 
 
 def transfer_hash(transfer_id: str) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import fields, replace
+from operator import attrgetter
+from typing import TypeVar
 
 from payout_ledger.audit.report import (
     AuditReport,
@@ -12,10 +14,24 @@ from payout_ledger.audit.report import (
     InFlightReversal,
     PayoutSummary,
     ProviderTotals,
+    ReversalSummary,
 )
 from payout_ledger.domain.payout import PayoutAggregate, parse_reversal_idempotency_key
 
-__all__ = ["Totals", "add_totals", "fold_payout", "new_totals"]
+__all__ = [
+    "Totals",
+    "add_totals",
+    "fold_payout",
+    "in_flight_row",
+    "merged",
+    "new_totals",
+    "reversal_row",
+    "uuid_text",
+]
+
+_T = TypeVar("_T", CurrencyTotals, ProviderTotals)
+
+_started = attrgetter("started_notification_id")
 
 
 Totals = tuple[dict[str, CurrencyTotals], dict[tuple[str, str], ProviderTotals]]
@@ -75,32 +91,14 @@ def add_totals(
     """
     totals = new_totals() if folded is None else _copy(folded)
     currencies, providers = totals
+    in_flight, reversals = report.in_flight, report.reversals_in_flight
     for p in payouts:
         fold_payout(p, totals)
         if p.open_since is not None:
-            report.in_flight.append(
-                InFlightPayout(
-                    event_service_id=p.event_service_id or "",
-                    payout_id=_uuid_text(p.key),
-                    attempt=p.attempt,
-                    amount=p.amount,
-                    currency=p.currency,
-                    started_notification_id=p.open_since,
-                )
-            )
+            in_flight.append(in_flight_row(p))
         r = p.reversal
         if r is not None and r.since is not None:
-            report.reversals_in_flight.append(
-                InFlightReversal(
-                    event_service_id=_service_of(p.key, r.key) or p.event_service_id or "",
-                    payout_id=_uuid_text(p.key),
-                    reversal_attempt=r.attempt,
-                    reference=r.reference,
-                    amount=r.amount,
-                    currency=p.currency,
-                    started_notification_id=r.since,
-                )
-            )
+            reversals.append(reversal_row(p, r))
     for currency, (count, amount) in captured.items():
         c = currencies.get(currency)
         if c is None:
@@ -113,8 +111,57 @@ def add_totals(
     report.providers = sorted(
         (t for t in providers.values() if t.payouts), key=lambda t: (t.provider_id, t.currency)
     )
-    report.in_flight.sort(key=lambda f: f.started_notification_id)
-    report.reversals_in_flight.sort(key=lambda f: f.started_notification_id)
+    report.in_flight.sort(key=_started)
+    report.reversals_in_flight.sort(key=_started)
+
+
+def in_flight_row(p: PayoutSummary) -> InFlightPayout:
+    """The report's row of a payout whose attempt is in flight."""
+    assert p.open_since is not None
+    return InFlightPayout(
+        event_service_id=p.event_service_id or "",
+        payout_id=uuid_text(p.key),
+        attempt=p.attempt,
+        amount=p.amount,
+        currency=p.currency,
+        started_notification_id=p.open_since,
+    )
+
+
+def reversal_row(p: PayoutSummary, r: ReversalSummary) -> InFlightReversal:
+    """The report's row of a payout whose reversal ``r`` is in flight."""
+    assert r.since is not None
+    return InFlightReversal(
+        event_service_id=_service_of(p.key, r.key) or p.event_service_id or "",
+        payout_id=uuid_text(p.key),
+        reversal_attempt=r.attempt,
+        reference=r.reference,
+        amount=r.amount,
+        currency=p.currency,
+        started_notification_id=r.since,
+    )
+
+
+def merged(*parts: Totals) -> Totals:
+    """The sum of ``parts`` (new objects: none of them changes)."""
+    currencies: dict[str, CurrencyTotals] = {}
+    providers: dict[tuple[str, str], ProviderTotals] = {}
+    for part_currencies, part_providers in parts:
+        for key, c in part_currencies.items():
+            into = currencies.get(key)
+            currencies[key] = replace(c) if into is None else _sum(into, c)
+        for pkey, t in part_providers.items():
+            pinto = providers.get(pkey)
+            providers[pkey] = replace(t) if pinto is None else _sum(pinto, t)
+    return currencies, providers
+
+
+def _sum(into: _T, more: _T) -> _T:
+    for f in fields(more):
+        value = getattr(more, f.name)
+        if type(value) is int:
+            setattr(into, f.name, getattr(into, f.name) + value)
+    return into
 
 
 def _copy(totals: Totals) -> Totals:
@@ -133,7 +180,7 @@ def _service_of(key: int, idempotency_key: str) -> str | None:
     return parsed[0]
 
 
-def _uuid_text(key: int) -> str:
+def uuid_text(key: int) -> str:
     """``str(UUID(int=key))``, without the UUID."""
     h = f"{key:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

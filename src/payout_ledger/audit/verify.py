@@ -74,7 +74,7 @@ from payout_ledger.audit.checkpoint import (
     check_binding,
     decode_value,
     encode_value,
-    load_checkpoint,
+    restore_from,
     save_checkpoint,
     seal_binding,
     store_identity,
@@ -441,45 +441,36 @@ class _VerifyPass:
 
     def restore(self, path: str | os.PathLike[str], full: bool) -> tuple[str, int | None]:
         """Continue from the checkpoint at ``path``: (what was done, the id to read after)."""
-        if full:
-            return "full: the whole log was read, as asked (--full)", None
-        try:
-            saved = load_checkpoint(path, "verify")
-            seal = check_binding(saved, self.ledger, self.seals)
-            body = saved.body
-            if seal is None or saved.position != seal.info.through_notification_id:
-                raise CheckpointRefusedError("it is not chained to a seal of the log")
-            recomputed = body["rolling_v1"] if seal.class_version == 1 else body["rolling"]
-            if (body["count"], recomputed) != (seal.info.event_count, seal.info.log_digest):
-                raise CheckpointRefusedError(
-                    f"its digest and count are not those seal {seal.info.seal_number} recorded"
-                )
-            self.rolling = bytes.fromhex(body["rolling"])
-            self.rolling_v1 = body["rolling_v1"]
-            self.count = body["count"]
-            self.previous_through = body["previous_through"]
-            self.aggregates = body["aggregates"]
-            problems = [
-                ChainProblem(**{**p, "kind": ProblemKind(p["kind"])}) for p in body["problems"]
-            ]
-            respelt: dict[str, list[RawEvent]] = {}
-            for encoded in body["respelt"]:
-                row = tuple(decode_value(v) for v in encoded)
-                self_key = _respelt_key(row[1])
-                respelt.setdefault(self_key, []).append(row)
-            seen = SeenFilter(body["filter_bits"], saved.blobs.pop("seen"))
-            chained, legacy, v1_links = (
-                body["chained_events"], body["legacy_events"], body["v1_links"]
-            )  # fmt: skip
-        except FileNotFoundError:
-            return "missing: no checkpoint file yet, the whole log was read", None
-        except CheckpointRefusedError as refused:
-            return f"refused: {refused}; the whole log was read", None
-        except (KeyError, TypeError, ValueError) as exc:
-            return (
-                f"refused: the file is damaged ({type(exc).__name__}); the whole log was read",
-                None,
+        status, position = restore_from(path, "verify", full, self._continue)
+        return status, position
+
+    def _continue(self, saved: Checkpoint) -> int:
+        """Take up the state ``saved`` holds (all of it read before any is taken)."""
+        seal = check_binding(saved, self.ledger, self.seals)
+        body = saved.body
+        if seal is None or saved.position != seal.info.through_notification_id:
+            raise CheckpointRefusedError("it is not chained to a seal of the log")
+        recomputed = body["rolling_v1"] if seal.class_version == 1 else body["rolling"]
+        if (body["count"], recomputed) != (seal.info.event_count, seal.info.log_digest):
+            raise CheckpointRefusedError(
+                f"its digest and count are not those seal {seal.info.seal_number} recorded"
             )
+        rolling, rolling_v1 = bytes.fromhex(body["rolling"]), body["rolling_v1"]
+        count, previous_through = body["count"], body["previous_through"]
+        aggregates = body["aggregates"]
+        problems = [ChainProblem(**{**p, "kind": ProblemKind(p["kind"])}) for p in body["problems"]]
+        respelt: dict[str, list[RawEvent]] = {}
+        for encoded in body["respelt"]:
+            row = tuple(decode_value(v) for v in encoded)
+            self_key = _respelt_key(row[1])
+            respelt.setdefault(self_key, []).append(row)
+        seen = SeenFilter(body["filter_bits"], saved.blobs.pop("seen"))
+        chained, legacy, v1_links = (
+            body["chained_events"], body["legacy_events"], body["v1_links"]
+        )  # fmt: skip
+        self.rolling, self.rolling_v1 = rolling, rolling_v1
+        self.count, self.previous_through = count, previous_through
+        self.aggregates = aggregates
         report = self.report
         report.last_notification_id = saved.position
         report.problems.extend(problems)
@@ -488,7 +479,7 @@ class _VerifyPass:
         self.pending = deque(
             s for s in self.seals if s.info.through_notification_id >= saved.position
         )
-        return f"continued after notification {saved.position}", saved.position
+        return saved.position
 
     def finish(self) -> None:
         report = self.report
