@@ -13,7 +13,8 @@ measurement failed (its entry then has an ``error``).
 1. The store: a fresh one (an SQLite file in a temporary folder, or a fresh schema on
    ``--postgres-url``), or with ``--kept`` one kept between runs (a folder for
    SQLite, a schema name for PostgreSQL: written once, when it holds fewer than
-   ``--events`` events, then reused), or ``--reuse URL``. It is filled with real
+   ``--events`` events, then reused, its tail sealed first, as the ledger's worker
+   would have: see ``seal_tail``), or ``--reuse URL``. It is filled with real
    events: payouts built by ``PayoutAggregate`` commands (so they are hash-chained
    and encoded exactly as the ledger stores them), inserted in batches through the
    ledger's own recorder. Mix: most payouts start, transfer and release (3 events);
@@ -164,6 +165,17 @@ def write(store_url: str, events: int, *, fresh: bool = False) -> dict[str, Any]
         written, payouts = _insert(ledger, events, "bench", seal=True)
     analyze(store_url)
     return {"events": written, "payouts": payouts, "write_s": time.perf_counter() - started}
+
+
+def seal_tail(store_url: str) -> None:
+    """Seal a kept store's events up to now, as the ledger's worker would have since.
+
+    Earlier runs appended events of new payouts and left them unsealed. Verify's
+    checkpoint sits at the newest seal, so each incremental run would read that
+    tail again on top of its own new events, more with every run.
+    """
+    with open_ledger(store_url) as ledger:
+        ledger.seal()
 
 
 def analyze(store_url: str) -> None:
@@ -691,6 +703,7 @@ def main() -> None:
             written["write_s"] = round(written["write_s"], 1)
         else:
             log(f"reusing the kept {args.store} store: {held:,} events")
+            seal_tail(store_url)
             analyze(store_url)
         finish({**head, "kept": True, **written, **measure_store(store_url, args)})
         return
