@@ -270,11 +270,12 @@ class _Replay:
             auditor.payouts[key] = parked
             return
         if self.saved_lines:
-            line = self.saved_lines.pop(uuid_text(key).encode("ascii"), None)
+            payout_id = uuid_text(key)
+            line = self.saved_lines.pop(payout_id.encode("ascii"), None)
             if line is not None:  # open at the checkpoint: as it saved it
                 kept = _summary_of(json.loads(line))
                 fold_payout(kept, self.saved_totals, -1)
-                self.touched.add(uuid_text(key))
+                self.touched.add(payout_id)
                 auditor.payouts[key] = kept
                 return
         assert self.seen is not None
