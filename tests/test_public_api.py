@@ -92,6 +92,7 @@ PINNED_SUBPACKAGES = {
         "CurrencyTotals",
         "InFlightPayout",
         "InFlightReversal",
+        "InFlightRows",
         "PayoutSummary",
         "ProblemKind",
         "ProviderTotals",

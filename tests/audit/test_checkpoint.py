@@ -376,3 +376,134 @@ def test_a_body_that_fails_to_load_leaves_nothing_of_it_in_the_full_run(
     assert report.checkpoint.startswith("refused: the file is damaged") and not report.incremental
     assert report.ok
     assert without_checkpoint(report) == without_checkpoint(run_tool(ledger))
+
+
+def rewrite_blob(path: Path, name: str, change: Any) -> None:
+    """Replace a checkpoint's blob ``name`` by ``change(its bytes)`` and recompute the
+    digest, as someone who can write the file."""
+    import hashlib
+
+    data = path.read_bytes()
+    magic_end = data.index(b"\n") + 1
+    size = int.from_bytes(data[magic_end + 65 : magic_end + 73], "big")
+    header = json.loads(data[magic_end + 73 : magic_end + 73 + size])
+    at = magic_end + 73 + size
+    blobs = {}
+    for blob_name, length in header["blobs"]:
+        blobs[blob_name] = data[at : at + length]
+        at += length
+    blobs[name] = change(blobs[name])
+    header["blobs"] = [[n, len(blobs[n])] for n, _ in header["blobs"]]
+    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    body = b"".join(blobs[n] for n, _ in header["blobs"])
+    digest = hashlib.sha256(encoded + body).hexdigest().encode()
+    path.write_bytes(
+        data[:magic_end] + digest + b"\n" + len(encoded).to_bytes(8, "big") + encoded + body
+    )
+
+
+def _twice(lines: list[bytes]) -> list[bytes]:
+    return [lines[0], *lines]
+
+
+def _not_an_id(lines: list[bytes]) -> list[bytes]:
+    return [b'["' + b"z" * 36 + lines[0][38:], *lines[1:]]
+
+
+def _upper_case_id(lines: list[bytes]) -> list[bytes]:
+    return [lines[0][:2] + lines[0][2:38].upper() + lines[0][38:], *lines[1:]]
+
+
+def _no_id(lines: list[bytes]) -> list[bytes]:
+    return [b"[" + lines[0][40:], *lines[1:]]
+
+
+@pytest.mark.parametrize("damage", [_twice, _not_an_id, _upper_case_id, _no_id])
+def test_a_checkpoint_whose_open_payouts_are_not_one_per_id_is_refused(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, tmp_path: Path, damage: Any
+) -> None:
+    """Someone who can write the file rewrites an open payout's saved line (and the
+    digest): a payout twice, or a line whose payout id is not one the store writes.
+    The run refuses the file and reads the whole log, before using any of it."""
+    path = tmp_path / "audit.checkpoint"
+    run_scenario(ledger, gateway)
+    run_reversal_scenario(ledger, gateway)
+    audit_ledger(ledger, checkpoint=path)
+
+    def change(blob: bytes) -> bytes:
+        lines = blob.split(b"\n")
+        assert lines.pop() == b"" and lines
+        return b"".join(line + b"\n" for line in damage(lines))
+
+    rewrite_blob(path, "open", change)
+    report = audit_ledger(ledger, checkpoint=path)
+    assert report.checkpoint.startswith("refused") and not report.incremental
+    assert "payout" in report.checkpoint
+    assert without_checkpoint(report) == without_checkpoint(audit_ledger(ledger))
+
+
+@pytest.mark.parametrize("touched", [True, False], ids=["touched", "listed"])
+def test_a_saved_open_payout_that_cannot_be_read_is_never_taken_for_one(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, tmp_path: Path, touched: bool
+) -> None:
+    """A line of an open payout rewritten behind its id (and the digest recomputed).
+    Taken up by a new event, it refuses the file: the run reads the whole log and
+    equals a full one. Left untouched, it stays as saved until the report lists it,
+    and listing it fails with the reason rather than showing a made-up row."""
+    path = tmp_path / "audit.checkpoint"
+    run_scenario(ledger, gateway)
+    audit_ledger(ledger, checkpoint=path)
+    payout = str(ledger.payout_id("es_inflight")).encode()
+
+    def change(blob: bytes) -> bytes:
+        lines = blob.split(b"\n")
+        [at] = [i for i, line in enumerate(lines) if line[2:38] == payout]
+        lines[at] = lines[at][:39] + b"not json]"
+        return b"\n".join(lines)
+
+    rewrite_blob(path, "open", change)
+    if touched:
+        assert ledger.resume("es_inflight").success
+        report = audit_ledger(ledger, checkpoint=path)
+        assert report.checkpoint == (
+            "refused: the file is damaged: a saved payout cannot be read; the whole log was read"
+        )
+        assert not report.incremental
+        assert without_checkpoint(report) == without_checkpoint(audit_ledger(ledger))
+    else:
+        report = audit_ledger(ledger, checkpoint=path)
+        assert report.incremental and len(report.in_flight) == len(audit_ledger(ledger).in_flight)
+        for _ in range(2):  # the same reason each time it is asked
+            with pytest.raises(replay_module.CheckpointRefusedError, match="cannot be read"):
+                list(report.in_flight)
+        assert "not all readable: the file is damaged" in repr(report)
+
+
+def test_rows_in_flight_keep_their_order_when_a_saved_payout_stays_in_flight_touched(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, tmp_path: Path
+) -> None:
+    """A payout in flight at the checkpoint is touched by an event that leaves it in
+    flight (a reversal of a transfer it never made, written behind the ledger's back):
+    its row, made live, still comes before the saved rows of payouts that started
+    later, as in the full run."""
+    path = tmp_path / "audit.checkpoint"
+    for prefix in ("a_", "b_"):
+        run_scenario(ledger, gateway, prefix=prefix)
+    audit_ledger(ledger, checkpoint=path)
+    payout = ledger.get_payout("a_es_inflight")
+    payout.trigger_event(
+        PayoutAggregate.TransferReversed,
+        transfer_id="tr_ghost",
+        amount_reversed=1,
+        currency=payout.currency,
+        stripe_event_id=None,
+    )
+    ledger.save(payout)
+
+    audited = audit_ledger(ledger, checkpoint=path)
+    full = audit_ledger(ledger)
+    assert audited.incremental
+    assert ViolationKind.REVERSAL_WITHOUT_TRANSFER in {v.kind for v in full.violations}
+    flying = [p.event_service_id for p in full.in_flight]
+    assert flying.index("a_es_inflight") < flying.index("b_es_inflight")
+    assert without_checkpoint(audited) == without_checkpoint(full)

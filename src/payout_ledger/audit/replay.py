@@ -42,11 +42,14 @@ The rules themselves are in ``payout_ledger.audit.rules``, the totals in
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, replace
-from itertools import chain, islice, starmap
+from itertools import chain, compress, count, islice
+from operator import attrgetter, itemgetter, le
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
@@ -84,6 +87,7 @@ from payout_ledger.audit.report import (
     CurrencyTotals,
     InFlightPayout,
     InFlightReversal,
+    InFlightRows,
     PayoutSummary,
     ProviderTotals,
     ReversalSummary,
@@ -101,7 +105,6 @@ from payout_ledger.audit.totals import (
     Totals,
     add_totals,
     fold_payout,
-    in_flight_row,
     merged,
     new_totals,
     reversal_row,
@@ -121,6 +124,7 @@ __all__ = [
     "CurrencyTotals",
     "InFlightPayout",
     "InFlightReversal",
+    "InFlightRows",
     "PayoutSummary",
     "ProviderTotals",
     "ReversalSummary",
@@ -187,7 +191,11 @@ def audit_ledger(
     if checkpoint is not None and keep_summaries is None:
         status, run = _restore(ledger, checkpoint, full, summaries_limit)
         if run is not None:
-            run = _replay(*args, None, run)
+            try:
+                run = _replay(*args, None, run)
+            except CheckpointRefusedError as refused:  # a saved payout it took up
+                status, run = f"refused: {refused}; the whole log was read", None
+        if run is not None:
             incremental = True
             if run.transfers.suspects():
                 status = (
@@ -237,11 +245,14 @@ class _Replay:
         self.report = AuditReport()
         self.by_topic: dict[str, int] = {}
         self.limit = limit
-        self.saved_lines: dict[bytes, bytes] = {}
-        """The open payouts of the checkpoint this pass started from that no event has
-        touched since, as it stored them (a JSON line each), by payout id (text)."""
-        self.saved_rows: list[tuple[InFlightPayout, bytes]] = []
-        """The report's rows of the payouts in flight there, each with its stored line."""
+        self.saved: list[bytes | None] = []
+        """The open payouts of the checkpoint this pass started from, as it stored them
+        (a JSON line each; None once an event touched it): first those in flight, in
+        the order they started, then those open for a reversal only."""
+        self.saved_index: dict[bytes, int] = {}
+        """Where each untouched one is in ``saved``, by payout id (text)."""
+        self.saved_since = array("q")
+        """The notification id that started each saved payout in flight."""
         self.saved_reversals: list[InFlightReversal] = []
         """The report's rows of the reversals in flight there."""
         self.saved_totals = new_totals()
@@ -269,11 +280,12 @@ class _Replay:
         if parked is not None:
             auditor.payouts[key] = parked
             return
-        if self.saved_lines:
+        if self.saved_index:
             payout_id = uuid_text(key)
-            line = self.saved_lines.pop(payout_id.encode("ascii"), None)
-            if line is not None:  # open at the checkpoint: as it saved it
-                kept = _summary_of(json.loads(line))
+            at = self.saved_index.pop(payout_id.encode("ascii"), None)
+            if at is not None:  # open at the checkpoint: as it saved it
+                line, self.saved[at] = self.saved[at], None
+                kept = _saved_summary(line)
                 fold_payout(kept, self.saved_totals, -1)
                 self.touched.add(payout_id)
                 auditor.payouts[key] = kept
@@ -349,7 +361,7 @@ class _Replay:
         report.violations = [_named(ledger, v) for v in auditor.violations]
         report.payouts = auditor.created
         touched = self.touched
-        report.in_flight = [r for r, _ in self.saved_rows if r.payout_id not in touched]
+        report.in_flight = []
         report.reversals_in_flight = [r for r in self.saved_reversals if r.payout_id not in touched]
         payouts = auditor.payouts
         # Without a caller to keep them, each summary goes as its report row comes.
@@ -365,9 +377,46 @@ class _Replay:
             else replace(r, event_service_id=_service_named(ledger, r.payout_id))
             for r in report.reversals_in_flight
         ]
+        saved = self.saved_in_flight()
+        if saved:  # rows made when listed: merged, by start, with the live ones
+            live = report.in_flight
+            rows = _saved_rows(compress(self.saved, saved))
+            report.in_flight = InFlightRows(
+                len(live) + sum(saved), heapq.merge(rows, live, key=_started)
+            )
         if keep_summaries is not None:
             keep_summaries(auditor.payouts)
         return report
+
+    def saved_in_flight(self) -> list[bool]:
+        """Which of the saved payouts in flight no event touched (the first in ``saved``)."""
+        return [line is not None for line in islice(self.saved, len(self.saved_since))]
+
+    def open_lines(self) -> tuple[Parts, array[int]]:
+        """The blob of every open payout, one JSON line each (the untouched as saved, the
+        others encoded as written: twice, never held), and the start of those in flight.
+
+        Those in flight come first, in the order they started, then the others."""
+        saved, since = self.saved, self.saved_since
+        live = list(self.open_payouts())
+        flying = ((p.open_since, p) for p in live if p.open_since is not None)
+        old = compress(zip(since, islice(saved, len(since)), strict=True), self.saved_in_flight())
+        merged_ = sorted(chain(old, flying), key=_first)
+        starts = array("q", map(_first, merged_))
+        order: list[bytes | PayoutSummary] = list(map(itemgetter(1), merged_))
+        del merged_
+        order += (line for line in islice(saved, len(since), None) if line is not None)
+        order += (p for p in live if p.open_since is None)
+
+        def encoded(item: bytes | PayoutSummary) -> bytes:
+            return item if type(item) is bytes else _encoded(item)  # type: ignore[arg-type]
+
+        def parts() -> Iterator[bytes]:
+            for start in range(0, len(order), 10_000):
+                yield b"\n".join(map(encoded, order[start : start + 10_000])) + b"\n"
+
+        size = len(order) + sum(map(len, map(encoded, order)))
+        return Parts(size, parts()), starts
 
     def checkpoint(self) -> Checkpoint:
         """The pass's state at the end of the log (after ``evict(everything=True)``)."""
@@ -402,17 +451,9 @@ class _Replay:
             if r is not None and r.since is not None:
                 reversals.append(asdict(reversal_row(p, r)))
         body["reversals_in_flight"] = reversals
-        untouched = [line for row, line in self.saved_rows if row.payout_id not in self.touched]
-        blobs: dict[str, Any] = {
-            # JSON lines, each ended by a newline: one per open payout (its summary), and
-            # one per payout in flight (its report row). The untouched as they were saved,
-            # the others encoded as they are written: no second copy of them all.
-            "open": _lines(self.saved_lines.values(), lambda: map(_summary_state, live())),
-            "in_flight": _lines(
-                untouched,
-                lambda: (_row_state(in_flight_row(p)) for p in live() if p.open_since is not None),
-            ),
-        }
+        open_lines, starts = self.open_lines()
+        body["in_flight_lines"] = len(starts)
+        blobs: dict[str, Any] = {"open": open_lines, "since": starts}
         counts = transfers.counts()
         blobs["hashes"] = Parts(8 * sum(counts), transfers.chunks())
         blobs["hash_counts"] = counts
@@ -446,7 +487,7 @@ class _Replay:
         auditor.violations = [
             Violation(**{**v, "kind": ViolationKind(v["kind"])}) for v in body["violations"]
         ]
-        if body["open_fields"] != [*_SUMMARY, "reversal"]:
+        if body["open_fields"] != [*_SUMMARY, "reversal"] or "in_flight_lines" not in body:
             raise CheckpointRefusedError("its payouts are of another release's form")
         seen = SeenFilter(body["filter_bits"], saved.blobs.pop("seen")) if limit else None
         run = cls(ledger, auditor, limit, seen)
@@ -455,56 +496,87 @@ class _Replay:
         run.report.last_notification_id = body["last_notification_id"]
         run.folded = _totals_of(body["folded"])
         run.saved_totals = _totals_of(body["open_totals"])
-        # The summaries stay as saved until an event touches one (``recall``); their
-        # payout id is the first value of each line: '["' + 36 characters + '"'.
-        run.saved_lines = {line[2:38]: line for line in _split(saved.blobs.pop("open"))}
-        lines = _split(saved.blobs.pop("in_flight"))
-        rows = run.saved_rows
-        for start in range(0, len(lines), 10_000):  # one parse per 10,000 rows
-            chunk = lines[start : start + 10_000]
-            parsed = json.loads(b"[" + b",".join(chunk) + b"]")
-            rows.extend(zip(starmap(InFlightPayout, parsed), chunk, strict=True))
-        del lines
+        # The summaries stay as saved until an event touches one (``recall``), and the
+        # report's rows of those in flight are made when it lists them.
+        lines: list[bytes | None] = list(_split(saved.blobs.pop("open")))
+        run.saved, run.saved_index = lines, _index(lines)  # type: ignore[arg-type]
+        since = run.saved_since
+        since.frombytes(saved.blobs.pop("since"))
+        if len(since) != body["in_flight_lines"] or len(since) > len(lines):
+            raise ValueError("its count of payouts in flight is not their lines'")
+        if not all(map(le, since, islice(since, 1, None))):
+            raise ValueError("its payouts in flight are not in the order they started")
         run.saved_reversals = [InFlightReversal(**r) for r in body["reversals_in_flight"]]
         run.respelt = {
             int(key): [tuple(decode_value(v) for v in row) for row in rows]
             for key, rows in body["respelt"]
         }
         if not limit:  # nothing is let go, so nothing is recalled: take them all now
-            for payout_id in list(run.saved_lines):
+            for payout_id in list(run.saved_index):
                 run.recall(UUID(payout_id.decode("ascii")).int, 0)
         return run
 
 
 def _split(blob: Any) -> list[bytes]:
-    """The lines of a blob of ``_lines``."""
+    """The lines of a blob of JSON lines, each ended by a newline."""
     lines = bytes(blob).split(b"\n")
     if lines.pop() != b"":
         raise ValueError("a blob of lines without its last newline")
     return lines
 
 
-def _lines(saved: Iterable[bytes], states: Callable[[], Iterable[list[Any]]]) -> Parts:
-    """A blob of JSON lines: ``saved`` as they are, then the ``states()`` encoded, each
-    line ended by a newline. Encoded twice (to know the size, then to write), never held."""
-    saved = list(saved)
-
-    def encoded() -> Iterator[bytes]:
-        for state in states():
-            yield json.dumps(state, separators=(",", ":")).encode("utf-8") + b"\n"
-
-    def parts() -> Iterator[bytes]:
-        for start in range(0, len(saved), 10_000):
-            yield b"\n".join(saved[start : start + 10_000]) + b"\n"
-        yield from encoded()
-
-    size = sum(len(line) + 1 for line in saved) + sum(len(line) for line in encoded())
-    return Parts(size, parts())
+_HEX = b"0123456789abcdef"
+_HEAD_SLICE = itemgetter(slice(0, 39))
+_HEAD = ((0, b"["), (1, b'"'), (10, b"-"), (15, b"-"), (20, b"-"), (25, b"-"), (38, b'"'))
+"""Where a saved line's head ('["' + a payout id + '"') has which character."""
 
 
-def _row_state(row: InFlightPayout) -> list[Any]:
-    return [row.event_service_id, row.payout_id, row.attempt, row.amount, row.currency,
-            row.started_notification_id]  # fmt: skip
+def _index(lines: list[bytes]) -> dict[bytes, int]:
+    """Where each saved line is, by its payout id: the first value of the line,
+    '["' + 36 characters + '"', as ``uuid_text`` writes it. A line whose id is not
+    so written, or an id twice, refuses the file (checked on all lines at once)."""
+    n = len(lines)
+    heads = b"".join(map(_HEAD_SLICE, lines))
+    form = len(heads) == 39 * n and all(heads[at::39] == char * n for at, char in _HEAD)
+    form = form and heads.count(b"-") == 4 * n and heads.count(b'"') == 2 * n
+    if not form or heads.translate(None, b'["-' + _HEX):
+        raise CheckpointRefusedError("an open payout's line does not start with its payout id")
+    ids = map(heads.__getitem__, map(slice, range(2, 39 * n, 39), range(38, 39 * n + 38, 39)))
+    index = dict(zip(ids, count()))
+    if len(index) != n:
+        raise CheckpointRefusedError("it saves an open payout twice")
+    return index
+
+
+def _saved_summary(line: bytes | None) -> PayoutSummary:
+    """A payout the checkpoint saved open, as a summary."""
+    try:
+        return _summary_of(json.loads(line))  # type: ignore[arg-type]  # None: TypeError
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise CheckpointRefusedError("the file is damaged: a saved payout cannot be read") from None
+
+
+def _saved_rows(lines: Iterable[bytes | None]) -> Iterator[InFlightPayout]:
+    """The report's rows of saved payouts in flight (read 4,096 lines at a time)."""
+    lines = iter(lines)
+    while chunk := list(islice(lines, 4096)):
+        try:
+            states = json.loads(b"[" + b",".join(chunk) + b"]")  # type: ignore[arg-type]
+            # ``in_flight_row`` of each, from its ``_SUMMARY`` fields by position
+            rows = [InFlightPayout(s[1] or "", s[0], s[5], s[3], s[4], s[7]) for s in states]
+        except (ValueError, TypeError, IndexError):
+            raise CheckpointRefusedError(
+                "the file is damaged: a saved payout cannot be read"
+            ) from None
+        yield from rows
+
+
+def _encoded(p: PayoutSummary) -> bytes:
+    return json.dumps(_summary_state(p), separators=(",", ":")).encode("utf-8")
+
+
+_first = itemgetter(0)
+_started = attrgetter("started_notification_id")
 
 
 def _totals_state(totals: Totals) -> list[Any]:
@@ -667,6 +739,8 @@ def _replay(
                     fold[1](state, nid, key, version)
                 else:
                     finding(_ill_typed(nid, key, version, topic, why))
+            except CheckpointRefusedError:  # a payout it saved, taken up: not the event's
+                raise
             except Exception as exc:  # a damaged or malformed event is a finding
                 finding(_undecodable(nid, key, version, topic, exc))
         report.events += len(page)

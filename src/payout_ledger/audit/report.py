@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from itertools import islice
+from operator import index as as_index
+from typing import Any, overload
 from uuid import UUID
 
 from payout_ledger.domain.payout import PayoutStatus
@@ -14,6 +17,7 @@ __all__ = [
     "CurrencyTotals",
     "InFlightPayout",
     "InFlightReversal",
+    "InFlightRows",
     "PayoutSummary",
     "ProviderTotals",
     "ReversalSummary",
@@ -111,6 +115,75 @@ class InFlightPayout:
     amount: int
     currency: str
     started_notification_id: int
+
+
+class InFlightRows(Sequence[InFlightPayout]):
+    """The payouts in flight of a report, in the order they started: a read-only sequence.
+
+    A run from a checkpoint leaves the payouts no event touched as the checkpoint
+    saved them; their rows are made when first asked for (by index, slice or
+    iteration), so a report of many payouts in flight costs nothing to list until
+    it is listed. Its length is known at once. Equal to any sequence of the same rows.
+    """
+
+    __slots__ = ("_count", "_failed", "_more", "_rows")
+
+    def __init__(self, count: int, rows: Iterator[InFlightPayout]) -> None:
+        self._count = count
+        self._rows: list[InFlightPayout] = []
+        self._more: Iterator[InFlightPayout] | None = rows
+        self._failed: Exception | None = None
+
+    def _upto(self, n: int) -> list[InFlightPayout]:
+        rows, more = self._rows, self._more
+        if more is not None and len(rows) < n:
+            if self._failed is not None:
+                raise self._failed
+            try:
+                rows.extend(islice(more, n - len(rows)))
+            except Exception as exc:  # a row that cannot be made: the same error each time
+                self._failed = exc
+                raise
+            if len(rows) >= self._count:
+                self._more = None
+            if len(rows) < n:
+                raise ValueError(f"{self._count} rows in flight were announced, {len(rows)} read")
+        return rows
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, i: int) -> InFlightPayout: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[InFlightPayout]: ...
+    def __getitem__(self, i: int | slice) -> InFlightPayout | list[InFlightPayout]:
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self._count)
+            if step < 0:  # from the end: all of them, sliced as given
+                return self._upto(self._count)[i]
+            return self._upto(stop)[start:stop:step]
+        n = as_index(i)
+        if not -self._count <= n < self._count:
+            raise IndexError("InFlightRows index out of range")
+        return self._upto(self._count if n < 0 else n + 1)[n]
+
+    def __iter__(self) -> Iterator[InFlightPayout]:
+        for start in range(0, self._count, 4096):
+            yield from self._upto(min(start + 4096, self._count))[start : start + 4096]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        try:
+            return f"InFlightRows({self._upto(self._count)!r})"
+        except Exception as exc:
+            return f"InFlightRows({self._count} rows, not all readable: {exc})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +355,10 @@ class AuditReport:
     events_by_type: dict[str, int] = field(default_factory=dict)
     currencies: list[CurrencyTotals] = field(default_factory=list)
     providers: list[ProviderTotals] = field(default_factory=list)
-    in_flight: list[InFlightPayout] = field(default_factory=list)
+    in_flight: Sequence[InFlightPayout] = field(default_factory=list)
+    """The payouts whose current attempt has no recorded outcome, by the notification id
+    that started it (a list, or [`InFlightRows`][payout_ledger.audit.InFlightRows]
+    after a run from a checkpoint)."""
     violations: list[Violation] = field(default_factory=list)
     reversals_in_flight: list[InFlightReversal] = field(default_factory=list)
     """Payouts whose latest reversal attempt has no recorded outcome (settle them
@@ -306,9 +382,14 @@ class AuditReport:
             "events_by_type": dict(sorted(self.events_by_type.items())),
             "currencies": [{**asdict(c), "net_amount": c.net_amount} for c in self.currencies],
             "providers": [{**asdict(p), "net_amount": p.net_amount} for p in self.providers],
-            "in_flight": [asdict(p) for p in self.in_flight],
-            "reversals_in_flight": [asdict(r) for r in self.reversals_in_flight],
+            "in_flight": list(map(_flat, self.in_flight)),
+            "reversals_in_flight": list(map(_flat, self.reversals_in_flight)),
             "violations": [asdict(v) for v in self.violations],
             "checkpoint": self.checkpoint,
             "incremental": self.incremental,
         }
+
+
+def _flat(row: InFlightPayout | InFlightReversal) -> dict[str, Any]:
+    """``asdict`` of a row whose fields are all scalars, without its deep copies."""
+    return {name: getattr(row, name) for name in row.__slots__}

@@ -91,7 +91,7 @@ def add_totals(
     """
     totals = new_totals() if folded is None else _copy(folded)
     currencies, providers = totals
-    in_flight, reversals = report.in_flight, report.reversals_in_flight
+    in_flight, reversals = list(report.in_flight), report.reversals_in_flight
     for p in payouts:
         fold_payout(p, totals)
         if p.open_since is not None:
@@ -111,7 +111,7 @@ def add_totals(
     report.providers = sorted(
         (t for t in providers.values() if t.payouts), key=lambda t: (t.provider_id, t.currency)
     )
-    report.in_flight.sort(key=_started)
+    report.in_flight = sorted(in_flight, key=_started)
     report.reversals_in_flight.sort(key=_started)
 
 
