@@ -430,6 +430,10 @@ def measure(
             extra |= {"batches": run.batches}
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu
+        if what == "audit":  # apart: a run from a checkpoint makes these rows when listed
+            listing = time.perf_counter()
+            extra["in_flight_listed"] = sum(1 for _ in report.in_flight)
+            extra["in_flight_listed_s"] = round(time.perf_counter() - listing, 3)
     if kwargs:
         extra["incremental"] = getattr(report, "incremental", None)
         extra["checkpoint_status"] = getattr(report, "checkpoint", None)

@@ -477,6 +477,7 @@ def audit_incremental(results: Results) -> Table:
         col("new events at the full-run rate, s", "new_events_s", 3),
         ("goal: less than, s", lambda r: num(r["goal_s"], 3)),
         ("goal", verdict),
+        ("then listing every row in flight, s", lambda r: num(r.get("in_flight_listed_s"), 3)),
     )
 
 
