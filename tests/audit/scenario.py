@@ -13,6 +13,7 @@ from typing import Any
 
 from payout_ledger import (
     STRIPE_API_VERSION,
+    PayoutAggregate,
     PayoutLedger,
     ServiceProvider,
     TransferOutcomeUnknown,
@@ -141,3 +142,18 @@ def run_reversal_scenario(
     deliver(ledger, {**reported, "api_version": ledger.settings.stripe_api_version})
     gateway.fail_next(TransferOutcomeUnknown("response lost"), after_commit=True)
     ledger.reverse_payment(service, 700, reference="r3")
+
+
+def plant_ghost_reversal(ledger: PayoutLedger, event_service_id: str) -> int:
+    """Write, behind the ledger's back, a reversal of a transfer the payout never made
+    (``reversal_without_transfer``); returns its version."""
+    payout = ledger.get_payout(event_service_id)
+    payout.trigger_event(
+        PayoutAggregate.TransferReversed,
+        transfer_id="tr_ghost",
+        amount_reversed=1,
+        currency=payout.currency,
+        stripe_event_id=None,
+    )
+    ledger.save(payout)
+    return int(payout.version)

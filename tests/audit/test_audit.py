@@ -27,7 +27,7 @@ from payout_ledger.audit import AuditReport, ViolationKind, audit_ledger
 from payout_ledger.audit.replay import Decode
 from payout_ledger.cli import app, audit_commands
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
-from tests.audit.scenario import CAROL, release, run_scenario
+from tests.audit.scenario import CAROL, plant_ghost_reversal, release, run_scenario
 from tests.audit.support import RawStore, notification_ids
 from tests.support import ALICE
 
@@ -124,16 +124,8 @@ def plant_reversal_exceeds_amount(
 def plant_reversal_without_transfer(
     ledger: PayoutLedger, gateway: InMemoryTransferGateway
 ) -> tuple[str, int]:
-    payout = _failed(ledger, gateway, "es_v")
-    payout.trigger_event(
-        PayoutAggregate.TransferReversed,
-        transfer_id="tr_ghost",
-        amount_reversed=1,
-        currency=payout.currency,
-        stripe_event_id=None,
-    )
-    ledger.save(payout)
-    return "es_v", payout.version
+    _failed(ledger, gateway, "es_v")
+    return "es_v", plant_ghost_reversal(ledger, "es_v")
 
 
 def plant_attempt_without_outcome(

@@ -29,6 +29,7 @@ from payout_ledger.cli import app
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
 from tests.audit.scenario import (
     deliver,
+    plant_ghost_reversal,
     release,
     run_reversal_scenario,
     run_scenario,
@@ -177,20 +178,30 @@ def test_a_damaged_or_foreign_checkpoint_makes_a_full_run_that_says_so(
     assert "another store" in report.checkpoint and not report.incremental
 
 
-def rewrite(path: Path, change: Any) -> None:
-    """Edit a checkpoint's JSON and recompute its digest, as someone who can write the file."""
+def rewrite(path: Path, change: Any, blob: str | None = None) -> None:
+    """Edit a checkpoint as someone who can write the file, and recompute its digest:
+    ``change(header)`` edits its JSON in place, or, with ``blob``, ``change(its bytes)``
+    gives that blob's new bytes."""
     import hashlib
 
     data = path.read_bytes()
     magic_end = data.index(b"\n") + 1
     size = int.from_bytes(data[magic_end + 65 : magic_end + 73], "big")
     header = json.loads(data[magic_end + 73 : magic_end + 73 + size])
-    blobs = data[magic_end + 73 + size :]
-    change(header)
+    at = magic_end + 73 + size
+    blobs = {}
+    for name, length in header["blobs"]:
+        blobs[name], at = data[at : at + length], at + length
+    if blob is None:
+        change(header)
+    else:
+        blobs[blob] = change(blobs[blob])
+    header["blobs"] = [[name, len(blobs[name])] for name, _ in header["blobs"]]
     encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    digest = hashlib.sha256(encoded + blobs).hexdigest().encode()
+    body = b"".join(blobs[name] for name, _ in header["blobs"])
+    digest = hashlib.sha256(encoded + body).hexdigest().encode()
     path.write_bytes(
-        data[:magic_end] + digest + b"\n" + len(encoded).to_bytes(8, "big") + encoded + blobs
+        data[:magic_end] + digest + b"\n" + len(encoded).to_bytes(8, "big") + encoded + body
     )
 
 
@@ -378,30 +389,6 @@ def test_a_body_that_fails_to_load_leaves_nothing_of_it_in_the_full_run(
     assert without_checkpoint(report) == without_checkpoint(run_tool(ledger))
 
 
-def rewrite_blob(path: Path, name: str, change: Any) -> None:
-    """Replace a checkpoint's blob ``name`` by ``change(its bytes)`` and recompute the
-    digest, as someone who can write the file."""
-    import hashlib
-
-    data = path.read_bytes()
-    magic_end = data.index(b"\n") + 1
-    size = int.from_bytes(data[magic_end + 65 : magic_end + 73], "big")
-    header = json.loads(data[magic_end + 73 : magic_end + 73 + size])
-    at = magic_end + 73 + size
-    blobs = {}
-    for blob_name, length in header["blobs"]:
-        blobs[blob_name] = data[at : at + length]
-        at += length
-    blobs[name] = change(blobs[name])
-    header["blobs"] = [[n, len(blobs[n])] for n, _ in header["blobs"]]
-    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    body = b"".join(blobs[n] for n, _ in header["blobs"])
-    digest = hashlib.sha256(encoded + body).hexdigest().encode()
-    path.write_bytes(
-        data[:magic_end] + digest + b"\n" + len(encoded).to_bytes(8, "big") + encoded + body
-    )
-
-
 def _twice(lines: list[bytes]) -> list[bytes]:
     return [lines[0], *lines]
 
@@ -435,7 +422,7 @@ def test_a_checkpoint_whose_open_payouts_are_not_one_per_id_is_refused(
         assert lines.pop() == b"" and lines
         return b"".join(line + b"\n" for line in damage(lines))
 
-    rewrite_blob(path, "open", change)
+    rewrite(path, change, blob="open")
     report = audit_ledger(ledger, checkpoint=path)
     assert report.checkpoint.startswith("refused") and not report.incremental
     assert "payout" in report.checkpoint
@@ -461,7 +448,7 @@ def test_a_saved_open_payout_that_cannot_be_read_is_never_taken_for_one(
         lines[at] = lines[at][:39] + b"not json]"
         return b"\n".join(lines)
 
-    rewrite_blob(path, "open", change)
+    rewrite(path, change, blob="open")
     if touched:
         assert ledger.resume("es_inflight").success
         report = audit_ledger(ledger, checkpoint=path)
@@ -490,15 +477,7 @@ def test_rows_in_flight_keep_their_order_when_a_saved_payout_stays_in_flight_tou
     for prefix in ("a_", "b_"):
         run_scenario(ledger, gateway, prefix=prefix)
     audit_ledger(ledger, checkpoint=path)
-    payout = ledger.get_payout("a_es_inflight")
-    payout.trigger_event(
-        PayoutAggregate.TransferReversed,
-        transfer_id="tr_ghost",
-        amount_reversed=1,
-        currency=payout.currency,
-        stripe_event_id=None,
-    )
-    ledger.save(payout)
+    plant_ghost_reversal(ledger, "a_es_inflight")
 
     audited = audit_ledger(ledger, checkpoint=path)
     full = audit_ledger(ledger)
