@@ -486,3 +486,21 @@ def test_rows_in_flight_keep_their_order_when_a_saved_payout_stays_in_flight_tou
     flying = [p.event_service_id for p in full.in_flight]
     assert flying.index("a_es_inflight") < flying.index("b_es_inflight")
     assert without_checkpoint(audited) == without_checkpoint(full)
+
+
+def test_an_audit_checkpoint_of_the_previous_form_is_refused_by_name(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, tmp_path: Path
+) -> None:
+    """A checkpoint written before the payouts in flight were saved in the order they
+    started (no count of them, no ``since`` blob) is refused as another release's."""
+    path = tmp_path / "audit.checkpoint"
+    run_scenario(ledger, gateway)
+    audit_ledger(ledger, checkpoint=path)
+
+    def previous_form(header: dict[str, Any]) -> None:
+        del header["body"]["in_flight_lines"]
+
+    rewrite(path, previous_form)
+    report = audit_ledger(ledger, checkpoint=path)
+    assert "another release" in report.checkpoint and not report.incremental
+    assert without_checkpoint(report) == without_checkpoint(audit_ledger(ledger))
