@@ -99,3 +99,50 @@ def test_fewer_rows_than_announced_is_an_error_not_a_short_list() -> None:
     lazy = InFlightRows(3, iter(rows(2)))
     with pytest.raises(ValueError, match="3 rows in flight were announced, 2 read"):
         list(lazy)
+
+
+def test_copied_and_pickled_as_its_rows() -> None:
+    """A report holding rows not yet made can still be copied and pickled (its rows are
+    made then): a generator alone could be neither."""
+    import copy
+    import dataclasses
+    import pickle
+
+    from payout_ledger.audit import AuditReport
+
+    report = AuditReport(in_flight=InFlightRows(3, (row for row in rows(3))))
+    assert pickle.loads(pickle.dumps(report)).in_flight == rows(3)  # noqa: S301 - its own bytes
+    assert copy.deepcopy(report).in_flight == rows(3)
+    assert copy.copy(report.in_flight) == rows(3)
+    assert dataclasses.replace(report).in_flight == rows(3)
+    assert list(dataclasses.asdict(report)["in_flight"]) == rows(3)
+
+
+def test_read_by_several_threads_at_once() -> None:
+    """Threads listing one report's rows at the same time each get every row, and none
+    of them breaks the sequence for the others (its rows come from one generator)."""
+    import threading
+
+    expected = rows(20_000)
+
+    def made() -> Iterator[InFlightPayout]:
+        for row in expected:
+            yield InFlightPayout(*(getattr(row, name) for name in row.__slots__))
+
+    lazy = InFlightRows(len(expected), made())
+    start = threading.Barrier(8)
+    seen: list[object] = []
+
+    def reader() -> None:
+        start.wait()
+        try:
+            seen.append(list(lazy) == expected)
+        except Exception as exc:  # the failure this test is about
+            seen.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == [True] * 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -123,18 +124,26 @@ class InFlightRows(Sequence[InFlightPayout]):
     A run from a checkpoint leaves the payouts no event touched as the checkpoint
     saved them; their rows are made when first asked for (by index, slice or
     iteration), so a report of many payouts in flight costs nothing to list until
-    it is listed. Its length is known at once. Equal to any sequence of the same rows.
+    it is listed. Its length is known at once. Equal to any sequence of the same rows;
+    safe to read from several threads; copied and pickled with all its rows made.
     """
 
-    __slots__ = ("_count", "_failed", "_more", "_rows")
+    __slots__ = ("_count", "_failed", "_lock", "_more", "_rows")
 
     def __init__(self, count: int, rows: Iterator[InFlightPayout]) -> None:
         self._count = count
         self._rows: list[InFlightPayout] = []
         self._more: Iterator[InFlightPayout] | None = rows
         self._failed: Exception | None = None
+        self._lock = threading.Lock()
 
     def _upto(self, n: int) -> list[InFlightPayout]:
+        if self._more is not None and len(self._rows) < n:
+            with self._lock:  # one reader makes rows at a time
+                self._make(n)
+        return self._rows
+
+    def _make(self, n: int) -> None:
         rows, more = self._rows, self._more
         if more is not None and len(rows) < n:
             if self._failed is not None:
@@ -148,7 +157,6 @@ class InFlightRows(Sequence[InFlightPayout]):
                 self._more = None
             if len(rows) < n:
                 raise ValueError(f"{self._count} rows in flight were announced, {len(rows)} read")
-        return rows
 
     def __len__(self) -> int:
         return self._count
@@ -178,6 +186,11 @@ class InFlightRows(Sequence[InFlightPayout]):
         return len(self) == len(other) and list(self) == list(other)
 
     __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copied and pickled as its rows, all made then (a generator can be neither)."""
+        rows = self._upto(self._count)
+        return (InFlightRows, (len(rows), iter(rows)))
 
     def __repr__(self) -> str:
         try:
