@@ -401,11 +401,15 @@ def _upper_case_id(lines: list[bytes]) -> list[bytes]:
     return [lines[0][:2] + lines[0][2:38].upper() + lines[0][38:], *lines[1:]]
 
 
+def _bracket_in_id(lines: list[bytes]) -> list[bytes]:
+    return [lines[0][:5] + b"[" + lines[0][6:], *lines[1:]]
+
+
 def _no_id(lines: list[bytes]) -> list[bytes]:
     return [b"[" + lines[0][40:], *lines[1:]]
 
 
-@pytest.mark.parametrize("damage", [_twice, _not_an_id, _upper_case_id, _no_id])
+@pytest.mark.parametrize("damage", [_twice, _not_an_id, _upper_case_id, _bracket_in_id, _no_id])
 def test_a_checkpoint_whose_open_payouts_are_not_one_per_id_is_refused(
     ledger: PayoutLedger, gateway: InMemoryTransferGateway, tmp_path: Path, damage: Any
 ) -> None:

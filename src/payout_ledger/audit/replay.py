@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from itertools import chain, compress, count, islice
 from operator import attrgetter, itemgetter, le
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from uuid import UUID
 
 from eventsourcing.sqlite import SQLiteApplicationRecorder
@@ -498,8 +498,8 @@ class _Replay:
         run.saved_totals = _totals_of(body["open_totals"])
         # The summaries stay as saved until an event touches one (``recall``), and the
         # report's rows of those in flight are made when it lists them.
-        lines: list[bytes | None] = list(_split(saved.blobs.pop("open")))
-        run.saved, run.saved_index = lines, _index(lines)  # type: ignore[arg-type]
+        lines = _split(saved.blobs.pop("open"))
+        run.saved, run.saved_index = cast("list[bytes | None]", lines), _index(lines)
         since = run.saved_since
         since.frombytes(saved.blobs.pop("since"))
         if len(since) != body["in_flight_lines"] or len(since) > len(lines):
@@ -525,10 +525,10 @@ def _split(blob: Any) -> list[bytes]:
     return lines
 
 
-_HEX = b"0123456789abcdef"
 _HEAD_SLICE = itemgetter(slice(0, 39))
 _HEAD = ((0, b"["), (1, b'"'), (10, b"-"), (15, b"-"), (20, b"-"), (25, b"-"), (38, b'"'))
-"""Where a saved line's head ('["' + a payout id + '"') has which character."""
+"""Where a saved line's head ('["' + a payout id + '"') has which character: its other
+32 characters are lowercase hex digits."""
 
 
 def _index(lines: list[bytes]) -> dict[bytes, int]:
@@ -538,8 +538,7 @@ def _index(lines: list[bytes]) -> dict[bytes, int]:
     n = len(lines)
     heads = b"".join(map(_HEAD_SLICE, lines))
     form = len(heads) == 39 * n and all(heads[at::39] == char * n for at, char in _HEAD)
-    form = form and heads.count(b"-") == 4 * n and heads.count(b'"') == 2 * n
-    if not form or heads.translate(None, b'["-' + _HEX):
+    if not form or heads.translate(None, b"0123456789abcdef") != b'["----"' * n:
         raise CheckpointRefusedError("an open payout's line does not start with its payout id")
     ids = map(heads.__getitem__, map(slice, range(2, 39 * n, 39), range(38, 39 * n + 38, 39)))
     index = dict(zip(ids, count()))
