@@ -122,6 +122,7 @@ def test_read_by_several_threads_at_once() -> None:
     """Threads listing one report's rows at the same time each get every row, and none
     of them breaks the sequence for the others (its rows come from one generator)."""
     import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     expected = rows(20_000)
 
@@ -131,18 +132,11 @@ def test_read_by_several_threads_at_once() -> None:
 
     lazy = InFlightRows(len(expected), made())
     start = threading.Barrier(8)
-    seen: list[object] = []
 
-    def reader() -> None:
+    def reader(_: int) -> bool:
         start.wait()
-        try:
-            seen.append(list(lazy) == expected)
-        except Exception as exc:  # the failure this test is about
-            seen.append(exc)
+        return list(lazy) == expected
 
-    threads = [threading.Thread(target=reader) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(8) as pool:
+        seen = list(pool.map(reader, range(8)))  # a reader's error is raised here
     assert seen == [True] * 8
