@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from payout_ledger import LedgerSettings, PayoutAggregate, PayoutLedger
@@ -508,3 +510,41 @@ def test_an_audit_checkpoint_of_the_previous_form_is_refused_by_name(
     report = audit_ledger(ledger, checkpoint=path)
     assert "another release" in report.checkpoint and not report.incremental
     assert without_checkpoint(report) == without_checkpoint(audit_ledger(ledger))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ids=st.lists(st.uuids(), min_size=1, max_size=5, unique=True),
+    line=st.integers(0, 4),
+    at=st.integers(0, 38),
+    byte=st.integers(0, 255),
+)
+def test_every_byte_of_a_saved_head_is_checked(
+    ids: list[Any], line: int, at: int, byte: int
+) -> None:
+    """One byte of one saved line's head ('["' + payout id + '"') set to any value: the
+    index takes the lines only if every head is still a payout id as the ledger writes
+    it, each once; any other head refuses the file."""
+    lines = [b'["' + str(i).encode() + b'",1]' for i in ids]
+    line %= len(lines)
+    lines[line] = lines[line][:at] + bytes([byte]) + lines[line][at + 1 :]
+    heads = [x[:39] for x in lines]
+    well_formed = all(
+        h[:2] == b'["' and h[38:39] == b'"' and h[2:38].decode("latin-1") == _uuid_text(h[2:38])
+        for h in heads
+    ) and len(set(heads)) == len(heads)
+    if well_formed:
+        assert replay_module._index(lines) == {h[2:38]: n for n, h in enumerate(heads)}
+    else:
+        with pytest.raises(replay_module.CheckpointRefusedError):
+            replay_module._index(lines)
+
+
+def _uuid_text(text: bytes) -> str:
+    """``text`` as the ledger writes a payout id, or "" if it is no id."""
+    from uuid import UUID
+
+    try:
+        return str(UUID(text.decode("ascii")))
+    except ValueError:
+        return ""
