@@ -311,7 +311,7 @@ def raw_pages(store_url: str, page_size: int, where: str) -> tuple[Pages, Callab
         with pg.cursor() as cursor:
 
             def fetch(start: int) -> list[tuple[Any, ...]]:
-                cursor.execute(select, (start, page_size), prepare=True)
+                cursor.execute(select, (start, page_size), prepare=True, binary=True)
                 return cursor.fetchall()
 
             yield from _paged(fetch)
