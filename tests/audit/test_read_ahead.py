@@ -7,6 +7,7 @@ the reader stops early.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -139,3 +140,33 @@ def test_a_failed_read_raises_where_its_page_would_have_come(
 
     assert [len(page) for page in seen] == [2, 2]
     assert not _read_ahead_threads()
+
+
+_RUN: contextvars.ContextVar[str] = contextvars.ContextVar("run", default="none")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+def test_a_page_read_ahead_is_read_in_the_readers_context(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host's tracing (a span, a request id) kept in context variables covers the reads."""
+    run_scenario(ledger, gateway)
+    seen: list[tuple[str, str]] = []
+
+    def wrap(fetch: Fetch) -> Fetch:
+        def observed(start: int) -> list[RawEvent]:
+            seen.append((threading.current_thread().name, _RUN.get()))
+            return fetch(start)
+
+        return observed
+
+    _wrap_fetch(monkeypatch, wrap)
+    _RUN.set("audit-42")
+
+    pages = list(iter_states(ledger, page_size=2))
+
+    assert len(pages) > 2
+    assert len(seen) in (len(pages), len(pages) + 1)  # + the empty page after a full one
+    assert any(name.startswith(READ_AHEAD) for name, _ in seen)
+    assert {run for _, run in seen} == {"audit-42"}

@@ -25,6 +25,7 @@ import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID, uuid5
 
@@ -327,15 +328,19 @@ def _read_ahead(
     """The pages of ``_read_in_turn``, each fetched in a thread while the caller works
     on the one before: the server's time is not added to the reader's.
 
-    One page at most is held ahead. A failed fetch raises where its page would
-    have come; a reader that stops early waits for the fetch in flight (its
+    One page at most is held ahead, fetched in the reader's context (its context
+    variables: a host's tracing covers the read). A failed fetch raises where its
+    page would have come; a reader that stops early waits for the fetch in flight (its
     connection goes back to the pool) and starts no other.
     """
     with ThreadPoolExecutor(1, thread_name_prefix="payout-ledger-read-ahead") as ahead:
         page = fetch(start)
         while page:
             following = (
-                ahead.submit(fetch, page[-1][0] + 1) if _more_after(page, page_size) else None
+                # In the reader's context: a host's span or request id covers the read.
+                ahead.submit(copy_context().run, fetch, page[-1][0] + 1)
+                if _more_after(page, page_size)
+                else None
             )
             try:
                 yield page
