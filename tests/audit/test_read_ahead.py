@@ -22,15 +22,22 @@ from tests.audit.scenario import run_scenario
 
 READ_AHEAD = "payout-ledger-read-ahead"
 
-Fetch = Callable[[int], list[RawEvent]]
 
-
-def _wrap_fetch(monkeypatch: pytest.MonkeyPatch, wrap: Callable[[Fetch], Fetch]) -> None:
-    """Make every page reader's fetch go through ``wrap``."""
+def _before_each_fetch(monkeypatch: pytest.MonkeyPatch, hook: Callable[[int], None]) -> None:
+    """Call ``hook(n)`` before the n-th page is fetched (n from 1), in the fetching thread."""
     real = log._page_reader
+    fetches = 0
 
-    def page_reader(*args: Any, **kwargs: Any) -> Fetch:
-        return wrap(real(*args, **kwargs))
+    def page_reader(*args: Any, **kwargs: Any) -> Callable[[int], list[RawEvent]]:
+        fetch = real(*args, **kwargs)
+
+        def hooked(start: int) -> list[RawEvent]:
+            nonlocal fetches
+            fetches += 1
+            hook(fetches)
+            return fetch(start)
+
+        return hooked
 
     monkeypatch.setattr(log, "_page_reader", page_reader)
 
@@ -39,14 +46,23 @@ def _read_ahead_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(READ_AHEAD)]
 
 
-@pytest.mark.parametrize("page_size", [1, 2, 3, 7, 1000])
-def test_pages_come_in_order_whatever_their_size(
-    ledger: PayoutLedger, gateway: InMemoryTransferGateway, page_size: int
-) -> None:
+@pytest.fixture
+def written(ledger: PayoutLedger, gateway: InMemoryTransferGateway) -> PayoutLedger:
+    """The ledger, with a history of every event type written."""
     run_scenario(ledger, gateway)
-    [whole] = list(iter_states(ledger, page_size=10_000))
+    return ledger
 
-    pages = list(iter_states(ledger, page_size=page_size))
+
+on_postgres = pytest.mark.parametrize(
+    "store_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@pytest.mark.parametrize("page_size", [1, 2, 3, 7, 1000])
+def test_pages_come_in_order_whatever_their_size(written: PayoutLedger, page_size: int) -> None:
+    [whole] = list(iter_states(written, page_size=10_000))
+
+    pages = list(iter_states(written, page_size=page_size))
 
     assert [row for page in pages for row in page] == whole
     assert all(0 < len(page) <= page_size for page in pages)
@@ -54,27 +70,20 @@ def test_pages_come_in_order_whatever_their_size(
     assert not _read_ahead_threads()
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+@on_postgres
 def test_the_next_page_is_read_while_the_reader_holds_this_one(
-    ledger: PayoutLedger, gateway: InMemoryTransferGateway, monkeypatch: pytest.MonkeyPatch
+    written: PayoutLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_scenario(ledger, gateway)
     second_read = threading.Event()
     readers: list[str] = []
 
-    def wrap(fetch: Fetch) -> Fetch:
-        def counted(start: int) -> list[RawEvent]:
-            readers.append(threading.current_thread().name)
-            page = fetch(start)
-            if len(readers) == 2:
-                second_read.set()
-            return page
+    def hook(n: int) -> None:
+        readers.append(threading.current_thread().name)
+        if n == 2:
+            second_read.set()
 
-        return counted
-
-    _wrap_fetch(monkeypatch, wrap)
-    pages = iter_states(ledger, page_size=2)
+    _before_each_fetch(monkeypatch, hook)
+    pages = iter_states(written, page_size=2)
     next(pages)
 
     assert second_read.wait(10), "the second page was not read while the reader held the first"
@@ -82,61 +91,44 @@ def test_the_next_page_is_read_while_the_reader_holds_this_one(
     pages.close()
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+@on_postgres
 def test_a_reader_that_stops_early_leaves_no_read_running(
-    ledger: PayoutLedger, gateway: InMemoryTransferGateway, monkeypatch: pytest.MonkeyPatch
+    written: PayoutLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_scenario(ledger, gateway)
     release = threading.Event()
-    calls: list[int] = []
+    fetches: list[int] = []
 
-    def wrap(fetch: Fetch) -> Fetch:
-        def slow(start: int) -> list[RawEvent]:
-            calls.append(start)
-            if len(calls) == 2:
-                release.wait(10)
-            return fetch(start)
+    def hook(n: int) -> None:
+        fetches.append(n)
+        if n == 2:
+            release.wait(10)
 
-        return slow
-
-    _wrap_fetch(monkeypatch, wrap)
-    pages = iter_states(ledger, page_size=2)
+    _before_each_fetch(monkeypatch, hook)
+    pages = iter_states(written, page_size=2)
     next(pages)
     threading.Timer(0.05, release.set).start()
 
     pages.close()  # waits for the read in flight, and starts no other
 
     assert not _read_ahead_threads()
-    assert len(calls) == 2
-    # Every connection went back to the pool: the ledger still reads and writes.
-    assert list(iter_states(ledger))
+    assert fetches == [1, 2]
+    # Every connection went back to the pool: the ledger still reads.
+    assert list(iter_states(written))
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+@on_postgres
 def test_a_failed_read_raises_where_its_page_would_have_come(
-    ledger: PayoutLedger, gateway: InMemoryTransferGateway, monkeypatch: pytest.MonkeyPatch
+    written: PayoutLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_scenario(ledger, gateway)
+    def hook(n: int) -> None:
+        if n == 3:
+            raise ConnectionError("the server went away")
 
-    def wrap(fetch: Fetch) -> Fetch:
-        calls = 0
-
-        def failing(start: int) -> list[RawEvent]:
-            nonlocal calls
-            calls += 1
-            if calls == 3:
-                raise ConnectionError("the server went away")
-            return fetch(start)
-
-        return failing
-
-    _wrap_fetch(monkeypatch, wrap)
+    _before_each_fetch(monkeypatch, hook)
     seen: list[list[RawEvent]] = []
 
     with pytest.raises(ConnectionError, match="went away"):
-        seen.extend(iter_states(ledger, page_size=2))
+        seen.extend(iter_states(written, page_size=2))
 
     assert [len(page) for page in seen] == [2, 2]
     assert not _read_ahead_threads()
@@ -145,26 +137,18 @@ def test_a_failed_read_raises_where_its_page_would_have_come(
 _RUN: contextvars.ContextVar[str] = contextvars.ContextVar("run", default="none")
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+@on_postgres
 def test_a_page_read_ahead_is_read_in_the_readers_context(
-    ledger: PayoutLedger, gateway: InMemoryTransferGateway, monkeypatch: pytest.MonkeyPatch
+    written: PayoutLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A host's tracing (a span, a request id) kept in context variables covers the reads."""
-    run_scenario(ledger, gateway)
     seen: list[tuple[str, str]] = []
-
-    def wrap(fetch: Fetch) -> Fetch:
-        def observed(start: int) -> list[RawEvent]:
-            seen.append((threading.current_thread().name, _RUN.get()))
-            return fetch(start)
-
-        return observed
-
-    _wrap_fetch(monkeypatch, wrap)
+    _before_each_fetch(
+        monkeypatch, lambda n: seen.append((threading.current_thread().name, _RUN.get()))
+    )
     _RUN.set("audit-42")
 
-    pages = list(iter_states(ledger, page_size=2))
+    pages = list(iter_states(written, page_size=2))
 
     assert len(pages) > 2
     assert len(seen) in (len(pages), len(pages) + 1)  # + the empty page after a full one
