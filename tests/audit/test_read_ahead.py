@@ -17,6 +17,7 @@ import pytest
 from payout_ledger import PayoutLedger
 from payout_ledger.adapters import log
 from payout_ledger.adapters.log import RawEvent, iter_states
+from payout_ledger.audit import audit_ledger, verify_ledger
 from payout_ledger.testing import InMemoryTransferGateway
 from tests.audit.scenario import run_scenario
 
@@ -154,3 +155,18 @@ def test_a_page_read_ahead_is_read_in_the_readers_context(
     assert len(seen) in (len(pages), len(pages) + 1)  # + the empty page after a full one
     assert any(name.startswith(READ_AHEAD) for name, _ in seen)
     assert {run for _, run in seen} == {"audit-42"}
+
+
+@on_postgres
+@pytest.mark.timeout(60)
+def test_a_pool_of_one_connection_is_enough(written: PayoutLedger, make_ledger: Any) -> None:
+    """The read ahead and the tools' own queries (rebuilding a payout or a chain head let go)
+    take turns on one connection: the fetch never waits for the reader."""
+    narrow = make_ledger(postgres_pool_size=1, postgres_max_overflow=0)
+
+    tight = {"page_size": 2}
+    audited = audit_ledger(narrow, summaries_limit=1, **tight)
+    verified = verify_ledger(narrow, heads_limit=1, **tight)
+
+    assert audited == audit_ledger(written)
+    assert verified == verify_ledger(written)
