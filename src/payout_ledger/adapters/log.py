@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, cast
@@ -296,61 +296,51 @@ def _raw_pages(
 ) -> Iterator[list[RawEvent]]:
     """Pages of plain tuples, each page from the id after the last of the one before.
 
-    On PostgreSQL the next page is read ahead (``_read_ahead``). SQLite's are not:
-    its rows are made in this process, under the same interpreter lock as the
-    reader's work, and a thread made the audit slower there, not faster.
+    On PostgreSQL they are read ahead (``_read_ahead``). SQLite's are not: its rows
+    are made in this process, under the same interpreter lock as the reader's
+    work, and a thread made the audit slower there, not faster.
     """
-    fetch = _page_reader(ledger, page_size, checked)
-    first = _SMALLEST_ID if start is None else start
+    pages = _pages(_page_reader(ledger, page_size, checked), page_size, start)
     if isinstance(ledger.recorder, PostgresApplicationRecorder):
-        return _read_ahead(fetch, page_size, first)
-    return _read_in_turn(fetch, page_size, first)
+        return _read_ahead(pages)
+    return pages
 
 
-def _more_after(page: list[RawEvent], page_size: int) -> bool:
-    return len(page) == page_size and page[-1][0] < _LARGEST_ID
-
-
-def _read_in_turn(
-    fetch: Callable[[int], list[RawEvent]], page_size: int, start: int
-) -> Iterator[list[RawEvent]]:
-    page = fetch(start)
+def _pages(
+    fetch: Callable[[int], list[RawEvent]], page_size: int, start: int | None
+) -> Generator[list[RawEvent], None, None]:
+    page = fetch(_SMALLEST_ID if start is None else start)
     while page:
         yield page
-        if not _more_after(page, page_size):
+        if len(page) < page_size or page[-1][0] >= _LARGEST_ID:
             return
         page = fetch(page[-1][0] + 1)
 
 
-def _read_ahead(
-    fetch: Callable[[int], list[RawEvent]], page_size: int, start: int
-) -> Iterator[list[RawEvent]]:
-    """The pages of ``_read_in_turn``, each fetched in a thread while the caller works
-    on the one before: the server's time is not added to the reader's.
+def _read_ahead(pages: Generator[list[RawEvent], None, None]) -> Iterator[list[RawEvent]]:
+    """``pages``, each one fetched in a thread while the caller works on the one
+    before: the server's time is not added to the reader's.
 
     One page at most is held ahead, fetched in the reader's context (its context
     variables: a host's tracing covers the read). A failed fetch raises where its
-    page would have come; a reader that stops early waits for the fetch in flight (its
-    connection goes back to the pool) and starts no other.
+    page would have come; a reader that stops early waits for the fetch in flight
+    (its connection goes back to the pool) and starts no other.
     """
-    with ThreadPoolExecutor(1, thread_name_prefix="payout-ledger-read-ahead") as ahead:
-        page = fetch(start)
-        while page:
-            following = (
-                # In the reader's context: a host's span or request id covers the read.
-                ahead.submit(copy_context().run, fetch, page[-1][0] + 1)
-                if _more_after(page, page_size)
-                else None
-            )
+
+    def next_page() -> list[RawEvent] | None:
+        return next(pages, None)
+
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="payout-ledger-read-ahead") as ahead:
+            pending = ahead.submit(copy_context().run, next_page)
             try:
-                yield page
-            except BaseException:  # the reader stopped (GeneratorExit) or failed
-                if following is not None:
-                    following.cancel()
-                raise
-            if following is None:
-                return
-            page = following.result()
+                while (page := pending.result()) is not None:
+                    pending = ahead.submit(copy_context().run, next_page)
+                    yield page
+            finally:  # the reader stopped, or a fetch failed: no read it will not use
+                pending.cancel()
+    finally:  # no thread runs it now
+        pages.close()
 
 
 def _page_reader(
