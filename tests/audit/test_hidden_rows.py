@@ -10,11 +10,18 @@ smallest id there is.
 from __future__ import annotations
 
 import io
+import json
+from collections.abc import Callable
 
 import psycopg
 import pytest
 
-from payout_ledger import PayoutAggregate, PayoutLedger, TransferOutcomeUnknown
+from payout_ledger import (
+    ConfigurationError,
+    PayoutAggregate,
+    PayoutLedger,
+    TransferOutcomeUnknown,
+)
 from payout_ledger.audit import (
     ProblemKind,
     ViolationKind,
@@ -24,7 +31,7 @@ from payout_ledger.audit import (
     verify_ledger,
 )
 from payout_ledger.testing import InMemoryTransferGateway
-from tests.audit.scenario import release
+from tests.audit.scenario import release, run_scenario
 from tests.audit.support import RawStore, notification_ids
 from tests.conftest import _conninfo
 
@@ -130,3 +137,53 @@ def test_a_row_at_the_smallest_notification_id_is_read(
         assert ledger.in_flight() == ["es_low"]
         [resumed] = ledger.resume_in_flight()
         assert resumed.success
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "retype",
+    [
+        "TYPE text USING convert_from(state, 'UTF8')",
+        "TYPE jsonb USING convert_from(state, 'UTF8')::jsonb",
+    ],
+    ids=["text", "jsonb"],
+)
+def test_a_state_column_retyped_is_reported_by_verify_not_a_traceback(
+    ledger: PayoutLedger,
+    make_ledger: Callable[..., PayoutLedger],
+    gateway: InMemoryTransferGateway,
+    postgres_url: str,
+    retype: str,
+) -> None:
+    """Someone with the ledger's login retypes the stored states: every event is a finding,
+    and the auditor's commands answer with them instead of failing to open the store."""
+    from typer.testing import CliRunner
+
+    from payout_ledger.cli import app
+
+    run_scenario(ledger, gateway)
+    events = verify_ledger(ledger).events
+    conninfo, table = _table(postgres_url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {table} ALTER COLUMN state {retype}")
+    env = {"PAYOUT_LEDGER_STORE_URL": postgres_url}
+
+    verified = CliRunner().invoke(app, ["verify", "--json"], env=env)
+    audited = CliRunner().invoke(app, ["audit", "--json"], env=env)
+
+    assert verified.exit_code == 1, verified.output
+    problems = json.loads(verified.stdout)["problems"]
+    assert {p["kind"] for p in problems} == {"undecodable"}
+    assert len(problems) == events
+    assert audited.exit_code == 1, audited.output
+    assert json.loads(audited.stdout)["ok"] is False
+    # No money moves: the open ledger's store fails, a ledger opened now refuses.
+    transfers = len(gateway.transfers)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's own error
+        ledger.release_payment(release("es_after_retyping"))
+    with (
+        make_ledger() as reopened,
+        pytest.raises(ConfigurationError, match="run payout-ledger verify"),
+    ):
+        reopened.release_payment(release("es_after_retyping"))
+    assert len(gateway.transfers) == transfers
