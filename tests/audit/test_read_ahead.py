@@ -96,21 +96,24 @@ def test_the_next_page_is_read_while_the_reader_holds_this_one(
 def test_a_reader_that_stops_early_leaves_no_read_running(
     written: PayoutLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    release = threading.Event()
+    in_flight, release = threading.Event(), threading.Event()
     fetches: list[int] = []
 
     def hook(n: int) -> None:
         fetches.append(n)
         if n == 2:
+            in_flight.set()
             release.wait(10)
 
     _before_each_fetch(monkeypatch, hook)
     pages = iter_states(written, page_size=2)
     next(pages)
+    assert in_flight.wait(10)  # the second page's read has started
     threading.Timer(0.05, release.set).start()
 
     pages.close()  # waits for the read in flight, and starts no other
 
+    assert release.is_set()
     assert not _read_ahead_threads()
     assert fetches == [1, 2]
     # Every connection went back to the pool: the ledger still reads.
