@@ -113,6 +113,8 @@ class LedgerVariant:
     """The application recorder (else the shipped ``OneRoundTripRecorder``)."""
     load_first: bool = False
     """Load the payout before claiming it, as the ledger did before claim-first."""
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """``LedgerSettings`` values set on top of the defaults."""
     proposal: str = ""
     """The change to src/ this prototype stands for."""
     safe: bool = True
@@ -137,6 +139,16 @@ VARIANTS: dict[str, LedgerVariant] = {
             proposal=(
                 "What PayoutLedger._decide did before it tried the claim of attempt 1 "
                 "first: kept to measure what claim-first gained."
+            ),
+        ),
+        LedgerVariant(
+            "account_read_first",
+            "every release reads the connected account's record before its claim",
+            settings={"payability_cache_seconds": 0},
+            proposal=(
+                "What PayoutLedger._known_unpayable did before payability_cache_seconds "
+                "(the setting at 0): kept to measure what trusting a payable account for "
+                "the window gained."
             ),
         ),
         LedgerVariant(
@@ -212,6 +224,7 @@ def open_ledger(
         overrides["postgres_pool_size"] = pool_size
     if max_overflow is not None:
         overrides["postgres_max_overflow"] = max_overflow
+    overrides.update(VARIANTS[variant].settings)
     settings = LedgerSettings(store_url=store_url, **overrides)
     cls = _ledger_class(VARIANTS[variant])
     return cls(settings=settings, providers=InMemoryProviderDirectory([provider]), gateway=gateway)

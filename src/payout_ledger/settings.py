@@ -163,6 +163,16 @@ class LedgerSettings(BaseSettings):
     claim_attempts: int = Field(default=5, ge=1)
     """How many times a release reloads and decides again after losing a race."""
 
+    payability_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """Seconds a ledger trusts that a connected account it read as payable (or
+    never reported) still is, without reading the account's record again for each
+    release; 0 reads it for every release. What this ledger records about the
+    account is seen by its next release; what another process records, within
+    this window. Meanwhile the worst a stale "payable" does is what happens for
+    an account the ledger knows nothing of: one transfer request that Stripe
+    refuses, recorded with the account's report. An account known to be
+    unpayable is read by every release."""
+
     cipher_key: SecretStr | None = None
     """Encrypt stored events at rest: a base64 AES key of 16, 24 or 32 bytes, made with
     ``eventsourcing.cryptography.AESCipher.create_key(32)``.

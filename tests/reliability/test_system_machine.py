@@ -149,6 +149,9 @@ def accepted_settings(draw: st.DrawFn) -> dict[str, Any]:
         "stripe_max_network_retries": draw(st.integers(0, 5), label="retries"),
         "claim_attempts": draw(st.integers(1, 10), label="claim_attempts"),
         "sqlite_lock_timeout": draw(st.integers(1, 30), label="sqlite_lock_timeout"),
+        "payability_cache_seconds": draw(
+            st.sampled_from([0.0, 30.0]) | st.floats(0, 3600), label="payability_cache_seconds"
+        ),
     }
 
 
