@@ -512,6 +512,27 @@ def test_an_audit_checkpoint_of_the_previous_form_is_refused_by_name(
     assert without_checkpoint(report) == without_checkpoint(audit_ledger(ledger))
 
 
+@pytest.mark.parametrize("tool", ["audit", "verify"])
+def test_a_checkpoint_whose_seen_filter_has_one_bit_per_aggregate_is_refused_by_name(
+    ledger: PayoutLedger, gateway: InMemoryTransferGateway, tmp_path: Path, tool: str
+) -> None:
+    """A checkpoint of the release that marked one bit per aggregate: its filter would
+    answer "never seen" for aggregates it saw, so it is refused as another release's."""
+    run = audit_ledger if tool == "audit" else verify_ledger
+    path = tmp_path / f"{tool}.checkpoint"
+    run_scenario(ledger, gateway)
+    ledger.seal()
+    run(ledger, checkpoint=path)
+
+    def previous_form(header: dict[str, Any]) -> None:
+        del header["body"]["filter_form"]
+
+    rewrite(path, previous_form)
+    report = run(ledger, checkpoint=path)
+    assert "another release" in report.checkpoint and not report.incremental
+    assert without_checkpoint(report) == without_checkpoint(run(ledger))
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     ids=st.lists(st.uuids(), min_size=1, max_size=5, unique=True),

@@ -59,6 +59,7 @@ LEDGER_EVENT_CLASSES: list[type] = [
 
 __all__ = [
     "LEDGER_EVENT_CLASSES",
+    "SEEN_FILTER_FORM",
     "OrdinaryEvents",
     "SeenFilter",
     "StoredDigest",
@@ -537,7 +538,7 @@ def filter_bits(events: int) -> int:
     """The size of a [`SeenFilter`][payout_ledger.audit.stored.SeenFilter] for a log of ``events``.
 
     About 16 bits per event, a power of two from 2**16 to 2**28 (32 MB): at 10
-    million events, about 3 million aggregates, 1 in 90 first events is a
+    million events, about 3 million aggregates, 1 in 2,000 first events is a
     "maybe" that costs a query.
     """
     bits = 1 << 16
@@ -546,13 +547,22 @@ def filter_bits(events: int) -> int:
     return bits
 
 
+SEEN_FILTER_FORM = 2
+"""The form of a [`SeenFilter`][payout_ledger.audit.stored.SeenFilter]'s bits, as a
+checkpoint records it: two bits per aggregate (a checkpoint whose filter has
+another form is another release's)."""
+
+
 class SeenFilter:
-    """Which aggregates may have been seen: a bitmap indexed by the id's low bits.
+    """Which aggregates may have been seen: a bitmap, two bits per aggregate.
 
     A bounded reader keeps state for recent aggregates only. When an event's
     aggregate is not among them, the filter tells "certainly never seen" (its
     first event: nothing to rebuild) from "maybe seen" (rebuild it from the
-    log, which is exact; a false "maybe" costs one query).
+    log, which is exact; a false "maybe" costs one query). An aggregate's two
+    bits are taken from its id's low bits and from its bits 96 and up (ids are
+    UUIDs, random there); with one bit per aggregate a false "maybe" was about
+    20 times as frequent.
     """
 
     def __init__(self, bits: int = 1 << 28, data: Any = None) -> None:
@@ -567,10 +577,14 @@ class SeenFilter:
 
     def add(self, key: int) -> bool:
         """Mark ``key``; whether it was (maybe) marked before."""
-        i = key & self.mask
-        byte, bit = i >> 3, 1 << (i & 7)
+        mask = self.mask
+        i, j = key & mask, (key >> 96) & mask
+        low, high = 1 << (i & 7), 1 << (j & 7)
+        i >>= 3
+        j >>= 3
         bits = self.bits
-        if bits[byte] & bit:
+        if bits[i] & low and bits[j] & high:
             return True
-        bits[byte] |= bit
+        bits[i] |= low
+        bits[j] |= high
         return False

@@ -81,6 +81,7 @@ from payout_ledger.audit.checkpoint import (
 )
 from payout_ledger.audit.stored import (
     LEDGER_EVENT_CLASSES,
+    SEEN_FILTER_FORM,
     OrdinaryEvents,
     SeenFilter,
     StoredDigest,
@@ -429,6 +430,7 @@ class _VerifyPass:
                 [encode_value(v) for v in row] for rows in self.respelt.values() for row in rows
             ],
             "filter_bits": self.seen.mask + 1,
+            "filter_form": SEEN_FILTER_FORM,
         }
         return Checkpoint(
             kind="verify",
@@ -450,6 +452,10 @@ class _VerifyPass:
         body = saved.body
         if seal is None or saved.position != seal.info.through_notification_id:
             raise CheckpointRefusedError("it is not chained to a seal of the log")
+        if body.get("filter_form") != SEEN_FILTER_FORM:
+            raise CheckpointRefusedError(
+                "its filter of seen aggregates is of another release's form"
+            )
         recomputed = body["rolling_v1"] if seal.class_version == 1 else body["rolling"]
         if (body["count"], recomputed) != (seal.info.event_count, seal.info.log_digest):
             raise CheckpointRefusedError(
