@@ -4,7 +4,7 @@ A release to an account known to be unpayable is answered without a claim or a
 request to Stripe; knowing it costs a read of the account's record. A payable
 (or never reported) account is read once per ``payability_cache_seconds`` by a
 ledger; what this ledger records about the account is seen by its next
-release, what another process records within the window. The worst a stale
+release, what another ledger (another process's) records within the window. The worst a stale
 "payable" can do is what happens for an account the ledger knows nothing of:
 one request that Stripe refuses, recorded with the account's report. An
 unpayable account is read by every release, so it is paid as soon as it can be.
@@ -158,12 +158,18 @@ def two_ledgers(request: pytest.FixtureRequest, providers: Any, gateway: Any) ->
         ledger.close()
 
 
-def test_another_process_s_report_is_seen_once_the_window_is_over(
-    two_ledgers: Any, gateway: InMemoryTransferGateway
-) -> None:
+def reported_elsewhere(two_ledgers: Any) -> tuple[PayoutLedger, StepClock]:
+    """``ours`` read the account as payable; then ``theirs`` recorded it unpayable."""
     ours, theirs, clock = two_ledgers
     assert ours.release_payment(release("es_1")).success
     deliver(theirs, account_event(transfers="inactive"))
+    return ours, clock
+
+
+def test_another_process_s_report_is_seen_once_the_window_is_over(
+    two_ledgers: Any, gateway: InMemoryTransferGateway
+) -> None:
+    ours, clock = reported_elsewhere(two_ledgers)
     calls = gateway.calls
 
     clock.elapsed = WINDOW + 0.001
@@ -179,9 +185,7 @@ def test_within_the_window_a_stale_payable_costs_one_refused_request_recorded(
     two_ledgers: Any, gateway: InMemoryTransferGateway
 ) -> None:
     """What the ledger does for an account it knows nothing of."""
-    ours, theirs, clock = two_ledgers
-    assert ours.release_payment(release("es_1")).success
-    deliver(theirs, account_event(transfers="inactive"))
+    ours, clock = reported_elsewhere(two_ledgers)
     gateway.set_account(ACCOUNT, transfers="inactive")  # Stripe refuses transfers to it
     calls = gateway.calls
 

@@ -167,11 +167,12 @@ class LedgerSettings(BaseSettings):
     """Seconds a ledger trusts that a connected account it read as payable (or
     never reported) still is, without reading the account's record again for each
     release; 0 reads it for every release. What this ledger records about the
-    account is seen by its next release; what another process records, within
-    this window. Meanwhile the worst a stale "payable" does is what happens for
-    an account the ledger knows nothing of: one transfer request that Stripe
-    refuses, recorded with the account's report. An account known to be
-    unpayable is read by every release."""
+    account is seen by its next release; what another ledger records (another
+    process's, or another ``PayoutLedger`` in this one), within this window.
+    Meanwhile the worst a stale "payable" does is what happens for an account
+    the ledger knows nothing of: one transfer request that Stripe refuses,
+    recorded with the account's report. An account known to be unpayable is
+    read by every release."""
 
     cipher_key: SecretStr | None = None
     """Encrypt stored events at rest: a base64 AES key of 16, 24 or 32 bytes, made with
