@@ -328,8 +328,9 @@ def _template(
     return _Template(compiled.fullmatch, tuple(datetimes), previous)
 
 
-def _capture(hint: Any) -> tuple[str, str] | None:
-    """A pattern capturing a folded field's raw value in one group, and its kind.
+def _capture(hint: Any, name: str) -> tuple[str, str] | None:
+    """A pattern capturing a folded field's raw value in one group named ``name``, and
+    its kind.
 
     Kinds: ``str`` (the group is the value), ``int``, ``bool``; ``?`` before a
     kind when the value may be null (the group is then None).
@@ -342,11 +343,11 @@ def _capture(hint: Any) -> tuple[str, str] | None:
             return None
         hint = rest[0]
     if hint is str:
-        pattern, kind = r'"([^"\\\x00-\x1f]*)"', "str"
+        pattern, kind = rf'"(?P<{name}>[^"\\\x00-\x1f]*)"', "str"
     elif hint is int:
-        pattern, kind = r"(-?(?:0|[1-9][0-9]{0,17}))", "int"
+        pattern, kind = rf"(?P<{name}>-?(?:0|[1-9][0-9]{{0,17}}))", "int"
     elif hint is bool:
-        pattern, kind = r"(true|false)", "bool"
+        pattern, kind = rf"(?P<{name}>true|false)", "bool"
     else:
         return None
     if optional:
@@ -357,11 +358,10 @@ def _capture(hint: Any) -> tuple[str, str] | None:
 class _Fields:
     """A template (over the state as text) capturing the fields a reader folds."""
 
-    __slots__ = ("bools", "ints", "match", "names", "optional_ints")
+    __slots__ = ("bools", "ints", "match", "optional_ints")
 
     def __init__(self, match: Callable[[str], Any], kinds: list[tuple[str, str]]) -> None:
         self.match = match
-        self.names = tuple(name for name, _ in kinds)
         self.ints = tuple(name for name, kind in kinds if kind == "int")
         self.optional_ints = tuple(name for name, kind in kinds if kind == "?int")
         self.bools = tuple(name for name, kind in kinds if kind.endswith("bool"))
@@ -379,7 +379,7 @@ def _fields_template(
         if not key.isidentifier() or not key.isascii():
             return None
         if key in wanted:
-            captured = _capture(hints[key])
+            captured = _capture(hints[key], key)
             if captured is None:
                 return None
             kinds.append((key, captured[1]))
@@ -484,7 +484,7 @@ class OrdinaryEvents:
             for template in known.fields:
                 found = template.match(text)
                 if found is not None:
-                    state = dict(zip(template.names, found.groups(), strict=True))
+                    state: dict[str, Any] = found.groupdict()
                     for name in template.ints:
                         state[name] = int(state[name])
                     for name in template.optional_ints:
