@@ -21,7 +21,7 @@ import pytest
 
 from payout_ledger import ConfigurationError, LedgerSettings, PayoutLedger, ReleaseOutcome
 from payout_ledger.domain.account import ConnectedAccount
-from payout_ledger.service import payability
+from payout_ledger.service import payable_accounts
 from payout_ledger.testing import InMemoryTransferGateway
 from tests.conftest import DURABLE_STORES, LedgerFactory
 from tests.support import release
@@ -243,7 +243,7 @@ def test_a_report_saved_between_a_release_s_read_and_its_remembering_is_not_forg
 def test_the_ledger_remembers_a_bounded_number_of_accounts(
     make_ledger: LedgerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(payability, "REMEMBERED_ACCOUNTS", 4)
+    monkeypatch.setattr(payable_accounts, "REMEMBERED_ACCOUNTS", 4)
     ledger = make_ledger(clock=StepClock())
     remembered = ledger._payable_accounts  # its size is what is tested
 

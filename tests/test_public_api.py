@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,21 @@ def test_the_ledger_keeps_its_methods() -> None:
         "sync_account",
     ]
     assert payout_ledger.PayoutLedger.name == "PayoutLedger"  # names its PostgreSQL table
+
+
+def test_the_ledger_s_constructor_keeps_its_typed_keywords() -> None:
+    """Type checkers and the reference page read them: no use case may hide them
+    behind an ``__init__(**kwargs)`` of its own."""
+    parameters = inspect.signature(payout_ledger.PayoutLedger).parameters
+    assert list(parameters) == [
+        "settings",
+        "providers",
+        "gateway",
+        "clock",
+        "must_exist",
+        "on_payability_changed",
+    ]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters.values())
 
 
 def test_testing_fakes_are_public() -> None:

@@ -97,10 +97,11 @@ from payout_ledger.audit.report import (
 from payout_ledger.audit.rules import FOLDED, Auditor, TransferIds
 from payout_ledger.audit.stored import (
     LEDGER_EVENT_CLASSES,
-    SEEN_FILTER_FORM,
     OrdinaryEvents,
     SeenFilter,
     filter_bits,
+    restored_filter,
+    saved_filter,
 )
 from payout_ledger.audit.totals import (
     Totals,
@@ -443,8 +444,7 @@ class _Replay:
             ],
             "suspected": sorted(transfers.suspected),
             "exact": transfers.exact,
-            "filter_bits": (self.seen.mask + 1) if self.seen is not None else 0,
-            "filter_form": SEEN_FILTER_FORM,
+            **saved_filter(self.seen),
         }
         reversals = [asdict(r) for r in self.saved_reversals if r.payout_id not in self.touched]
         live = self.open_payouts
@@ -491,9 +491,7 @@ class _Replay:
         ]
         if body["open_fields"] != [*_SUMMARY, "reversal"] or "in_flight_lines" not in body:
             raise CheckpointRefusedError("its payouts are of another release's form")
-        if body.get("filter_form") != SEEN_FILTER_FORM:
-            raise CheckpointRefusedError("its filter of seen payouts is of another release's form")
-        seen = SeenFilter(body["filter_bits"], saved.blobs.pop("seen")) if limit else None
+        seen = restored_filter(body, saved.blobs.pop("seen")) if limit else None
         run = cls(ledger, auditor, limit, seen)
         run.by_topic = dict(body["by_topic"])
         run.report.events = body["events"]

@@ -33,6 +33,7 @@ from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
+from payout_ledger.audit.checkpoint import CheckpointRefusedError
 from payout_ledger.domain.account import ConnectedAccount
 from payout_ledger.domain.chain import _DIGEST_FRAME
 from payout_ledger.domain.payout import PayoutAggregate
@@ -59,11 +60,12 @@ LEDGER_EVENT_CLASSES: list[type] = [
 
 __all__ = [
     "LEDGER_EVENT_CLASSES",
-    "SEEN_FILTER_FORM",
     "OrdinaryEvents",
     "SeenFilter",
     "StoredDigest",
     "filter_bits",
+    "restored_filter",
+    "saved_filter",
 ]
 
 _sha256 = hashlib.sha256
@@ -547,10 +549,26 @@ def filter_bits(events: int) -> int:
     return bits
 
 
-SEEN_FILTER_FORM = 2
+_FILTER_FORM = 2
 """The form of a [`SeenFilter`][payout_ledger.audit.stored.SeenFilter]'s bits, as a
-checkpoint records it: two bits per aggregate (a checkpoint whose filter has
-another form is another release's)."""
+checkpoint records it: two bits per aggregate."""
+
+
+def saved_filter(seen: SeenFilter | None) -> dict[str, int]:
+    """What a checkpoint's body records of ``seen`` (None: the run kept none): its
+    size and its form."""
+    return {"filter_bits": 0 if seen is None else seen.mask + 1, "filter_form": _FILTER_FORM}
+
+
+def restored_filter(body: dict[str, Any], data: Any) -> SeenFilter:
+    """The filter a checkpoint's body recorded (``saved_filter``), with its bits.
+
+    A filter of another form (the previous release marked one bit per aggregate)
+    would answer "never seen" for aggregates it saw: the checkpoint is refused.
+    """
+    if body.get("filter_form") != _FILTER_FORM:
+        raise CheckpointRefusedError("its filter of seen aggregates is of another release's form")
+    return SeenFilter(body["filter_bits"], data)
 
 
 class SeenFilter:

@@ -81,11 +81,12 @@ from payout_ledger.audit.checkpoint import (
 )
 from payout_ledger.audit.stored import (
     LEDGER_EVENT_CLASSES,
-    SEEN_FILTER_FORM,
     OrdinaryEvents,
     SeenFilter,
     StoredDigest,
     filter_bits,
+    restored_filter,
+    saved_filter,
 )
 from payout_ledger.audit.verify_links import Head, check_link, v1_digest
 from payout_ledger.audit.verify_report import ChainProblem, ProblemKind, VerifyReport, problem_at
@@ -429,8 +430,7 @@ class _VerifyPass:
             "respelt": [
                 [encode_value(v) for v in row] for rows in self.respelt.values() for row in rows
             ],
-            "filter_bits": self.seen.mask + 1,
-            "filter_form": SEEN_FILTER_FORM,
+            **saved_filter(self.seen),
         }
         return Checkpoint(
             kind="verify",
@@ -452,10 +452,6 @@ class _VerifyPass:
         body = saved.body
         if seal is None or saved.position != seal.info.through_notification_id:
             raise CheckpointRefusedError("it is not chained to a seal of the log")
-        if body.get("filter_form") != SEEN_FILTER_FORM:
-            raise CheckpointRefusedError(
-                "its filter of seen aggregates is of another release's form"
-            )
         recomputed = body["rolling_v1"] if seal.class_version == 1 else body["rolling"]
         if (body["count"], recomputed) != (seal.info.event_count, seal.info.log_digest):
             raise CheckpointRefusedError(
@@ -470,7 +466,7 @@ class _VerifyPass:
             row = tuple(decode_value(v) for v in encoded)
             self_key = _respelt_key(row[1])
             respelt.setdefault(self_key, []).append(row)
-        seen = SeenFilter(body["filter_bits"], saved.blobs.pop("seen"))
+        seen = restored_filter(body, saved.blobs.pop("seen"))
         chained, legacy, v1_links = (
             body["chained_events"], body["legacy_events"], body["v1_links"]
         )  # fmt: skip

@@ -23,6 +23,7 @@ from payout_ledger.errors import (
     LivemodeMismatchError,
     PayoutNotFoundError,
 )
+from payout_ledger.service.payable_accounts import PayableAccounts
 from payout_ledger.service.ports import (
     Clock,
     ProviderDirectory,
@@ -94,6 +95,7 @@ class LedgerCore(StoreWiring):
         self._on_payability_changed = on_payability_changed
         self._clock: Clock = clock or SystemClock()
         self._monotonic = monotonic_of(self._clock)
+        self._payable_accounts = PayableAccounts(settings.payability_cache_seconds, self._monotonic)
         if settings.environment == "production" and self.livemode is not True:
             raise ConfigurationError(
                 "in production the ledger moves live money: its Stripe key "

@@ -15,10 +15,7 @@ changes whether, or why, the account can be paid, or its ``payouts_enabled``.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, TypedDict, cast
 
 from eventsourcing.application import AggregateNotFoundError
@@ -44,7 +41,7 @@ from payout_ledger.service.core import LedgerCore
 from payout_ledger.service.ports import AccountLookup, StripeAccount, StripeAccountId
 from payout_ledger.service.requests import ReleaseOutcome, ReleaseResult
 
-__all__ = ["Payability", "PayabilityReport", "PayableAccounts", "provider_action_required"]
+__all__ = ["Payability", "PayabilityReport", "provider_action_required"]
 
 logger = logging.getLogger("payout_ledger")
 
@@ -70,68 +67,8 @@ class PayabilityReport:
         )
 
 
-REMEMBERED_ACCOUNTS = 10_000
-"""Payable accounts a ledger remembers at most (the oldest half is dropped beyond)."""
-
-
-class PayableAccounts:
-    """The connected accounts a release read as payable (or never reported), each
-    trusted until a moment of the ledger's monotonic clock.
-
-    A report this ledger saves forgets its account, and voids every read made
-    before it that is not remembered yet (``token``): what such a read said may
-    be what the report replaced.
-    """
-
-    def __init__(self, seconds: float, monotonic: Callable[[], float]) -> None:
-        self._seconds = seconds
-        self._monotonic = monotonic
-        self._until: dict[str, float] = {}
-        self._generation = 0
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._until)
-
-    def payable(self, account_id: str) -> bool:
-        """Whether the account was read as payable less than the window ago."""
-        until = self._until.get(account_id)
-        return until is not None and self._monotonic() < until
-
-    def token(self) -> int:
-        """Taken before the account is read; :meth:`remember` needs it."""
-        return self._generation
-
-    def remember(self, account_id: str, token: int) -> None:
-        """Trust the account's read as payable for the window, unless a report was
-        saved since ``token`` was taken."""
-        if self._seconds <= 0:
-            return
-        with self._lock:
-            if token != self._generation:
-                return
-            until = self._until
-            until.pop(account_id, None)  # the newest last
-            until[account_id] = self._monotonic() + self._seconds
-            if len(until) > REMEMBERED_ACCOUNTS:
-                for key in list(islice(until, len(until) - REMEMBERED_ACCOUNTS // 2)):
-                    del until[key]
-
-    def forget(self, account_id: str) -> None:
-        """A report of the account was saved (or tried): read it again."""
-        with self._lock:
-            self._generation += 1
-            self._until.pop(account_id, None)
-
-
 class Payability(LedgerCore):
     """Connected accounts' payability: recorded, read, synced with Stripe."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._payable_accounts = PayableAccounts(
-            self.settings.payability_cache_seconds, self._monotonic
-        )
 
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         """``LedgerCore.save``; a saved report is seen by this ledger's next release."""
@@ -258,7 +195,7 @@ class Payability(LedgerCore):
         """The account's payability when the ledger knows it cannot be paid, else None.
 
         A payable (or never reported) account is read once per
-        ``settings.payability_cache_seconds`` (see ``PayableAccounts``)."""
+        ``settings.payability_cache_seconds`` (see ``payout_ledger.service.payable_accounts``)."""
         if account_id is None or not self.settings.stripe_enabled:
             return None
         remembered = self._payable_accounts
