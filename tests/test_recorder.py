@@ -46,6 +46,11 @@ def test_a_save_of_any_size_stores_every_event_in_order(
     ids = recorder.insert_events(_events(originator, 1, count))
 
     assert ids is not None and len(ids) == count and list(ids) == sorted(ids)
+    # The ids returned are the events' notification ids.
+    notified = recorder.select_notifications(ids[0], count, stop=ids[-1])
+    assert [(n.id, n.originator_version) for n in notified] == [
+        (i, v) for i, v in zip(ids, range(1, count + 1), strict=True)
+    ]
     stored = recorder.select_events(originator)
     assert [(e.originator_version, e.topic, e.state) for e in stored] == [
         (e.originator_version, e.topic, e.state) for e in _events(originator, 1, count)

@@ -27,6 +27,8 @@ from typing import Any
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
+from psycopg import Connection
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 
 __all__ = ["OneRoundTripRecorder"]
@@ -60,6 +62,7 @@ class OneRoundTripRecorder(PostgresApplicationRecorder):
             )
             for n in _SCALAR_SAVES
         }
+        self._statement_bytes: dict[tuple[int, str], bytes] = {}
 
     def _add_function(
         self, suffix: str, *, params: list[str], first: str, first_version: str, rows: str
@@ -107,9 +110,21 @@ class OneRoundTripRecorder(PostgresApplicationRecorder):
         if not stored_events:
             return []
         statement, params = self._insert_statement(stored_events)
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(statement, params, prepare=True)
-            return [row[next(iter(row))] for row in curs.fetchall()]
+        with (
+            self.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as curs,
+        ):
+            curs.execute(self._as_bytes(statement, conn), params, prepare=True)
+            return [row[0] for row in curs.fetchall()]
+
+    def _as_bytes(self, statement: Composed, conn: Connection[Any]) -> bytes:
+        """``statement`` as the bytes psycopg would send, made once per client encoding
+        (psycopg would compose and quote it again at every call)."""
+        key = (id(statement), conn.info.encoding)
+        text = self._statement_bytes.get(key)
+        if text is None:
+            text = self._statement_bytes[key] = statement.as_bytes(conn)
+        return text
 
     def _insert_statement(
         self, stored_events: Sequence[StoredEvent]
