@@ -15,7 +15,7 @@ from typing import Any
 
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.utils import Environment, get_topic
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.sql import SQL, Identifier
 
 from payout_ledger import LedgerSettings, PayoutLedger, ReleaseRequest
 from payout_ledger.adapters.recorders import OneRoundTripRecorder
@@ -39,7 +39,7 @@ class AsyncOutcomeRecorder(OneRoundTripRecorder):
     already leaves today, and resume() settles it with the same idempotency key.
     """
 
-    def _add_function(self, suffix: str, *, params: list[str], **kwargs: Any) -> Composed:
+    def _add_function(self, suffix: str, *, params: list[str], **kwargs: Any) -> str:
         # Next to each shipped function, a wrapper that relaxes the commit and calls it.
         shipped = super()._add_function(suffix, params=params, **kwargs)
         schema = Identifier(self.datastore.schema)

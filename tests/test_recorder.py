@@ -5,12 +5,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
+from psycopg import sql
 
 from payout_ledger import LedgerSettings, PayoutLedger
 from payout_ledger.adapters.recorders import OneRoundTripRecorder
 from payout_ledger.testing import InMemoryProviderDirectory
+from tests.conftest import _conninfo, with_query
 
 pytestmark = pytest.mark.postgres
 
@@ -74,3 +77,44 @@ def test_a_save_meeting_a_stored_version_is_refused_whole(
     assert [e.originator_version for e in recorder.select_events(originator)] == [
         clash.originator_version
     ]
+
+
+def test_a_schema_named_beyond_ascii_saves_on_connections_of_another_encoding(
+    postgres_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The save's statement names the schema, quoted: a connection opened with
+    another client encoding (a host's PGCLIENTENCODING, a role's setting) gets it in
+    its own encoding, for every kind of save."""
+    schema = f"payouts_ü_{uuid.uuid4().hex[:8]}"
+    conninfo = _conninfo(postgres_server_url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        settings = LedgerSettings(
+            store_url=with_query(postgres_server_url, schema=schema),
+            stripe_enabled=False,
+            postgres_pool_size=1,
+            postgres_max_overflow=0,
+        )
+        with PayoutLedger(settings=settings, providers=InMemoryProviderDirectory([])) as ledger:
+            recorder = ledger.recorder
+            assert isinstance(recorder, OneRoundTripRecorder)
+            pool = ledger.factory.datastore.pool  # type: ignore[attr-defined]
+            originator = uuid.uuid4()
+            saved: list[int] = []
+            for encoding in ("utf-8", "iso8859-1"):
+                monkeypatch.setenv("PGCLIENTENCODING", {"utf-8": "UTF8"}.get(encoding, "LATIN1"))
+                with pool.connection() as conn:  # the next save gets a new connection
+                    conn.close()
+                with pool.connection() as conn:
+                    assert conn.info.encoding == encoding
+                for count in (1, 2, 3):  # scalar calls, then the array call
+                    ids = recorder.insert_events(_events(originator, len(saved) + 1, count))
+                    saved += ids or []
+            assert [e.originator_version for e in recorder.select_events(originator)] == list(
+                range(1, 13)
+            )
+            assert len(saved) == 12
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))

@@ -27,9 +27,8 @@ from typing import Any
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
-from psycopg import Connection
 from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.sql import SQL, Identifier
 
 __all__ = ["OneRoundTripRecorder"]
 
@@ -62,12 +61,13 @@ class OneRoundTripRecorder(PostgresApplicationRecorder):
             )
             for n in _SCALAR_SAVES
         }
-        self._statement_bytes: dict[tuple[int, str], bytes] = {}
 
     def _add_function(
         self, suffix: str, *, params: list[str], first: str, first_version: str, rows: str
-    ) -> Composed:
-        """Create ``{table}_{suffix}(params)`` with the table; the statement that calls it."""
+    ) -> str:
+        """Create ``{table}_{suffix}(params)`` with the table; the statement that calls it,
+        composed once (psycopg encodes a text query in each connection's own encoding,
+        and would compose and quote a ``Composed`` one again at every call)."""
         schema = Identifier(self.datastore.schema)
         table = Identifier(self.events_table_name)
         function = Identifier(f"{self.events_table_name}_{suffix}")
@@ -99,8 +99,10 @@ class OneRoundTripRecorder(PostgresApplicationRecorder):
             )
         )
         placeholders = SQL(", ".join(["%s"] * len(params)))
-        return SQL("SELECT * FROM {schema}.{function}({placeholders})").format(
-            schema=schema, function=function, placeholders=placeholders
+        return (
+            SQL("SELECT * FROM {schema}.{function}({placeholders})")
+            .format(schema=schema, function=function, placeholders=placeholders)
+            .as_string()
         )
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
@@ -114,21 +116,12 @@ class OneRoundTripRecorder(PostgresApplicationRecorder):
             self.datastore.get_connection() as conn,
             conn.cursor(row_factory=tuple_row) as curs,
         ):
-            curs.execute(self._as_bytes(statement, conn), params, prepare=True)
+            curs.execute(statement, params, prepare=True)
             return [row[0] for row in curs.fetchall()]
-
-    def _as_bytes(self, statement: Composed, conn: Connection[Any]) -> bytes:
-        """``statement`` as the bytes psycopg would send, made once per client encoding
-        (psycopg would compose and quote it again at every call)."""
-        key = (id(statement), conn.info.encoding)
-        text = self._statement_bytes.get(key)
-        if text is None:
-            text = self._statement_bytes[key] = statement.as_bytes(conn)
-        return text
 
     def _insert_statement(
         self, stored_events: Sequence[StoredEvent]
-    ) -> tuple[Composed, tuple[Any, ...]]:
+    ) -> tuple[str, tuple[Any, ...]]:
         """The function call that saves these events, and its parameters."""
         statement = self._insert_rows.get(len(stored_events))
         if statement is not None:
