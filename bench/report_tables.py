@@ -56,6 +56,11 @@ def rate(row: Row | None) -> float | None:
     return None if row is None else row.get("per_second")
 
 
+def raised(row: Row | None) -> int:
+    """How many of ``row``'s timed releases raised instead of returning an outcome."""
+    return 0 if row is None else int(row.get("errors") or 0)
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else round(a / b, 3)
 
@@ -186,6 +191,17 @@ def holds(value: bool | None) -> str:
 def col(header: str, key: str, digits: int = 1) -> Column:
     """A column showing ``row[key]``."""
     return header, lambda r: num(r.get(key), digits)
+
+
+def releases(header: str, key: str = "per_second", errors: str = "errors") -> Column:
+    """A rate of releases, and how many raised if any did: such a figure is not clean."""
+
+    def cell(r: Row) -> str:
+        failed = int(r.get(errors) or 0)
+        shown = num(r.get(key))
+        return f"{shown} (**{failed:,} raised**)" if failed else shown
+
+    return header, cell
 
 
 def per_repetition(header: str = "per repetition", key: str = "per_second_runs") -> Column:
@@ -321,7 +337,7 @@ def database_bound(results: Results) -> Table:
         ],
         col("system", "label"),
         col("workers", "workers"),
-        col("releases/s", "per_second"),
+        releases("releases/s"),
         col("p50 ms", "p50_ms", 2),
         col("p99 ms", "p99_ms", 2),
         ("commits/s", lambda r: num(commits(r))),
@@ -355,7 +371,7 @@ def latency_bound(results: Results) -> Table:
         found,
         col("system", "label"),
         col("callers", "workers"),
-        col("releases/s", "per_second"),
+        releases("releases/s"),
         col("p50 ms", "p50_ms"),
         col("p99 ms", "p99_ms"),
         ("vs baseline", lambda r: times(ratio(rate(r), base))),
@@ -506,7 +522,7 @@ def settings_measured(results: Results) -> Table:
         col("scenario", "scenario"),
         col("configuration", "label"),
         col("workers", "workers"),
-        col("releases/s", "per_second"),
+        releases("releases/s"),
         col("p99 ms", "p99_ms", 2),
         per_repetition(),
     )
@@ -545,17 +561,19 @@ def prototypes(results: Results) -> Table:
     def vs(over: str, base: float | None) -> Callable[[Row], str]:
         return lambda r: "-" if r[over] is None else times(ratio(r[over], base))
 
+    latency = releases("latency-bound rel/s", "lat", "lat_errors")
     rows = []
     for v in _variants(protos):
         db = find(protos, system="ledger", variant=v, workers=TOP)
         lat = find(protos, system="ledger", variant=v, workers=LATENCY_CALLERS)
         safe = (db or lat or {}).get("safe")
-        rows.append({**(db or {}), "variant": v, "safe": safe, "db": rate(db), "lat": rate(lat)})
+        rows.append({**(db or {}), "variant": v, "safe": safe, "db": rate(db), "lat": rate(lat),
+                     "lat_errors": raised(lat)})  # fmt: skip
     return table(
         rows,
         ("prototype", lambda r: f"`{r['variant']}`"),
         ("keeps every guarantee", lambda r: "yes" if r.get("safe") else "**no**"),
-        col("16 workers rel/s", "db"),
+        releases("16 workers rel/s", "db"),
         ("gain", vs("db", of("ours", TOP))),
         col("p99 ms", "p99_ms"),
         col("CPU ms/release", "client_cpu_ms_per_release", 2),
@@ -564,7 +582,7 @@ def prototypes(results: Results) -> Table:
             "vs pgbench",
             lambda r: pct(ratio(None if r["db"] is None else r["db"] * COMMITS_PER_RELEASE, pg16)),
         ),
-        ("latency-bound rel/s", lambda r: "-" if r["lat"] is None else num(r["lat"])),
+        (latency[0], lambda r: "-" if r["lat"] is None else latency[1](r)),
         ("gain", vs("lat", of("ours", LATENCY_CALLERS))),
         ("vs baseline", vs("lat", of("ours", LATENCY_CALLERS, "baseline"))),
     )
@@ -574,7 +592,7 @@ def prototype_baseline(results: Results) -> Table:
     return table(
         [r for r in results.get("prototypes", []) if r["system"] == "baseline"],
         ("baseline", lambda r: f"{r['label']}, {r['workers']} workers"),
-        col("releases/s", "per_second"),
+        releases("releases/s"),
         col("p99 ms", "p99_ms"),
         per_repetition(),
     )

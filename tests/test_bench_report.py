@@ -351,3 +351,35 @@ def test_the_baseline_is_named_after_the_original_backend(
 
     assert "row-lock (original backend), PostgreSQL, pool 16" in page
     assert "seed" not in page.lower()
+
+
+def _with_errors(results: dict[str, Any], section: str, errors: int, **match: Any) -> None:
+    for row in results[section]:
+        if all(row.get(k) == v for k, v in match.items()):
+            row["errors"] = errors
+
+
+def test_releases_that_raised_are_shown_and_fail_the_targets_they_feed(
+    report: ModuleType, results: dict[str, Any]
+) -> None:
+    """A timed configuration whose releases raised is not a clean figure: its rate shows
+    how many raised, and a target computed from it does not hold."""
+    broken = json.loads(json.dumps(results))
+    _with_errors(broken, "database_bound", 7, system="ledger", variant="ours", store="postgres")
+    _with_errors(broken, "prototypes", 3, system="ledger", variant="no_table_lock")
+    _with_errors(broken, "latency_bound", 2, system="baseline")
+
+    found = report.evaluate_targets(broken)
+    broken["targets"] = found
+    shown = {r["target (the ledger as shipped)"]: r for r in cells(report, broken, "targets")}
+    database = cells(report, broken, "database_bound")
+    prototypes = {r["prototype"]: r for r in cells(report, broken, "prototypes")}
+
+    for key in ("database_bound_16_vs_baseline", "database_bound_16_vs_pgbench",
+                "latency_bound_vs_baseline"):  # fmt: skip
+        assert "releases raised" in found[key]["error"], key
+        assert shown[report.t.TARGET_LABELS[key]]["verdict"] == "**run failed**"
+    assert found["contention_p99_gateway_0ms"].get("error") is None
+    assert any("**7 raised**" in r["releases/s"] for r in database)
+    assert "**3 raised**" in prototypes["`no_table_lock`"]["16 workers rel/s"]
+    assert "raised" not in prototypes["`ours`"]["16 workers rel/s"]
