@@ -447,6 +447,51 @@ def test_the_fast_rebuild_makes_the_table_folding_event_by_event_makes(
     assert rebuilt.tracking_id == one_by_one.tracking_id == max(r.id for r in history_rows(history))
 
 
+TIMESTAMP_SPELLINGS = [
+    "2026-03-01T10:00:00.123456+00:00",  # as the ledger writes them
+    "2026-03-01T10:00:00+00:00",
+    "0999-12-31T23:59:59.000001+00:00",
+    "2026-03-01T10:00:00.123456Z",
+    "2026-03-01 10:00:00.123456+00:00",
+    "2026-03-01T10:00:00,123456+00:00",
+    "2026-W09-7T10:00:00.500000+00:00",
+    "2026-03-01T10:00:00.000000+00:00",
+    "2026-03-01T10:00:00.123+00:00",
+    "20260301T100000.123456+0000",
+    "2026-03-01T12:00:00.123456+02:00",
+    "2026-03-01T10:00:00.123456-00:30",
+    "2026-03-01T10:00:00.123456",
+]
+"""Timestamps ``datetime.fromisoformat`` reads: the ledger's own spelling, and others
+an edited log may hold (a zone letter, a space, a comma, a week date, zero or short
+fractions, the basic format, other offsets, none)."""
+
+
+def test_the_fast_rebuild_writes_each_timestamp_as_folding_event_by_event_writes(
+    history: PayoutLedger,
+    gateway: InMemoryTransferGateway,
+    raw: RawStore,
+    sizes: str,
+    fast_folds: list[int | None],
+) -> None:
+    """Each payout event's timestamp (``updated_at``; ``released_at`` too, for a
+    Released) spelt each way in turn: the same rows, value for value, as the table
+    the log applied one event at a time makes."""
+    with_late_events(history, gateway)
+    events = history_rows(history)
+    for i, n in enumerate(events):
+        spelling = TIMESTAMP_SPELLINGS[i % len(TIMESTAMP_SPELLINGS)]
+        raw.edit(n.id, lambda s, t=spelling: s["timestamp"].update(_data_=t))
+    assert len(events) > 2 * len(TIMESTAMP_SPELLINGS)
+
+    (rebuilt, one_by_one), (rows, expected) = rebuilt_and_folded_one_by_one(history)
+
+    assert fast_folds == [rebuilt.events]
+    assert (rebuilt.events, rebuilt.skipped) == (one_by_one.events, one_by_one.skipped) == (
+        len(events), 0)  # fmt: skip
+    assert rows == expected
+
+
 def test_the_fast_rebuild_reads_an_encrypted_log(
     make_ledger: Any, gateway: InMemoryTransferGateway, fast_folds: list[int | None]
 ) -> None:
