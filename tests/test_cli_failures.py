@@ -221,6 +221,63 @@ def test_a_missing_schema_is_one_line_exit_3(command: str, postgres_server_url: 
     assert 'schema "no_such_schema_here" does not exist' in lines[0]
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "schema", ["my-payouts", "pay outs", 'pay"outs', "user", "select", "between", "int"]
+)
+def test_a_schema_name_that_needs_quoting_is_refused_as_configuration(
+    schema: str, postgres_server_url: str
+) -> None:
+    """A schema (that exists) whose name SQL must quote: a hyphen, a space, a double
+    quote, a reserved word, a keyword that names no type. The event store names its
+    schema unquoted, so the ledger could not work there: a configuration error that
+    says so, exit 2, nothing created in the schema."""
+    quoted = '"' + schema.replace('"', '""') + '"'
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
+        conn.execute(f"CREATE SCHEMA {quoted}")
+    try:
+        result = _run("audit", _env(with_query(postgres_server_url, schema=schema)))
+        with psycopg.connect(postgres_server_url) as conn:
+            created = conn.execute(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s",
+                (schema,),
+            ).fetchone()
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
+
+    assert result.exit_code == 2, result.output
+    lines = _error_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert f"the schema {schema!r} needs quoting in SQL" in lines[0]
+    assert "syntax error" not in result.output
+    assert created == (0,)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("schema", ["Payouts_Mixed", "payouts_ü", "abort", "left"])
+def test_a_schema_name_used_unquoted_opens(
+    schema: str, postgres_server_url: str, providers: InMemoryProviderDirectory
+) -> None:
+    """Capitals (folded), letters beyond ASCII, an unreserved keyword and a keyword
+    that may name a type name a schema the ledger works in."""
+    quoted = '"' + schema.replace('"', '""') + '"'
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
+        conn.execute(f"CREATE SCHEMA {quoted}")
+    try:
+        url = with_query(postgres_server_url, schema=schema)
+        settings = LedgerSettings(store_url=url, stripe_enabled=False)
+        with PayoutLedger(settings=settings, providers=providers,
+                          gateway=InMemoryTransferGateway()) as ledger:  # fmt: skip
+            assert ledger.release_payment(release("es_schema")).success
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
+
+
 @EVERY_COMMAND
 def test_an_unreadable_sqlite_file_is_one_line_exit_3(command: str, tmp_path: Path) -> None:
     """A file that is no SQLite database: sqlite3's message, exit 3."""

@@ -13,7 +13,8 @@ Stores are chosen by URL:
 | ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` | an SQLite file (the default) |
 | ``postgresql://user:password@host:5432/dbname`` | PostgreSQL through psycopg 3 |
 
-A PostgreSQL URL may name a schema with ``?schema=payouts`` and a Unix socket
+A PostgreSQL URL may name a schema with ``?schema=payouts`` (a name SQL takes
+unquoted: opening refuses any other with a ``ConfigurationError``) and a Unix socket
 directory with ``?host=/run/postgresql``; special characters in its user name or
 password are percent-encoded (``p%40ss`` for ``p@ss``). An SQLite URL names a
 plain file: URI-style URLs (``sqlite:///file:x.db?mode=memory``, any query) are

@@ -14,6 +14,7 @@ import binascii
 import contextlib
 import random
 import sqlite3
+import string
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -248,6 +249,7 @@ def _check_postgres_store(
             connect_timeout=settings.postgres_connect_timeout,
             autocommit=True,
         ) as conn:
+            _check_schema_name(conn, schema, url)
             if not conn.execute(
                 "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)
             ).fetchone():
@@ -268,6 +270,33 @@ def _check_postgres_store(
         if password:
             reason = reason.replace(password, "***")
         raise _unavailable_url(url, reason) from None
+
+
+def _check_schema_name(conn: psycopg.Connection[Any], schema: str, url: str) -> None:
+    """Refuse a schema name that SQL must quote where a type name goes (a hyphen, a
+    space, a quote, a reserved word...): eventsourcing names the schema of its row
+    type unquoted, so its first statement there fails with a syntax error.
+
+    Capitals are folded to lower case, as SQL folds an unquoted name, and any
+    character beyond ASCII belongs in a name (as SQL's lexer takes it); the server
+    decides the rest: a name ``quote_ident`` leaves as it is, or a keyword SQL takes
+    as a type's name (``left``, ``authorization``: category ``T``).
+    """
+    folded = "".join(c if c.isascii() else "x" for c in schema.translate(_ASCII_LOWER))
+    row = conn.execute(
+        "SELECT quote_ident(%(name)s) = %(name)s OR EXISTS "
+        "(SELECT FROM pg_get_keywords() WHERE word = %(name)s AND catcode = 'T')",
+        {"name": folded},
+    ).fetchone()
+    if row is None or not row[0]:
+        raise ConfigurationError(
+            f"the schema {schema!r} needs quoting in SQL, which the event store does not "
+            "do: name a schema of letters, digits and underscores that is no reserved "
+            f"word ({url})"
+        )
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def _lost_a_creation_race(exc: Exception) -> bool:
