@@ -12,12 +12,14 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from payout_ledger import LedgerSettings, PayoutLedger
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
@@ -58,16 +60,27 @@ def _conninfo(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+@contextmanager
+def schema_of_its_own(server_url: str, schema: str) -> Iterator[str]:
+    """A store URL on a new schema named ``schema`` (any name: quoted as SQL needs),
+    dropped afterwards with all it holds."""
+    conninfo = _conninfo(server_url)
+    name = sql.Identifier(schema)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(name))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(name))
+    try:
+        yield with_query(server_url, schema=schema)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(name))
+
+
 @pytest.fixture
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A store URL on PostgreSQL with a fresh schema of its own."""
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    conninfo = _conninfo(postgres_server_url)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    yield with_query(postgres_server_url, schema=schema)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with schema_of_its_own(postgres_server_url, f"test_{uuid.uuid4().hex[:12]}") as url:
+        yield url
 
 
 @pytest.fixture

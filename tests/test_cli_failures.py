@@ -25,7 +25,7 @@ from payout_ledger import LedgerSettings, PayoutLedger, PayoutLedgerError
 from payout_ledger.cli import app
 from payout_ledger.errors import StoreError, StoreNotFoundError, StoreUnavailableError
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
-from tests.conftest import with_query
+from tests.conftest import schema_of_its_own, with_query
 from tests.support import ALICE, release
 
 PASSWORD = "s3cret-Pa55word"
@@ -232,21 +232,14 @@ def test_a_schema_name_that_needs_quoting_is_refused_as_configuration(
     quote, a reserved word, a keyword that names no type. The event store names its
     schema unquoted, so the ledger could not work there: a configuration error that
     says so, exit 2, nothing created in the schema."""
-    quoted = '"' + schema.replace('"', '""') + '"'
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
-        conn.execute(f"CREATE SCHEMA {quoted}")
-    try:
-        result = _run("audit", _env(with_query(postgres_server_url, schema=schema)))
+    with schema_of_its_own(postgres_server_url, schema) as url:
+        result = _run("audit", _env(url))
         with psycopg.connect(postgres_server_url) as conn:
             created = conn.execute(
                 "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = %s",
                 (schema,),
             ).fetchone()
-    finally:
-        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
 
     assert result.exit_code == 2, result.output
     lines = _error_lines(result)
@@ -263,19 +256,11 @@ def test_a_schema_name_used_unquoted_opens(
 ) -> None:
     """Capitals (folded), letters beyond ASCII, an unreserved keyword and a keyword
     that may name a type name a schema the ledger works in."""
-    quoted = '"' + schema.replace('"', '""') + '"'
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
-        conn.execute(f"CREATE SCHEMA {quoted}")
-    try:
-        url = with_query(postgres_server_url, schema=schema)
+    with schema_of_its_own(postgres_server_url, schema) as url:
         settings = LedgerSettings(store_url=url, stripe_enabled=False)
         with PayoutLedger(settings=settings, providers=providers,
                           gateway=InMemoryTransferGateway()) as ledger:  # fmt: skip
             assert ledger.release_payment(release("es_schema")).success
-    finally:
-        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
 
 
 @EVERY_COMMAND

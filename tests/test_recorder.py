@@ -5,15 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
-from psycopg import sql
 
 from payout_ledger import LedgerSettings, PayoutLedger
 from payout_ledger.adapters.recorders import OneRoundTripRecorder
 from payout_ledger.testing import InMemoryProviderDirectory
-from tests.conftest import _conninfo, with_query
+from tests.conftest import schema_of_its_own
 
 pytestmark = pytest.mark.postgres
 
@@ -85,13 +83,9 @@ def test_a_schema_named_beyond_ascii_saves_on_connections_of_another_encoding(
     """The save's statement names the schema, quoted: a connection opened with
     another client encoding (a host's PGCLIENTENCODING, a role's setting) gets it in
     its own encoding, for every kind of save."""
-    schema = f"payouts_ü_{uuid.uuid4().hex[:8]}"
-    conninfo = _conninfo(postgres_server_url)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
+    with schema_of_its_own(postgres_server_url, f"payouts_ü_{uuid.uuid4().hex[:8]}") as url:
         settings = LedgerSettings(
-            store_url=with_query(postgres_server_url, schema=schema),
+            store_url=url,
             stripe_enabled=False,
             postgres_pool_size=1,
             postgres_max_overflow=0,
@@ -115,6 +109,3 @@ def test_a_schema_named_beyond_ascii_saves_on_connections_of_another_encoding(
                 range(1, 13)
             )
             assert len(saved) == 12
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
