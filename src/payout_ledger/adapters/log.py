@@ -22,14 +22,13 @@ Two ways to read:
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID, uuid5
 
-from eventsourcing.persistence import JSONTranscoder, Notification
+from eventsourcing.persistence import Notification
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 from eventsourcing.utils import resolve_topic
@@ -472,79 +471,39 @@ class StateDecoder:
     """A stored event's state as the dict the mapper would build the event from.
 
     Decrypts (and decompresses) with the ledger mapper's cipher, decodes the
-    JSON and applies the event class's upcasters. Values the transcoder would
-    turn into objects (datetimes, UUIDs, decimals) stay as their stored
-    ``{"_type_": ..., "_data_": ...}`` form: the audit does not read them.
+    JSON with the mapper's transcoder and applies the event class's upcasters.
+    Values the transcoder turns into objects (datetimes, UUIDs, decimals) are
+    revived as the mapper revives them, so a state the mapper cannot read (a
+    time that is no time, a type no transcoding has) raises here too.
     """
 
     def __init__(self, ledger: PayoutLedger) -> None:
         mapper = ledger.mapper
         self._cipher = mapper.cipher
         self._compressor = mapper.compressor
-        transcoder = mapper.transcoder
-        self._loads: Callable[[bytes], Any] = (
-            _json_object if isinstance(transcoder, JSONTranscoder) else transcoder.decode
-        )
+        self._loads: Callable[[bytes], Any] = mapper.transcoder.decode
         self._versions: dict[str, tuple[type[Any], int]] = {}
-        plain = self._cipher is None and self._compressor is None
-        self.decode: Callable[[str, bytes], dict[str, Any]] = (
-            self._plain_json if plain and isinstance(transcoder, JSONTranscoder) else self._general
-        )
-        """The decoding function itself (the hot loop calls it without the extra call)."""
 
     def __call__(self, topic: str, state: bytes) -> dict[str, Any]:
         return self.decode(topic, state)
 
-    def _general(self, topic: str, state: bytes) -> dict[str, Any]:
+    def decode(self, topic: str, state: bytes) -> dict[str, Any]:
+        """The state the mapper would build an event of ``topic`` from (raises as it does)."""
         if self._cipher is not None:
             state = self._cipher.decrypt(state)
         if self._compressor is not None:
             state = self._compressor.decompress(state)
-        return self._upcast(topic, self._loads(state))
-
-    def _plain_json(self, topic: str, state: bytes) -> dict[str, Any]:
-        # _json_object and _upcast inlined: this runs once per event.
-        text = state.decode("utf-8")
-        try:
-            decoded, end = _scan_once(text, 0)
-        except StopIteration:
-            decoded, end = json.loads(text), len(text)
-        if end != len(text):
-            decoded = json.loads(text)  # trailing data: json.loads raises "Extra data"
-        version: int = decoded.pop("class_version", 1)
-        known = self._versions.get(topic)
-        if known is None or version < known[1]:
-            return self._upcast(topic, decoded, version)
-        return cast(dict[str, Any], decoded)
-
-    def _upcast(self, topic: str, decoded: Any, version: int | None = None) -> dict[str, Any]:
+        decoded = self._loads(state)
         known = self._versions.get(topic)
         if known is None:
             cls = resolve_topic(topic)
             known = self._versions[topic] = (cls, getattr(cls, "class_version", 1))
         cls, class_version = known
-        if version is None:
-            version = decoded.pop("class_version", 1)
+        version = decoded.pop("class_version", 1)
         while version < class_version:
             getattr(cls, f"upcast_v{version}_v{version + 1}")(decoded)
             version += 1
         return cast(dict[str, Any], decoded)
-
-
-# The C scanner, without json.loads' wrappers (about 1.5 µs an event on the benchmark).
-_scan_once: Callable[[str, int], tuple[Any, int]] = cast(Any, json.JSONDecoder()).scan_once
-
-
-def _json_object(data: bytes) -> Any:
-    """One JSON document, as ``json.loads`` would decode it (faster on compact input)."""
-    text = data.decode("utf-8")
-    try:
-        value, end = _scan_once(text, 0)
-    except StopIteration:
-        return json.loads(text)  # leading whitespace, or not JSON: let json say why
-    if end != len(text):
-        return json.loads(text)  # trailing data: json.loads raises "Extra data"
-    return value
 
 
 def notification(
