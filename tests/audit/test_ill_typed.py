@@ -172,6 +172,9 @@ RAW_CASES: list[tuple[str, str | None, str, Callable[[bytes], bytes], ProblemKin
     # the mapper upcasts from "version True" and finds no such upcaster
     ("class-version-true", "es_retry", P.PayoutStarted.TOPIC,
      lambda b: b.replace(b'"class_version":3', b'"class_version":true'), ProblemKind.UNDECODABLE),
+    ("key-more-of-no-known-type", "es_paid", P.Released.TOPIC,
+     lambda b: b[:-1] + b',"note":{"_type_":"no_such_type","_data_":"1"}}',
+     ProblemKind.UNDECODABLE),
     ("escaped-text", "es_paid", P.TransferSucceeded.TOPIC,
      lambda b: b.replace(b'"tr_', b'"\\u0074r_', 1), None),
 ]  # fmt: skip

@@ -21,8 +21,11 @@ digest, an event object, dicts per row change, a query per batch); this, a few:
 **The same table, the same skips.** The decoding here only takes the common
 case: a JSON object without ``\\u`` escapes, whose folded fields have exactly
 their declared types, whose integers fit their columns and whose service id is
-its payout's. Any other payout event (and any that fails to decode here) is
-decoded by the ledger's mapper and checked by
+its payout's. A state as the ledger writes it (every key declared by its class,
+each value of its declared type, no escape, the class's own version) is read in
+one typed pass (``payout_ledger.adapters.typed_state``); any other is decoded as
+JSON and revived here. Any other payout event (and any that fails to decode
+here) is decoded by the ledger's mapper and checked by
 [`unprojectable`][payout_ledger.adapters.projection.unprojectable], as when the
 log is applied in batches: left out, logged and counted for the same reasons.
 A row whose columns have impossible types is read again as those runs read it.
@@ -41,6 +44,7 @@ only the event the database refuses.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -51,10 +55,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 from json import JSONDecoder
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, cast
 from uuid import UUID
 
+import msgspec
 import pydantic_core
 from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder, Notification, Transcoding
 from eventsourcing.utils import get_topic
@@ -72,6 +77,7 @@ from payout_ledger.adapters.projection.checks import (
 )
 from payout_ledger.adapters.projection.fold import PAYOUT_TOPICS, PayoutsProjection
 from payout_ledger.adapters.projection.view import COLUMNS, PayoutsView, Row, RowWriter
+from payout_ledger.adapters.typed_state import typed_state
 from payout_ledger.domain.chain import LedgerTranscoder
 from payout_ledger.domain.payout import PAYOUT_NAMESPACE, PayoutAggregate, PayoutStatus
 from payout_ledger.domain.payout import ReversalStatus as _Reversal
@@ -138,12 +144,16 @@ class _Kind:
     cls: type[Any]
     read: Callable[[dict[str, Any]], tuple[Any, ...]]
     """The folded fields, then the timestamp (KeyError if one is missing)."""
-    holds: Callable[[tuple[Any, ...]], bool]
+    holds: Callable[[Sequence[Any]], bool]
     """Whether the values :attr:`read` returned certainly pass ``unprojectable``'s
     type and range checks (False: maybe not, the exact path decides)."""
     transcoded: tuple[str, ...]
     """The fields that hold transcoded values ({"_type_", "_data_"}) when stored."""
     class_version: int
+    typed: Callable[[bytes], list[Any]] | None
+    """The values :attr:`read` would return, from a stored state of the current class
+    version whose every key the class declares with a value of its declared type
+    (raises on any other state; None: a class this reading does not know)."""
 
 
 def _exact_types(hint: Any) -> tuple[type, ...] | None:
@@ -160,7 +170,7 @@ def _exact_types(hint: Any) -> tuple[type, ...] | None:
     return None
 
 
-def _holds(names: tuple[str, ...], hints: dict[str, Any]) -> Callable[[tuple[Any, ...]], bool]:
+def _holds(names: tuple[str, ...], hints: dict[str, Any]) -> Callable[[Sequence[Any]], bool]:
     """A function that tells whether values of ``names`` certainly pass the checks of
     ``unprojectable``: each of a type its annotation accepts (exactly), each integer
     in its column's range. Generated, as ``dataclasses`` generates ``__init__``: a
@@ -184,7 +194,7 @@ def _holds(names: tuple[str, ...], hints: dict[str, Any]) -> Callable[[tuple[Any
             tests.append(f"{low} <= v[{i}] <= {high}")
     source = f"def holds(v):\n    return {' and '.join(tests)}\n"
     exec(source, namespace)  # noqa: S102 - the source is made here, of names and types
-    return cast(Callable[[tuple[Any, ...]], bool], namespace["holds"])
+    return cast(Callable[[Sequence[Any]], bool], namespace["holds"])
 
 
 def _kind(code: int, cls: type[Any]) -> _Kind:
@@ -200,7 +210,39 @@ def _kind(code: int, cls: type[Any]) -> _Kind:
         read = cast(Callable[[dict[str, Any]], tuple[Any, ...]], itemgetter(*names))
     transcoded = tuple(n for n, h in hints.items() if h is datetime)
     return _Kind(code, cls, read, _holds(names, hints), transcoded,
-                 getattr(cls, "class_version", 1))  # fmt: skip
+                 getattr(cls, "class_version", 1), _typed_reader(cls, names))  # fmt: skip
+
+
+def _typed_reader(cls: type[Any], names: tuple[str, ...]) -> Callable[[bytes], list[Any]] | None:
+    """A reader of the values of ``names`` (the fields :attr:`_Kind.read` returns) from a
+    stored state in one typed pass, or None if ``cls`` has no typed state.
+
+    It raises unless the state is exactly as ``cls`` declares (see
+    ``payout_ledger.adapters.typed_state``) and every transcoded value revives as the
+    mapper revives it: what it returns is what the mapper's event holds.
+    """
+    typed = typed_state(cls)
+    if typed is None or not set(names) <= {f.name for f in dataclasses.fields(cls)}:
+        return None
+    decode = typed.decode
+    others = tuple((n, revive) for n, revive in typed.revivers if n not in names)
+    revived = tuple((names.index(n), revive) for n, revive in typed.revivers if n in names)
+    get: Callable[[Any], Any] = attrgetter(*names)
+    single = len(names) == 1
+    unset = msgspec.UNSET
+
+    def read(plaintext: bytes) -> list[Any]:
+        state = decode(plaintext)
+        for name, revive in others:
+            revive(getattr(state, name))  # the mapper revives it, or fails
+        values = [get(state)] if single else list(get(state))
+        for i, revive in revived:
+            values[i] = revive(values[i])
+        if unset in values:
+            raise KeyError("a folded field with a default is absent")  # as read() does
+        return values
+
+    return read
 
 
 _KINDS = {get_topic(cls): _kind(code, cls) for code, cls in enumerate(_KINDS_IN_ORDER)}
@@ -338,14 +380,8 @@ class _Folder:
             self.cipher is None and self.compressor is None,
             self.iso,
         )
-        from_json, scan_once, fromisoformat, revived = (
-            _from_json,
-            _scan_once,
-            datetime.fromisoformat,
-            self._revived,
-        )
         loaded, applied, through = False, 0, tally.through
-        values: tuple[Any, ...] | None
+        values: Sequence[Any] | None
         for nid, oid, version, topic, stored in page:
             kind = kinds_get(topic)
             if (
@@ -387,51 +423,21 @@ class _Folder:
                 values = None
                 if decodes:
                     try:
-                        text = (stored if plain else self._plaintext(stored)).decode("utf-8")
-                        if "\\" not in text:
-                            state = from_json(text, cache_strings="keys")
-                        elif "\\u" in text:  # NUL or a lone surrogate maybe
-                            state = None
-                        else:
-                            state, end = scan_once(text, 0)
-                            if end != len(text):
-                                state = None
-                        if type(state) is dict and len(state) > 2:
-                            cv = state.pop("class_version", 1)
-                            brace, walk = text.find("{", 1), "[" in text
-                            for name in kind.transcoded:
-                                value = state.get(name)
-                                if type(value) is dict:
-                                    data = value.get("_data_")
-                                    if (
-                                        iso
-                                        and type(data) is str
-                                        and len(value) == 2
-                                        and value.get("_type_") == "datetime_iso"
-                                    ):
-                                        state[name] = fromisoformat(data)
-                                        brace = text.find("{", brace + 1)
-                                    else:
-                                        state[name] = revived(value)
-                                        walk = True
-                            if walk or brace != -1:
-                                # Other objects or arrays: revived as the transcoder's hook does.
-                                for name, value in state.items():
-                                    if type(value) is dict or type(value) is list:
-                                        state[name] = revived(value)
-                            if type(cv) is int:
-                                if cv < kind.class_version:
-                                    _upcast(kind, state, cv)
-                                values = kind.read(state)
-                                if not (
-                                    kind.holds(values)
-                                    and _LOW4 <= version <= _HIGH4
-                                    and (
-                                        kind.code != _STARTED
-                                        or _payout_int(values[0]) == int(key, 16)
-                                    )
-                                ):
-                                    values = None
+                        plaintext = stored if plain else self._plaintext(stored)
+                        typed = kind.typed
+                        if typed is not None and iso and b"\\" not in plaintext:
+                            try:
+                                values = typed(plaintext)
+                            except Exception:  # not of its declared types: read as JSON
+                                values = None
+                        if values is None:
+                            values = self._decoded(kind, plaintext)
+                        if values is not None and not (
+                            kind.holds(values)
+                            and _LOW4 <= version <= _HIGH4
+                            and (kind.code != _STARTED or _payout_int(values[0]) == int(key, 16))
+                        ):
+                            values = None
                     except Exception:  # the exact path decides, and says why
                         values = None
                 if values is None:  # anything but the common case: as runs that apply batches
@@ -508,6 +514,49 @@ class _Folder:
         wanted.difference_update(rows)
         if wanted:
             rows.update(self._read_back(sorted(wanted)))
+
+    def _decoded(self, kind: _Kind, plaintext: bytes) -> Sequence[Any] | None:
+        """The values :attr:`_Kind.read` takes from ``plaintext``, decoded as JSON and revived
+        and upcast as the mapper does; None if it is not a JSON object without ``\\u``
+        escapes of a known class version (raises if a value cannot be revived)."""
+        text = plaintext.decode("utf-8")
+        if "\\" not in text:
+            state = _from_json(text, cache_strings="keys")
+        elif "\\u" in text:  # NUL or a lone surrogate maybe
+            return None
+        else:
+            state, end = _scan_once(text, 0)
+            if end != len(text):
+                return None
+        if type(state) is not dict or len(state) <= 2:
+            return None
+        cv = state.pop("class_version", 1)
+        brace, walk = text.find("{", 1), "[" in text
+        for name in kind.transcoded:
+            value = state.get(name)
+            if type(value) is dict:
+                data = value.get("_data_")
+                if (
+                    self.iso
+                    and type(data) is str
+                    and len(value) == 2
+                    and value.get("_type_") == "datetime_iso"
+                ):
+                    state[name] = datetime.fromisoformat(data)
+                    brace = text.find("{", brace + 1)
+                else:
+                    state[name] = self._revived(value)
+                    walk = True
+        if walk or brace != -1:
+            # Other objects or arrays: revived as the transcoder's hook does.
+            for name, value in state.items():
+                if type(value) is dict or type(value) is list:
+                    state[name] = self._revived(value)
+        if type(cv) is not int:
+            return None
+        if cv < kind.class_version:
+            _upcast(kind, state, cv)
+        return kind.read(state)
 
     def _read_back(self, payout_ids: Sequence[str]) -> dict[str, Row]:
         try:
