@@ -38,7 +38,7 @@ from typing import Any, Literal, cast
 
 import msgspec
 
-__all__ = ["StoredTime", "TypedState", "typed_state"]
+__all__ = ["StoredTime", "TypedState", "revived_by_the_transcoder", "typed_state"]
 
 StoredTime = msgspec.defstruct(
     "StoredTime",
@@ -63,10 +63,16 @@ def _revive_time(value: Any) -> Any:
     return _fromisoformat(cast(Any, value).data) if type(value) is StoredTime else value
 
 
+def revived_by_the_transcoder(value: dict[Any, Any]) -> bool:
+    """Whether the transcoder's object hook turns the decoded object ``value`` into a
+    value of a transcoding (exactly the two keys ``_type_`` and ``_data_``)."""
+    return len(value) == 2 and "_type_" in value and "_data_" in value
+
+
 def _revive_str_dict(value: Any) -> Any:
     """A ``dict[str, str]`` as the transcoder leaves it (None and ``UNSET`` stay), or
     ValueError if it would revive it as a transcoded value."""
-    if type(value) is dict and len(value) == 2 and "_type_" in value and "_data_" in value:
+    if type(value) is dict and revived_by_the_transcoder(value):
         raise ValueError("a transcoded value, not a dict[str, str]")
     return value
 

@@ -38,7 +38,7 @@ from uuid import UUID
 import msgspec
 from eventsourcing.utils import get_topic
 
-from payout_ledger.adapters.typed_state import TypedState, typed_state
+from payout_ledger.adapters.typed_state import TypedState, revived_by_the_transcoder, typed_state
 from payout_ledger.audit.checkpoint import CheckpointRefusedError
 from payout_ledger.domain.account import ConnectedAccount
 from payout_ledger.domain.chain import _DIGEST_FRAME
@@ -146,7 +146,7 @@ def _typed(name: str, parse: Callable[[Any], object]) -> _Check:
 
 def _str_dict(v: Any) -> bool:
     return all(type(k) is str and type(x) is str for k, x in v.items()) and not (
-        len(v) == 2 and "_type_" in v and "_data_" in v
+        revived_by_the_transcoder(v)
     )
 
 
