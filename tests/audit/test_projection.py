@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -22,6 +24,7 @@ from payout_ledger.adapters.projection import (
     open_payouts_view,
     run_projection,
 )
+from payout_ledger.adapters.projection.view import json_rows
 from payout_ledger.cli import app
 from payout_ledger.testing import InMemoryProviderDirectory, InMemoryTransferGateway
 from tests.audit.scenario import (
@@ -518,10 +521,13 @@ TIMESTAMP_SPELLINGS = [
     "2026-03-01T12:00:00.123456+02:00",
     "2026-03-01T10:00:00.123456-00:30",
     "2026-03-01T10:00:00.123456",
+    "2026-03-01T15:30:15.123456+05:30:15",
+    "2026-03-01T10:00:00.123456-00:00:00.000001",
 ]
 """Timestamps ``datetime.fromisoformat`` reads: the ledger's own spelling, and others
 an edited log may hold (a zone letter, a space, a comma, a week date, zero or short
-fractions, the basic format, other offsets, none)."""
+fractions, the basic format, other offsets, offsets of seconds and microseconds,
+none)."""
 
 
 def test_the_fast_rebuild_writes_each_timestamp_as_folding_event_by_event_writes(
@@ -633,3 +639,36 @@ def test_the_fast_rebuild_reads_sqlite_columns_of_impossible_types_as_batches_do
 
     assert rebuilt == one_by_one
     assert len(fast_folds) == 1
+
+
+def _row(released_at: Any, updated_at: Any, text: str = "prov") -> tuple[Any, ...]:
+    return ("7d9c6f3e-0000-5000-8000-000000000001", "es_1", text, "user", None, 1500, "eur",
+            "released", 1, "tr_1", 0, None, released_at, updated_at, 3, 42, 0, None)  # fmt: skip
+
+
+def test_rows_go_to_the_database_as_json_only_when_json_carries_them_exactly() -> None:
+    """A rebuild's writers hand a batch to the database as one JSON document: each value
+    as it is, each time as ``isoformat`` writes it but a zero offset as ``Z``; a batch
+    holding what JSON would change (an offset of seconds, time text ending in ``Z``, a
+    time of another type, a NUL, a lone surrogate) is not made a document."""
+    utc = datetime(2026, 3, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    east = datetime(2026, 3, 1, 15, 30, 0, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    naive = datetime(999, 12, 31, 23, 59, 59, 1)
+    document = json_rows([_row(None, utc), _row(east, naive), _row(None, east.isoformat())])
+    assert document is not None
+    assert json.loads(document) == [
+        [*_row(None, "2026-03-01T10:00:00.123456Z")[:12], None, "2026-03-01T10:00:00.123456Z",
+         3, 42, 0, None],
+        [*_row(None, None)[:12], east.isoformat(), naive.isoformat(), 3, 42, 0, None],
+        [*_row(None, None)[:12], None, east.isoformat(), 3, 42, 0, None],
+    ]  # fmt: skip
+    seconds = timezone(timedelta(hours=5, minutes=30, seconds=15))
+    for refused in (
+        _row(None, datetime(2026, 3, 1, tzinfo=seconds)),
+        _row(datetime(2026, 3, 1, tzinfo=timezone(timedelta(microseconds=1))), utc),
+        _row(None, "2026-03-01T10:00:00Z"),
+        _row(None, 1772359200),
+        _row(None, utc, text="prov\x00"),
+        _row(None, utc, text="prov\ud800"),
+    ):
+        assert json_rows([_row(None, utc), refused]) is None

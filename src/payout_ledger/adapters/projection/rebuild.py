@@ -14,9 +14,11 @@ digest, an event object, dicts per row change, a query per batch); this, a few:
 * each payout's row is a tuple in ``COLUMNS`` order; the rows of the payouts
   touched last stay in memory (up to ``_CACHED_ROWS``);
 * the changed rows are handed to the writer every ``_FLUSH_ROWS`` rows, which
-  writes them on a thread of its own while the next ones are folded: on SQLite
+  writes them on a thread of its own while the next ones are folded, each batch
+  as one JSON document the database reads (see
+  [`json_rows`][payout_ledger.adapters.projection.view.json_rows]): on SQLite
   into a scratch table, copied into the new table at the end; on PostgreSQL
-  into the new table (``COPY`` for new rows), each batch with its tracking record.
+  into the new table, each batch with its tracking record.
 
 **The same table, the same skips.** The decoding here only takes the common
 case: a JSON object without ``\\u`` escapes, whose folded fields have exactly

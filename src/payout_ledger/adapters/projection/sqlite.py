@@ -18,12 +18,14 @@ from eventsourcing.sqlite import (
 
 from payout_ledger.adapters.projection.view import (
     COLUMNS,
+    TIME_COLUMNS,
     PayoutRow,
     PayoutsView,
     ProjectionConflictError,
     Row,
     RowWriter,
     checked_name,
+    json_rows,
     payout_row,
     staging_name,
 )
@@ -261,6 +263,7 @@ class SQLiteRowWriter(RowWriter):
             raise
         self._per_statement = max(1, min(_ROWS_PER_STATEMENT, variables // len(COLUMNS)))
         self._statements: dict[tuple[bool, int], str] = {}
+        self._from_json = _has_json(self._conn)
 
     def _load(self, payout_ids: Sequence[str]) -> dict[str, Row]:
         found: dict[str, Row] = {}
@@ -283,6 +286,10 @@ class SQLiteRowWriter(RowWriter):
         conn.execute("BEGIN")
         try:
             for upsert, rows in ((False, new), (True, changed)):
+                document = json_rows(rows) if rows and self._from_json else None
+                if document is not None:
+                    conn.execute(self._statement(upsert, 0), (document,))
+                    continue
                 for i in range(0, len(rows), self._per_statement):
                     chunk = rows[i : i + self._per_statement]
                     values = _sqlite_values_of(chunk)
@@ -293,11 +300,17 @@ class SQLiteRowWriter(RowWriter):
         conn.execute("COMMIT")
 
     def _statement(self, upsert: bool, rows: int) -> str:
-        """An INSERT of ``rows`` rows (an upsert on the payout id, if ``upsert``)."""
+        """An INSERT of ``rows`` rows (an upsert on the payout id, if ``upsert``); of
+        ``0``: of the rows of one ``json_rows`` document."""
         statement = self._statements.get((upsert, rows))
         if statement is None:
             marks = "(" + ", ".join("?" * len(COLUMNS)) + ")"
-            statement = f"INSERT INTO {self._rows} VALUES {', '.join([marks] * rows)}"  # noqa: S608
+            values = (
+                f"SELECT {_FROM_JSON} FROM json_each(?) WHERE 1"  # noqa: S608 - WHERE: see ON CONFLICT
+                if rows == 0
+                else f"VALUES {', '.join([marks] * rows)}"
+            )
+            statement = f"INSERT INTO {self._rows} {values}"
             if upsert:
                 updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "payout_id")
                 statement += f" ON CONFLICT (payout_id) DO UPDATE SET {updates}"
@@ -324,6 +337,30 @@ class SQLiteRowWriter(RowWriter):
 
     def _close(self) -> None:
         self._conn.close()
+
+
+def _has_json(conn: sqlite3.Connection) -> bool:
+    """Whether this SQLite has its JSON functions (built in since 3.38, an option before)."""
+    try:
+        conn.execute("SELECT json_extract(value, '$[0]') FROM json_each('[[1]]')").fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+def _json_value(i: int) -> str:
+    """The value at ``i`` of a ``json_rows`` row as SQLite stores it: a time as
+    ``datetime.isoformat`` writes it (``json_rows`` writes a zero offset ``Z``)."""
+    value = f"json_extract(value, '$[{i}]')"
+    if i not in TIME_COLUMNS:
+        return value
+    return (
+        f"CASE WHEN substr({value}, -1) = 'Z' "
+        f"THEN substr({value}, 1, length({value}) - 1) || '+00:00' ELSE {value} END"
+    )
+
+
+_FROM_JSON = ", ".join(_json_value(i) for i in range(len(COLUMNS)))
 
 
 def _sqlite_values_of(rows: Sequence[Row]) -> list[Any]:

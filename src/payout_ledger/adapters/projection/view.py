@@ -9,9 +9,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from eventsourcing.persistence import TrackingRecorder
 
 from payout_ledger.errors import ConfigurationError
@@ -59,6 +60,47 @@ rows must be folded again, not only given the columns."""
 
 Row = tuple[Any, ...]
 """A row as a rebuild keeps it in memory: its values in ``COLUMNS`` order."""
+
+
+def json_rows(rows: Sequence[Row]) -> str | None:
+    """``rows`` as one JSON array of arrays (msgspec, in one call), for a rebuild's
+    writer to hand the database, or None if JSON cannot carry them exactly.
+
+    Text, integers, None and UUIDs are written as they are. A time is written as
+    ``datetime.isoformat`` writes it, but that a zero UTC offset is ``Z`` (as a
+    time read back from SQLite, text, is written as it is). These make None: a
+    time whose offset is not whole minutes (msgspec writes it to the minute),
+    time text that ends in ``Z`` (a reader could not tell it from a zero offset),
+    a time of another type, text that UTF-8 cannot hold or that holds a NUL
+    (which the databases' JSON does not read back as it was).
+    """
+    for row in rows:
+        for i in TIME_COLUMNS:
+            time = row[i]
+            if time is None or (type(time) is datetime and time.tzinfo is UTC):
+                continue  # as the ledger writes its times
+            if type(time) is str:
+                if time.endswith("Z"):
+                    return None
+            elif not isinstance(time, datetime):
+                return None
+            else:
+                offset = time.utcoffset()
+                if offset is not None and offset % _MINUTE:
+                    return None
+    try:
+        document = _encode(rows)
+    except (TypeError, ValueError):  # a lone surrogate, a type JSON has not
+        return None
+    if b"\\u0000" in document:
+        return None
+    return document.decode("utf-8")
+
+
+TIME_COLUMNS = tuple(i for i, c in enumerate(COLUMNS) if c in ("released_at", "updated_at"))
+"""The positions in ``Row`` of the columns that hold times."""
+_MINUTE = timedelta(minutes=1)
+_encode = msgspec.json.Encoder().encode
 
 
 class ProjectionConflictError(Exception):
