@@ -48,12 +48,14 @@ WEBHOOK_SECRET = "whsec_WEBHOOKsecret7f3a9c"
 CIPHER_KEY = base64.b64encode(hashlib.sha256(b"CIPHERsecret7f3a9c").digest()).decode()
 DB_PASSWORD = "pw/DBsecret7f3a9c@x?y#z:w"
 DB_PASSWORD_IN_URL = quote(DB_PASSWORD, safe="")
+CHECKPOINT_KEY = "QZKEYsecret7f3a9cHMAC"
 
 SECRETS: dict[str, tuple[str, ...]] = {
     "Stripe API key": (STRIPE_KEY, "STRIPEKEYsecret7f3a9c"),
     "webhook secret": (WEBHOOK_SECRET, "WEBHOOKsecret7f3a9c"),
     "cipher key": (CIPHER_KEY, CIPHER_KEY),
     "database password": (DB_PASSWORD, DB_PASSWORD_IN_URL, "DBsecret7f3a9c"),
+    "checkpoint key": (CHECKPOINT_KEY, CHECKPOINT_KEY),
 }
 """Each secret: its forms, then its distinctive core (the last item)."""
 
@@ -184,6 +186,7 @@ def world(postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory) ->
             "stripe_api_base": fake.url,
             "stripe_webhook_secrets": (WEBHOOK_SECRET,),
             "cipher_key": CIPHER_KEY,
+            "checkpoint_key": CHECKPOINT_KEY,
         }
         url = _with_credentials(postgres_server_url, role, role)
         settings = LedgerSettings(store_url=url, **common)
@@ -292,6 +295,10 @@ ERRORS: dict[str, Callable[[World], object]] = {
     ),
     "key of the wrong type": lambda w: LedgerSettings(stripe_api_key=[STRIPE_KEY]),
     "cipher key of the wrong type": lambda w: LedgerSettings(cipher_key={"key": CIPHER_KEY}),
+    "checkpoint key too short": lambda w: LedgerSettings(checkpoint_key=CHECKPOINT_KEY[:15]),
+    "checkpoint key too short, given to a run": lambda w: audit_ledger(
+        w.ledger, checkpoint=w.sqlite_file.with_suffix(".c"), checkpoint_key=CHECKPOINT_KEY[:15]
+    ),
     "webhook secrets as one str": lambda w: LedgerSettings(stripe_webhook_secrets=WEBHOOK_SECRET),
     "webhook secret of the wrong type": lambda w: LedgerSettings(
         stripe_webhook_secrets=[WEBHOOK_SECRET, 5]
@@ -470,6 +477,7 @@ def _cli_env(world: World, **overrides: str) -> dict[str, str]:
         "PAYOUT_LEDGER_STRIPE_API_BASE": world.fake.url,
         "PAYOUT_LEDGER_STRIPE_WEBHOOK_SECRETS": json.dumps([WEBHOOK_SECRET]),
         "PAYOUT_LEDGER_CIPHER_KEY": CIPHER_KEY,
+        "PAYOUT_LEDGER_CHECKPOINT_KEY": CHECKPOINT_KEY,
     }
     return {**env, **overrides}
 
@@ -482,6 +490,12 @@ CLI_CASES: dict[str, tuple[list[str], dict[str, str]]] = {
     "resume (working)": (["resume"], {}),
     "reconcile (working)": (["reconcile", "--service", "es_1"], {}),
     "audit --json (working)": (["audit", "--json"], {}),
+    "audit --checkpoint (working)": (["audit", "--checkpoint", "{tmp}/audit.checkpoint"], {}),
+    "verify --checkpoint (working)": (["verify", "--checkpoint", "{tmp}/verify.checkpoint"], {}),
+    "audit: checkpoint key too short": (
+        ["audit", "--checkpoint", "{tmp}/audit.checkpoint"],
+        {"PAYOUT_LEDGER_CHECKPOINT_KEY": CHECKPOINT_KEY[:15]},
+    ),
     "audit: unsupported URL": (
         ["audit"],
         {"PAYOUT_LEDGER_STORE_URL": f"mysql://u:{PW}@h/db"},
@@ -522,8 +536,9 @@ CLI_CASES: dict[str, tuple[list[str], dict[str, str]]] = {
 
 
 @pytest.mark.parametrize("case", list(CLI_CASES))
-def test_the_command_line_never_shows_a_secret(world: World, case: str) -> None:
+def test_the_command_line_never_shows_a_secret(world: World, case: str, tmp_path: Path) -> None:
     args, overrides = CLI_CASES[case]
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     result = CliRunner().invoke(app, args, env=_cli_env(world, **overrides))
     if case.endswith("(working)"):
         assert result.exit_code == 0, result.output
@@ -537,6 +552,6 @@ def test_the_command_line_never_shows_a_secret(world: World, case: str) -> None:
 
 
 def test_the_number_of_combinations_checked() -> None:
-    """Each surface is checked against each of the four secrets."""
+    """Each surface is checked against each of the five secrets."""
     surfaces = len(ERRORS) + len(SURFACES) + len(CLI_CASES) + 3  # logs, PG rows, SQLite file
-    assert len(SECRETS) * surfaces == 4 * surfaces >= 4 * 60
+    assert len(SECRETS) * surfaces == 5 * surfaces >= 5 * 60

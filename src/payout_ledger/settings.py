@@ -182,6 +182,12 @@ class LedgerSettings(BaseSettings):
     (``eventsourcing.cryptography:AESCipher``); every process needs the same key
     and a store must be encrypted from its first event. Never logged."""
 
+    checkpoint_key: SecretStr | None = Field(default=None, min_length=16)
+    """Key the digest of ``audit`` and ``verify`` checkpoints (HMAC-SHA-256): text of
+    16 characters or more, made with ``secrets.token_hex(16)``. A checkpoint
+    rewritten without it is refused, and the run reads the whole log. Give it to
+    the auditor's runs only, not to the processes that write the log. Never logged."""
+
     read_model_table: str = Field(
         default="payout_ledger_payouts", pattern=r"^[a-z_][a-z0-9_]{0,40}$"
     )

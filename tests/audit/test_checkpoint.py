@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from payout_ledger import LedgerSettings, PayoutAggregate, PayoutLedger
+from payout_ledger import ConfigurationError, LedgerSettings, PayoutAggregate, PayoutLedger
 from payout_ledger.audit import (
     ProblemKind,
     ViolationKind,
@@ -232,6 +232,79 @@ def test_a_checkpoint_whose_digest_or_seal_was_rewritten_is_refused(
     assert "seals were rewritten" in report.checkpoint and not report.incremental
 
 
+KEY = "5e1f0c2a8b7d4e6f9a3c1b0d2e4f6a8c"
+"""A checkpoint key, as an operator would make one (``secrets.token_hex(16)``)."""
+
+
+def forget_findings(header: dict[str, Any]) -> None:
+    """What someone who can write the checkpoint file would do to hide tampering."""
+    body = header["body"]
+    body["violations" if header["kind"] == "audit" else "problems"] = []
+
+
+@pytest.mark.parametrize("tool", ["audit", "verify"])
+def test_a_keyed_checkpoint_rewritten_without_its_key_is_refused(
+    tool: str,
+    ledger: PayoutLedger,
+    gateway: InMemoryTransferGateway,
+    raw: RawStore,
+    tmp_path: Path,
+) -> None:
+    """A checkpoint's digest is keyed (HMAC-SHA-256) when the run is given a key: one
+    rewritten by someone without the key (its findings dropped, its digest recomputed)
+    is refused and the whole log read, so the tampering it hid is found again. Without
+    a key, the same rewrite is taken: the file must then be kept where no one else
+    writes, as the docs say."""
+    run = audit_ledger if tool == "audit" else verify_ledger
+    path = tmp_path / f"{tool}.checkpoint"
+    run_scenario(ledger, gateway)
+    tamper_transfer(raw, ledger, "es_paid")
+    ledger.seal()
+
+    unkeyed = run(ledger, checkpoint=path)
+    assert not unkeyed.ok
+    rewrite(path, forget_findings)
+    assert run(ledger, checkpoint=path).ok  # the forgery is taken: no key, no proof
+
+    keyed = run(ledger, checkpoint=path, full=True, checkpoint_key=KEY)
+    assert without_checkpoint(keyed) == without_checkpoint(unkeyed)
+    assert KEY.encode() not in path.read_bytes()
+    assert without_checkpoint(run(ledger, checkpoint=path, checkpoint_key=KEY)) == (
+        without_checkpoint(unkeyed)
+    )
+    rewrite(path, forget_findings)
+    forged = run(ledger, checkpoint=path, checkpoint_key=KEY)
+    assert not forged.incremental and not forged.ok
+    assert forged.checkpoint.startswith("refused: its digest is not the one its key makes")
+    assert without_checkpoint(forged) == without_checkpoint(unkeyed)
+
+    # A keyed file read without its key, or with another, and an unkeyed file read
+    # with a key: refused, and said so (never the key itself).
+    run(ledger, checkpoint=path, full=True, checkpoint_key=KEY)
+    for key, why in (
+        (None, "refused: it is keyed, and no checkpoint key was given"),
+        ("another key, as long as the first", "refused: its digest is not the one"),
+    ):
+        report = run(ledger, checkpoint=path, checkpoint_key=key)
+        assert report.checkpoint.startswith(why) and not report.incremental
+        assert KEY not in json.dumps(report.as_dict())
+        run(ledger, checkpoint=path, full=True, checkpoint_key=KEY)
+    run(ledger, checkpoint=path, full=True)
+    report = run(ledger, checkpoint=path, checkpoint_key=KEY)
+    assert report.checkpoint.startswith("refused: it is not keyed, and a checkpoint key was")
+    assert not report.incremental
+
+
+@pytest.mark.parametrize("key", ["", "short", b"bytes, not text, of any length"])
+def test_a_checkpoint_key_must_be_text_of_16_characters_or_more(
+    key: Any, ledger: PayoutLedger, tmp_path: Path
+) -> None:
+    for run in (audit_ledger, verify_ledger):
+        with pytest.raises(ConfigurationError, match="checkpoint key") as raised:
+            run(ledger, checkpoint=tmp_path / "c", checkpoint_key=key)
+        assert str(key) not in str(raised.value) or not key
+
+
 def test_verify_without_a_seal_writes_no_checkpoint(
     ledger: PayoutLedger, gateway: InMemoryTransferGateway, tmp_path: Path
 ) -> None:
@@ -301,6 +374,17 @@ def test_the_commands_take_a_checkpoint_and_say_what_they_did(
     assert failed.exit_code == 2, failed.output
     assert f"cannot write --checkpoint {nowhere}" in failed.output
     assert "Traceback" not in failed.output
+
+    # The key comes from the environment (the settings), never from the command line.
+    keyed = {**env, "PAYOUT_LEDGER_CHECKPOINT_KEY": KEY}
+    written = CliRunner().invoke(app, [command, "--checkpoint", str(path)], env=keyed)
+    assert "refused: it is not keyed, and a checkpoint key was given" in written.output
+    assert path.read_bytes().startswith(b"payout-ledger checkpoint 1 keyed\n")
+    again = CliRunner().invoke(app, [command, "--checkpoint", str(path), "--json"], env=keyed)
+    assert json.loads(again.stdout)["incremental"] is True
+    unkeyed = CliRunner().invoke(app, [command, "--checkpoint", str(path)], env=env)
+    assert "refused: it is keyed, and no checkpoint key was given" in unkeyed.output
+    assert KEY not in written.output + again.output + unkeyed.output
 
 
 def test_a_transfer_id_reused_after_the_checkpoint_is_named_by_a_full_read(

@@ -16,20 +16,28 @@ The file is tamper evident:
   that seal's position and its rolling digest and event count must be the
   seal's own. Anchoring the seal outside the database (``payout-ledger
   worker`` does) vouches for the checkpoint in turn;
-* ``--full`` reads the whole log again and writes the checkpoint anew.
+* ``--full`` reads the whole log again and writes the checkpoint anew;
+* with a checkpoint key (``checkpoint_key``, ``PAYOUT_LEDGER_CHECKPOINT_KEY``)
+  the digest is an HMAC-SHA-256 under that key: a file rewritten by someone
+  without the key (a finding dropped, a total changed, the digest recomputed)
+  is refused, as is a keyed file read without its key or an unkeyed one read
+  with a key. Without a key the digest only finds damage: someone who can
+  write the file can rewrite it whole.
 
 A missing, damaged or refused checkpoint makes a full run, and the report says
 why (``checkpoint``). Keep the file where the database's writers cannot write,
-like the anchors: a run trusts what the checkpoint says about the events
-before it, and an event edited *after* the checkpoint was written, before its
-position, is found by the next ``--full`` run (or by the link of that
-aggregate's next event), not by an incremental one.
+like the anchors, or give the runs a key kept from them: a run trusts what
+the checkpoint says about the events before it, and an event edited *after*
+the checkpoint was written, before its position, is found by the next
+``--full`` run (or by the link of that aggregate's next event), not by an
+incremental one.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -41,6 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from payout_ledger.adapters.log import iter_states, notification
 from payout_ledger.adapters.mapper import chained_mapper, read_notification
+from payout_ledger.errors import ConfigurationError
 from payout_ledger.service.sealing import SealInfo
 
 if TYPE_CHECKING:
@@ -50,12 +59,16 @@ if TYPE_CHECKING:
 __all__ = [
     "Checkpoint",
     "CheckpointRefusedError",
+    "checkpoint_key_of",
     "load_checkpoint",
     "save_checkpoint",
     "store_identity",
 ]
 
 _MAGIC = b"payout-ledger checkpoint 1\n"
+_KEYED_MAGIC = b"payout-ledger checkpoint 1 keyed\n"
+"""The first line of a checkpoint whose digest is an HMAC under a checkpoint key."""
+_SHORTEST_KEY = 16
 
 _T = TypeVar("_T")
 
@@ -93,8 +106,32 @@ def store_identity(ledger: PayoutLedger) -> str:
     return ""
 
 
-def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` to ``path`` atomically (a new file renamed over the old one).
+def checkpoint_key_of(ledger: PayoutLedger, key: Any = None) -> bytes | None:
+    """The key of a run's checkpoint: ``key`` if given, else the ledger's setting
+    (``checkpoint_key``), as bytes; None for none. Raises ``ConfigurationError``
+    for a key that is not text of 16 characters or more (never quoting it)."""
+    if key is None:
+        setting = ledger.settings.checkpoint_key
+        key = None if setting is None else setting.get_secret_value()
+    if key is None:
+        return None
+    if not isinstance(key, str) or len(key) < _SHORTEST_KEY:
+        raise ConfigurationError(
+            f"a checkpoint key must be text of {_SHORTEST_KEY} characters or more "
+            "(secrets.token_hex(16) makes one)"
+        )
+    return key.encode("utf-8")
+
+
+def _digest(key: bytes | None, data: bytes) -> Any:
+    return hashlib.sha256(data) if key is None else hmac.new(key, data, hashlib.sha256)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], checkpoint: Checkpoint, key: bytes | None = None
+) -> None:
+    """Write ``checkpoint`` to ``path`` atomically (a new file renamed over the old one);
+    with ``key`` (see ``checkpoint_key_of``), its digest is an HMAC under that key.
 
     Each blob is read once, hashed as it is written; the digest is then written
     in its place near the start of the file. The file is not forced to disk: one
@@ -112,11 +149,12 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
         "blobs": [[name, size] for name, size in zip(names, sizes, strict=True)],
     }
     encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    digest = hashlib.sha256(encoded)
+    digest = _digest(key, encoded)
+    magic = _MAGIC if key is None else _KEYED_MAGIC
     fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC)
+            f.write(magic)
             f.write(b"0" * 64 + b"\n")
             f.write(len(encoded).to_bytes(8, "big"))
             f.write(encoded)
@@ -129,7 +167,7 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
                     written += view.nbytes
                 if written != size:
                     raise ValueError(f"blob {name!r} held {written} bytes, not {size}")
-            f.seek(len(_MAGIC))
+            f.seek(len(magic))
             f.write(digest.hexdigest().encode("ascii"))
         os.replace(temporary, target)
     except BaseException:
@@ -157,15 +195,22 @@ def _buffers(blob: Any) -> Iterable[Buffer]:
     return blob if isinstance(blob, list) else [blob]
 
 
-def load_checkpoint(path: str | os.PathLike[str], kind: str) -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike[str], kind: str, key: bytes | None = None
+) -> Checkpoint:
     """The checkpoint at ``path``; raises ``FileNotFoundError`` or ``CheckpointRefusedError``.
 
     Read part by part, each hashed as it comes, so the whole file is never in
-    memory at once.
+    memory at once. With ``key``, the file must be keyed with it; without, unkeyed.
     """
     with open(path, "rb") as f:
-        if f.read(len(_MAGIC)) != _MAGIC:
+        magic = f.readline(len(_KEYED_MAGIC))
+        if magic not in (_MAGIC, _KEYED_MAGIC):
             raise CheckpointRefusedError("the file is not a checkpoint of this release")
+        if magic == _KEYED_MAGIC and key is None:
+            raise CheckpointRefusedError("it is keyed, and no checkpoint key was given")
+        if magic == _MAGIC and key is not None:
+            raise CheckpointRefusedError("it is not keyed, and a checkpoint key was given")
         try:
             expected = f.read(65)[:64].decode("ascii")
             size = int.from_bytes(f.read(8), "big")
@@ -174,7 +219,7 @@ def load_checkpoint(path: str | os.PathLike[str], kind: str) -> Checkpoint:
                 raise ValueError("truncated")
             header = json.loads(encoded)
             blobs: dict[str, Any] = {}
-            digest = hashlib.sha256(encoded)
+            digest = _digest(key, encoded)
             for name, length in header["blobs"]:
                 blob = bytearray(length)
                 if f.readinto(blob) != length:
@@ -184,8 +229,12 @@ def load_checkpoint(path: str | os.PathLike[str], kind: str) -> Checkpoint:
             trailing = f.read(1)
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError) as exc:
             raise CheckpointRefusedError(f"the file is damaged ({type(exc).__name__})") from None
-    if trailing or digest.hexdigest() != expected:
-        raise CheckpointRefusedError("the file is damaged: its digest does not match its contents")
+    if trailing or not hmac.compare_digest(digest.hexdigest(), expected):
+        raise CheckpointRefusedError(
+            "the file is damaged: its digest does not match its contents"
+            if key is None
+            else "its digest is not the one its key makes: rewritten without the key, or damaged"
+        )
     if header.get("kind") != kind:
         raise CheckpointRefusedError(f"it is a checkpoint of {header.get('kind')!r}, not {kind!r}")
     return Checkpoint(
@@ -203,6 +252,7 @@ def restore_from(
     kind: str,
     full: bool,
     use: Callable[[Checkpoint], _T],
+    key: bytes | None = None,
 ) -> tuple[str, _T | None]:
     """Load the ``kind`` checkpoint at ``path`` and ``use`` it: (what was done, what
     ``use`` returned), or (why the whole log is read, None).
@@ -213,7 +263,7 @@ def restore_from(
     if full:
         return "full: the whole log was read, as asked (--full)", None
     try:
-        saved = load_checkpoint(path, kind)
+        saved = load_checkpoint(path, kind, key)
         restored = use(saved)
     except FileNotFoundError:
         return "missing: no checkpoint file yet, the whole log was read", None

@@ -75,6 +75,7 @@ from payout_ledger.audit.checkpoint import (
     CheckpointRefusedError,
     Parts,
     check_binding,
+    checkpoint_key_of,
     decode_value,
     encode_value,
     restore_from,
@@ -163,6 +164,7 @@ def audit_ledger(
     summaries_limit: int = SUMMARIES_LIMIT,
     checkpoint: str | os.PathLike[str] | None = None,
     full: bool = False,
+    checkpoint_key: str | None = None,
 ) -> AuditReport:
     """Replay the whole log once and check every payout; see the module docs.
 
@@ -187,11 +189,14 @@ def audit_ledger(
     the end of the log; ``full=True`` reads the whole log whatever the file
     holds. A missing, damaged or refused file makes a full run; the report's
     ``checkpoint`` says which (see ``payout_ledger.audit.checkpoint``).
+    ``checkpoint_key`` (default: the ledger's ``checkpoint_key`` setting) keys
+    the file's digest, so that a file rewritten without the key is refused.
     """
+    key = checkpoint_key_of(ledger, checkpoint_key)
     args = (ledger, page_size, on_page, keep_summaries, decode, summaries_limit)
     status, run, incremental = "", None, False
     if checkpoint is not None and keep_summaries is None:
-        status, run = _restore(ledger, checkpoint, full, summaries_limit)
+        status, run = _restore(ledger, checkpoint, full, summaries_limit, key)
         if run is not None:
             try:
                 run = _replay(*args, None, run)
@@ -212,7 +217,7 @@ def audit_ledger(
             run = _replay(*args, suspects)
     if checkpoint is not None and keep_summaries is None:
         run.evict(everything=True)
-        save_checkpoint(checkpoint, run.checkpoint())
+        save_checkpoint(checkpoint, run.checkpoint(), key)
     report = run.finish(keep_summaries)
     report.checkpoint = status
     report.incremental = incremental
@@ -220,7 +225,7 @@ def audit_ledger(
 
 
 def _restore(
-    ledger: PayoutLedger, path: str | os.PathLike[str], full: bool, limit: int
+    ledger: PayoutLedger, path: str | os.PathLike[str], full: bool, limit: int, key: bytes | None
 ) -> tuple[str, _Replay | None]:
     """Why the audit reads the whole log, or the pass restored from the checkpoint."""
 
@@ -228,7 +233,7 @@ def _restore(
         check_binding(saved, ledger, read_seals(ledger, chained_mapper(ledger), VerifyReport(), 1))
         return _Replay.restore(ledger, saved, limit)
 
-    return restore_from(path, "audit", full, use)
+    return restore_from(path, "audit", full, use, key)
 
 
 class _Replay:

@@ -72,6 +72,7 @@ from payout_ledger.audit.checkpoint import (
     Checkpoint,
     CheckpointRefusedError,
     check_binding,
+    checkpoint_key_of,
     decode_value,
     encode_value,
     restore_from,
@@ -119,6 +120,7 @@ def verify_ledger(
     heads_limit: int = HEADS_LIMIT,
     checkpoint: str | os.PathLike[str] | None = None,
     full: bool = False,
+    checkpoint_key: str | None = None,
 ) -> VerifyReport:
     """Recompute every chain and seal; see the module docs for what is checked.
 
@@ -131,15 +133,18 @@ def verify_ledger(
     the file anew at the log's latest seal. ``full=True`` reads the whole log
     whatever the file holds. A missing, damaged or refused file makes a full
     run; the report's ``checkpoint`` says which (see
-    ``payout_ledger.audit.checkpoint``).
+    ``payout_ledger.audit.checkpoint``). ``checkpoint_key`` (default: the
+    ledger's ``checkpoint_key`` setting) keys the file's digest, so that a file
+    rewritten without the key is refused.
     """
+    key = checkpoint_key_of(ledger, checkpoint_key)
     report = VerifyReport()
     mapper = chained_mapper(ledger)
     seals = read_seals(ledger, mapper, report, page_size)
     run = _VerifyPass(ledger, report, seals, strict=strict, heads_limit=heads_limit)
     after = None
     if checkpoint is not None:
-        report.checkpoint, after = run.restore(checkpoint, full)
+        report.checkpoint, after = run.restore(checkpoint, full, key)
         report.incremental = after is not None
         run.snapshot_due = bool(seals)
     run.read(page_size=page_size, on_page=on_page, after=after)
@@ -147,7 +152,7 @@ def verify_ledger(
     check_anchors(anchors, seals, report)
     if checkpoint is not None:
         if run.snapshot is not None:
-            save_checkpoint(checkpoint, run.snapshot)
+            save_checkpoint(checkpoint, run.snapshot, key)
         else:
             report.checkpoint += "; no checkpoint written: the log has no seal to chain it to"
     return report
@@ -441,9 +446,11 @@ class _VerifyPass:
             blobs={"seen": bytes(self.seen.bits)},  # a copy: the pass goes on
         )
 
-    def restore(self, path: str | os.PathLike[str], full: bool) -> tuple[str, int | None]:
+    def restore(
+        self, path: str | os.PathLike[str], full: bool, key: bytes | None
+    ) -> tuple[str, int | None]:
         """Continue from the checkpoint at ``path``: (what was done, the id to read after)."""
-        status, position = restore_from(path, "verify", full, self._continue)
+        status, position = restore_from(path, "verify", full, self._continue, key)
         return status, position
 
     def _continue(self, saved: Checkpoint) -> int:

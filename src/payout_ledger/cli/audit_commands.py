@@ -65,7 +65,8 @@ CheckpointOption = Annotated[
     typer.Option(
         help="A checkpoint file: continue from it, reading only the newer events, and write "
         "it anew. Missing or damaged: a full run, said so. Keep it where the database's "
-        "writers cannot write.",
+        "writers cannot write; with PAYOUT_LEDGER_CHECKPOINT_KEY set, its digest is keyed "
+        "and a file rewritten without the key is refused.",
         dir_okay=False,
     ),
 ]
