@@ -295,6 +295,29 @@ def test_a_keyed_checkpoint_rewritten_without_its_key_is_refused(
     assert not report.incremental
 
 
+ACCEPTED_KEYS = ["k" * 16, "clé d'auditeur ✓", "x" * 4096]
+"""Keys at the edges of what is accepted: exactly 16 characters, text beyond ASCII
+(16 characters, more bytes), a long one."""
+
+
+@pytest.mark.parametrize("key", ACCEPTED_KEYS, ids=["16", "unicode", "4096"])
+def test_every_accepted_key_keys_a_checkpoint_that_only_it_opens(
+    key: str, ledger: PayoutLedger, gateway: InMemoryTransferGateway, tmp_path: Path
+) -> None:
+    assert LedgerSettings(checkpoint_key=key).checkpoint_key is not None
+    with pytest.raises(ConfigurationError, match="checkpoint_key"):
+        LedgerSettings(checkpoint_key=key[:15])
+    run_scenario(ledger, gateway)
+    ledger.seal()
+    for run in (audit_ledger, verify_ledger):
+        path = tmp_path / f"{run.__name__}.checkpoint"
+        run(ledger, checkpoint=path, checkpoint_key=key)
+        assert run(ledger, checkpoint=path, checkpoint_key=key).incremental
+        other = key[:-1] + ("y" if key[-1] != "y" else "z")
+        refused = run(ledger, checkpoint=path, checkpoint_key=other)
+        assert refused.checkpoint.startswith("refused: its digest is not the one its key")
+
+
 @pytest.mark.parametrize("key", ["", "short", b"bytes, not text, of any length"])
 def test_a_checkpoint_key_must_be_text_of_16_characters_or_more(
     key: Any, ledger: PayoutLedger, tmp_path: Path
