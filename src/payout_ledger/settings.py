@@ -86,6 +86,10 @@ ENV_PREFIX = "PAYOUT_LEDGER_"
 """The prefix of the environment variables ``LedgerSettings()`` reads."""
 
 
+CHECKPOINT_KEY_LENGTH = 16
+"""The fewest characters a checkpoint key may have."""
+
+
 class LedgerSettings(BaseSettings):
     """Everything the ledger can be configured with.
 
@@ -182,7 +186,7 @@ class LedgerSettings(BaseSettings):
     (``eventsourcing.cryptography:AESCipher``); every process needs the same key
     and a store must be encrypted from its first event. Never logged."""
 
-    checkpoint_key: SecretStr | None = Field(default=None, min_length=16)
+    checkpoint_key: SecretStr | None = Field(default=None, min_length=CHECKPOINT_KEY_LENGTH)
     """Key the digest of ``audit`` and ``verify`` checkpoints (HMAC-SHA-256): text of
     16 characters or more, made with ``secrets.token_hex(16)``. A checkpoint
     rewritten without it is refused, and the run reads the whole log. Give it to

@@ -51,6 +51,7 @@ from payout_ledger.adapters.log import iter_states, notification
 from payout_ledger.adapters.mapper import chained_mapper, read_notification
 from payout_ledger.errors import ConfigurationError
 from payout_ledger.service.sealing import SealInfo
+from payout_ledger.settings import CHECKPOINT_KEY_LENGTH
 
 if TYPE_CHECKING:
     from payout_ledger.audit.verify_seals import Seal
@@ -68,7 +69,6 @@ __all__ = [
 _MAGIC = b"payout-ledger checkpoint 1\n"
 _KEYED_MAGIC = b"payout-ledger checkpoint 1 keyed\n"
 """The first line of a checkpoint whose digest is an HMAC under a checkpoint key."""
-_SHORTEST_KEY = 16
 
 _T = TypeVar("_T")
 
@@ -115,9 +115,9 @@ def checkpoint_key_of(ledger: PayoutLedger, key: Any = None) -> bytes | None:
         key = None if setting is None else setting.get_secret_value()
     if key is None:
         return None
-    if not isinstance(key, str) or len(key) < _SHORTEST_KEY:
+    if not isinstance(key, str) or len(key) < CHECKPOINT_KEY_LENGTH:
         raise ConfigurationError(
-            f"a checkpoint key must be text of {_SHORTEST_KEY} characters or more "
+            f"a checkpoint key must be text of {CHECKPOINT_KEY_LENGTH} characters or more "
             "(secrets.token_hex(16) makes one)"
         )
     return key.encode("utf-8")
