@@ -591,6 +591,31 @@ def test_a_payout_started_again_in_an_edited_log_is_refused_then_folded_in_batch
     assert rows == expected
 
 
+def test_a_service_id_given_twice_is_refused_by_the_rebuilt_table_then_folded_in_batches(
+    history: PayoutLedger,
+    raw: RawStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past the checks (which leave out a service id that is not its payout's), a
+    second payout started with an earlier one's service id: the table refuses the
+    rebuild's second row (by the service id's uniqueness, not the payout id's), and
+    the log is folded in batches, as folding it event by event does."""
+    for module in (rebuild_module, runner_module):
+        monkeypatch.setattr(module, "unprojectable", lambda event: None)
+    raw.edit(stored(history, P.PayoutStarted.TOPIC, "es_inflight"),
+             lambda state: state.__setitem__("event_service_id", "es_paid"))  # fmt: skip
+
+    with caplog.at_level(logging.WARNING, logger="payout_ledger.adapters.projection"):
+        (rebuilt, one_by_one), (rows, expected) = rebuilt_and_folded_one_by_one(history)
+
+    assert any("refused a row of the rebuild" in r.getMessage() for r in caplog.records)
+    assert (rebuilt.events, rebuilt.skipped) == (one_by_one.events, one_by_one.skipped)
+    assert one_by_one.skipped >= 1
+    assert "es_inflight" not in [r[1] for r in rows]
+    assert rows == expected
+
+
 @pytest.mark.parametrize(
     ("column", "value"),
     [
@@ -649,7 +674,7 @@ def _row(released_at: Any, updated_at: Any, text: str = "prov") -> tuple[Any, ..
 def test_rows_go_to_the_database_as_json_only_when_json_carries_them_exactly() -> None:
     """A rebuild's writers hand a batch to the database as one JSON document: each value
     as it is, each time as ``isoformat`` writes it but a zero offset as ``Z``; a batch
-    holding what JSON would change (an offset of seconds, time text ending in ``Z``, a
+    holding what JSON would change (an offset of seconds, time text holding a ``Z``, a
     time of another type, a NUL, a lone surrogate) is not made a document."""
     utc = datetime(2026, 3, 1, 10, 0, 0, 123456, tzinfo=UTC)
     east = datetime(2026, 3, 1, 15, 30, 0, tzinfo=timezone(timedelta(hours=5, minutes=30)))
@@ -667,6 +692,7 @@ def test_rows_go_to_the_database_as_json_only_when_json_carries_them_exactly() -
         _row(None, datetime(2026, 3, 1, tzinfo=seconds)),
         _row(datetime(2026, 3, 1, tzinfo=timezone(timedelta(microseconds=1))), utc),
         _row(None, "2026-03-01T10:00:00Z"),
+        _row(None, "2026-03-01TZ10:00:00+00:00"),
         _row(None, 1772359200),
         _row(None, utc, text="prov\x00"),
         _row(None, utc, text="prov\ud800"),

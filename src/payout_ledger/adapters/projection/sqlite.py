@@ -350,14 +350,10 @@ def _has_json(conn: sqlite3.Connection) -> bool:
 
 def _json_value(i: int) -> str:
     """The value at ``i`` of a ``json_rows`` row as SQLite stores it: a time as
-    ``datetime.isoformat`` writes it (``json_rows`` writes a zero offset ``Z``)."""
+    ``datetime.isoformat`` writes it (``json_rows`` writes a zero offset ``Z``, and
+    makes no document of time text that holds a ``Z``)."""
     value = f"json_extract(value, '$[{i}]')"
-    if i not in TIME_COLUMNS:
-        return value
-    return (
-        f"CASE WHEN substr({value}, -1) = 'Z' "
-        f"THEN substr({value}, 1, length({value}) - 1) || '+00:00' ELSE {value} END"
-    )
+    return f"replace({value}, 'Z', '+00:00')" if i in TIME_COLUMNS else value
 
 
 _FROM_JSON = ", ".join(_json_value(i) for i in range(len(COLUMNS)))

@@ -70,7 +70,7 @@ def json_rows(rows: Sequence[Row]) -> str | None:
     ``datetime.isoformat`` writes it, but that a zero UTC offset is ``Z`` (as a
     time read back from SQLite, text, is written as it is). These make None: a
     time whose offset is not whole minutes (msgspec writes it to the minute),
-    time text that ends in ``Z`` (a reader could not tell it from a zero offset),
+    time text that holds a ``Z`` (a reader could not tell it from a zero offset),
     a time of another type, text that UTF-8 cannot hold or that holds a NUL
     (which the databases' JSON does not read back as it was).
     """
@@ -80,7 +80,7 @@ def json_rows(rows: Sequence[Row]) -> str | None:
             if time is None or (type(time) is datetime and time.tzinfo is UTC):
                 continue  # as the ledger writes its times
             if type(time) is str:
-                if time.endswith("Z"):
+                if "Z" in time:
                     return None
             elif not isinstance(time, datetime):
                 return None
