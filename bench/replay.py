@@ -31,8 +31,11 @@ measurement failed (its entry then has an ``error``).
    and check every rule); with ``--also verify,project`` also ``verify_ledger``
    (a SHA-256 per event) and a projection rebuild. Each figure is events/s over the
    whole log; peak memory is that process's maximum RSS (interpreter and libraries
-   included), with its RSS before the run. Every tool gets its ratio to the
-   limits: events/s / ``raw_read``'s events/s (and, for verify, / ``raw_sha256``'s).
+   included), with its RSS before the run. With ``--verify-processes 2``, verify's
+   full run reads the log in two processes, split at a seal (``verify --processes
+   2``): its CPU time and peak memory are both processes' added. Every tool gets
+   its ratio to the limits: events/s / ``raw_read``'s events/s (and, for verify,
+   / ``raw_sha256``'s).
 4. Incremental runs (``--new-events``, default 10,000; 0 for none): the full runs of
    audit and verify write a checkpoint (``checkpoint=PATH, full=True``) into a
    temporary folder of this run; then ``--new-events`` events of new payouts (event
@@ -57,6 +60,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -265,6 +269,49 @@ def peak_rss_mb() -> float:
     return kib * 1024 / 1e6
 
 
+class ChildPeaks:
+    """The peak resident set size (``VmHWM``) of this process's children, sampled.
+
+    A child's ``VmHWM`` is its own high-water mark since ``exec``, so a sample
+    taken at any time after its peak is exact; only a rise in the last interval
+    before it ends would be missed. Read from the children of this process's main
+    thread (``/proc/self/task/PID/children``), every ``every`` seconds, while the
+    ``with`` block runs: verify's second process, here.
+    """
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.every = every
+        self.peaks: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> ChildPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        children = f"/proc/self/task/{os.getpid()}/children"
+        while not self._stop.wait(self.every):
+            try:
+                with open(children) as f:
+                    pids = [int(p) for p in f.read().split()]
+            except OSError:
+                return
+            for pid in pids:
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        kib = next(
+                            (int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0
+                        )
+                except OSError:  # it ended
+                    continue
+                self.peaks[pid] = max(self.peaks.get(pid, 0.0), kib * 1024 / 1e6)
+
+
 # The measurements, each in its own (fresh) process.
 
 Pages = Callable[[], Iterator[list[tuple[Any, ...]]]]
@@ -379,6 +426,7 @@ def measure(
     checkpoint: str | None = None,
     mode: str = "full",
     where: str | None = None,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """Run one tool in this (fresh) process; returns throughput and memory.
 
@@ -386,7 +434,9 @@ def measure(
     whole log and writes it, ``mode="incremental"`` continues from it. A full run
     whose tool takes no checkpoint yet runs without one and says so
     (``checkpoint_error``); an incremental run fails. ``where``: the events table
-    of the limits (``events_table``).
+    of the limits (``events_table``). ``processes``: verify's (2: split at a seal);
+    the second process's CPU time is counted in ``cpu_seconds``, and its peak
+    memory (``second_process_peak_rss_mb``, see ``ChildPeaks``) in ``peak_rss_mb``.
     """
     if what in LIMITS:
         return measure_raw(store_url, what, page_size, where or events_table(store_url))
@@ -413,7 +463,7 @@ def measure(
     with open_ledger(store_url) as ledger:
         open_s = time.perf_counter() - opened
         before = rss_mb()
-        cpu = time.process_time()
+        cpu = _cpu_seconds()
         started = time.perf_counter()
         report: Any
         if what == "audit":
@@ -421,15 +471,20 @@ def measure(
             count, ok = report.events, report.ok
             extra |= {"payouts": report.payouts, "in_flight": len(report.in_flight)}
         elif what == "verify":
-            report = verify_ledger(ledger, page_size=page_size, on_page=on_page, **kwargs)
+            with ChildPeaks() as children:
+                report = verify_ledger(
+                    ledger, page_size=page_size, on_page=on_page, processes=processes, **kwargs
+                )
             count, ok = report.events, report.ok
-            extra |= {"aggregates": report.aggregates}
+            extra |= {"aggregates": report.aggregates, "processes": report.processes}
+            if children.peaks:
+                extra["second_process_peak_rss_mb"] = round(max(children.peaks.values()), 1)
         else:
             run = run_projection(ledger, rebuild=True, batch_size=page_size, on_batch=on_page)
             report, count, ok = None, run.events, True
             extra |= {"batches": run.batches}
         seconds = time.perf_counter() - started
-        cpu = time.process_time() - cpu
+        cpu = _cpu_seconds() - cpu
         if what == "audit":  # apart: a run from a checkpoint makes these rows when listed
             listing = time.perf_counter()
             extra["in_flight_listed"] = sum(1 for _ in report.in_flight)
@@ -444,6 +499,12 @@ def measure(
     )
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of the children it waited for (verify's second)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _figures(
     what: str,
     mode: str,
@@ -456,6 +517,10 @@ def _figures(
     **extra: Any,
 ) -> dict[str, Any]:
     peak = peak_rss_mb()
+    second = extra.get("second_process_peak_rss_mb")
+    if second is not None:  # both run at once: the tool's memory is theirs together
+        extra["this_process_peak_rss_mb"] = round(peak, 1)
+        peak += second
     return {
         "what": what,
         "mode": mode,
@@ -522,11 +587,14 @@ def run_child(
     mode: str = "full",
     where: str | None = None,
     timeout: float = CHILD_TIMEOUT_S,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """Measure one run in a fresh Python process; a failure is returned as ``error``."""
     log(f"measuring {what} ({mode}) in a fresh process")
     command = [sys.executable, __file__, "--measure", what, "--store-url", store_url,
                "--page-size", str(page_size), "--mode", mode]  # fmt: skip
+    if what == "verify" and processes != 1:
+        command += ["--processes", str(processes)]
     if checkpoint is not None:
         command += ["--checkpoint", str(checkpoint)]
     if where is not None:
@@ -563,6 +631,7 @@ def measure_store(store_url: str, args: argparse.Namespace) -> dict[str, Any]:
                         checkpoint=checkpoint,
                         where=where if what in LIMITS else None,
                         timeout=args.child_timeout,
+                        processes=args.verify_processes,
                     )
                 )
         appended: dict[str, Any] | None = None
@@ -584,6 +653,7 @@ def measure_store(store_url: str, args: argparse.Namespace) -> dict[str, Any]:
                     mode="incremental",
                     checkpoint=folder / f"{what}.checkpoint",
                     timeout=args.child_timeout,
+                    processes=args.verify_processes,
                 )
             )
     finally:
@@ -672,7 +742,15 @@ def main() -> None:
         default=CHILD_TIMEOUT_S,
         help=f"seconds one measurement may take (default {CHILD_TIMEOUT_S:.0f})",
     )
+    parser.add_argument(
+        "--verify-processes",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="verify's processes (2: a full run split at a seal; default 1)",
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the child process
+    parser.add_argument("--processes", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--store-url", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="full", help=argparse.SUPPRESS)
@@ -687,6 +765,7 @@ def main() -> None:
             args.checkpoint,
             args.mode,
             args.events_table,
+            args.processes,
         )
         print(json.dumps(result))
         return

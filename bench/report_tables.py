@@ -163,6 +163,8 @@ TOOL_NAMES = {
 
 def run_name(r: Row) -> str:
     name = TOOL_NAMES.get(r["what"], str(r["what"]))
+    if (r.get("processes") or 1) > 1:
+        name = f"{name}, {r['processes']} processes"
     return f"{name}, incremental" if r.get("mode") == "incremental" else name
 
 

@@ -304,13 +304,15 @@ def replay_commands(events: int, kept: dict[str, str] | None) -> list[list[str]]
     Every tool (audit, verify, the projection rebuild), the limits (``raw_read``,
     ``raw_sha256``) and the incremental audit and verify, on the ``kept`` store of
     each (a folder for SQLite, a schema for PostgreSQL), else on a fresh one.
+    Verify's full run reads the log in two processes (``verify --processes 2``),
+    as an auditor with two cores would run it.
     """
     commands = []
     for store in ("sqlite", "postgres"):
         args = ["--store", store, "--events", str(events)]
         if kept is not None:
             args += ["--kept", kept[store]]
-        commands.append([*args, "--also", REPLAY_ALSO])
+        commands.append([*args, "--also", REPLAY_ALSO, "--verify-processes", "2"])
     return commands
 
 

@@ -383,3 +383,28 @@ def test_releases_that_raised_are_shown_and_fail_the_targets_they_feed(
     assert any("**7 raised**" in r["releases/s"] for r in database)
     assert "**3 raised**" in prototypes["`no_table_lock`"]["16 workers rel/s"]
     assert "raised" not in prototypes["`ours`"]["16 workers rel/s"]
+
+
+def test_a_verify_run_in_two_processes_is_named_so(report: ModuleType) -> None:
+    tables = importlib.import_module("report_tables")
+    assert tables.run_name({"what": "verify", "processes": 2}) == "verify, 2 processes"
+    assert tables.run_name({"what": "verify", "processes": 1}) == "verify"
+    assert tables.run_name({"what": "verify", "mode": "incremental"}) == "verify, incremental"
+
+
+def test_a_childs_peak_memory_is_its_own_not_its_parents(report: ModuleType) -> None:
+    """Verify's second process is measured by its own high-water mark: ``ru_maxrss``
+    would start it at this process's peak."""
+    replay = importlib.import_module("replay")
+    ballast = bytearray(150_000_000)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # resident, not only reserved
+    child = (
+        "import time; b = bytearray(60_000_000); b[::4096] = b'\\x01' * len(b[::4096]); "
+        "time.sleep(0.5)"
+    )
+    with replay.ChildPeaks(every=0.01) as peaks:
+        process = subprocess.Popen([sys.executable, "-c", child])
+        assert process.wait() == 0
+    peak = peaks.peaks[process.pid]  # this test's process may have other children
+    assert 60 < peak < 150, peak
+    del ballast

@@ -159,7 +159,7 @@ def test_json_shapes_are_the_documented_ones(fake: FakeStripe, env: dict[str, st
         "verify": {
             "ok", "events", "aggregates", "chained_events", "legacy_events", "v1_links",
             "last_notification_id", "log_digest", "seals", "latest_seal", "unsealed_events",
-            "anchors_found", "problems", "checkpoint", "incremental",
+            "anchors_found", "problems", "checkpoint", "incremental", "processes",
         },
         "seal": {
             "seal_number", "through_notification_id", "event_count", "log_digest",

@@ -405,6 +405,13 @@ class SeenFilter:
             raise ValueError(f"a filter of {bits} bits holds {len(data)} bytes")
         self.bits = data
 
+    def may_have(self, key: int) -> bool:
+        """Whether ``key`` may have been marked (False: certainly not)."""
+        mask = self.mask
+        i, j = key & mask, (key >> 96) & mask
+        bits = self.bits
+        return bool(bits[i >> 3] & (1 << (i & 7)) and bits[j >> 3] & (1 << (j & 7)))
+
     def add(self, key: int) -> bool:
         """Mark ``key``; whether it was (maybe) marked before."""
         mask = self.mask

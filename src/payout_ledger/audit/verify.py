@@ -68,6 +68,7 @@ from payout_ledger.adapters.log import (
     notification,
 )
 from payout_ledger.adapters.mapper import StoredRead, chained_mapper, read_notification
+from payout_ledger.audit import verify_split
 from payout_ledger.audit.checkpoint import (
     Checkpoint,
     CheckpointRefusedError,
@@ -95,6 +96,7 @@ from payout_ledger.audit.verify_seals import Seal, check_anchors, read_seals
 from payout_ledger.domain.chain import GENESIS, roll
 from payout_ledger.domain.seal import LEDGER_SEAL_ID, LedgerSeal
 from payout_ledger.domain.typecheck import type_check
+from payout_ledger.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from payout_ledger.service.ledger import PayoutLedger
@@ -121,6 +123,7 @@ def verify_ledger(
     checkpoint: str | os.PathLike[str] | None = None,
     full: bool = False,
     checkpoint_key: str | None = None,
+    processes: int = 1,
 ) -> VerifyReport:
     """Recompute every chain and seal; see the module docs for what is checked.
 
@@ -136,8 +139,49 @@ def verify_ledger(
     ``payout_ledger.audit.checkpoint``). ``checkpoint_key`` (default: the
     ledger's ``checkpoint_key`` setting) keys the file's digest, so that a file
     rewritten without the key is refused.
+
+    ``processes=2`` lets a full run read the log in two processes, split at a
+    seal (see ``payout_ledger.audit.verify_split``): about twice as fast on a
+    machine with two free cores, with the same report. ``report.processes``
+    says how many did; any doubt makes it one.
     """
+    if processes not in (1, 2) or type(processes) is not int:
+        raise InvalidRequestError(f"processes must be 1 or 2, not {processes!r}")
     key = checkpoint_key_of(ledger, checkpoint_key)
+    run = None
+    if processes == 2:
+        run = _verify(ledger, strict, page_size, on_page, heads_limit, checkpoint, full, key, True)
+    if run is None:
+        run = _verify(ledger, strict, page_size, on_page, heads_limit, checkpoint, full, key, False)
+        assert run is not None
+    report, seals = run.report, run.seals
+    run.finish()
+    check_anchors(anchors, seals, report)
+    if checkpoint is not None:
+        if run.snapshot is not None:
+            save_checkpoint(checkpoint, run.snapshot, key)
+        else:
+            report.checkpoint += "; no checkpoint written: the log has no seal to chain it to"
+    return report
+
+
+def _verify(
+    ledger: PayoutLedger,
+    strict: bool,
+    page_size: int,
+    on_page: PageCallback | None,
+    heads_limit: int,
+    checkpoint: str | os.PathLike[str] | None,
+    full: bool,
+    key: bytes | None,
+    split: bool,
+) -> _VerifyPass | None:
+    """The pass over the log, all but its ``finish``.
+
+    ``split``: a full run reads the log in two processes, split at a seal, when
+    it can (``payout_ledger.audit.verify_split``); None if the split cannot
+    stand for the one pass: the caller then makes the one pass.
+    """
     report = VerifyReport()
     mapper = chained_mapper(ledger)
     seals = read_seals(ledger, mapper, report, page_size)
@@ -147,15 +191,63 @@ def verify_ledger(
         report.checkpoint, after = run.restore(checkpoint, full, key)
         report.incremental = after is not None
         run.snapshot_due = bool(seals)
-    run.read(page_size=page_size, on_page=on_page, after=after)
-    run.finish()
-    check_anchors(anchors, seals, report)
-    if checkpoint is not None:
-        if run.snapshot is not None:
-            save_checkpoint(checkpoint, run.snapshot, key)
-        else:
-            report.checkpoint += "; no checkpoint written: the log has no seal to chain it to"
-    return report
+    at = None
+    if split and after is None and not report.problems and verify_split.splittable(ledger):
+        at = verify_split.split_seal(seals, last_notification_id(ledger))
+    first = None
+    if at is not None:
+        try:
+            half = max(1, heads_limit // 8)  # two processes: each keeps an eighth as many
+            first = verify_split.FirstPart(
+                ledger,
+                at,
+                strict=strict,
+                heads_limit=half,
+                page_size=page_size,
+                seen_bits=len(run.seen.bits) * 8,
+            )
+            run.heads_limit = half
+        except Exception:  # no second process (its request or its start failed): one
+            first = None
+    if at is None or first is None:  # one process
+        run.read(page_size=page_size, on_page=on_page, after=after)
+        return run
+    try:
+        run.continue_after(at)
+        run.read(page_size=page_size, on_page=on_page, after=at.info.through_notification_id)
+    except BaseException:
+        first.stop()
+        raise
+    run.let_go()
+    done = first.result()
+    if done is None or not run.join(done, at):
+        return None
+    return run
+
+
+def first_part_pass(
+    ledger: PayoutLedger,
+    *,
+    through: int,
+    strict: bool,
+    heads_limit: int,
+    page_size: int,
+    seen_bits: int,
+) -> _VerifyPass:
+    """The pass over the events up to ``through`` (a seal's position), with that seal's check.
+
+    The second process of a split run (``payout_ledger.audit.verify_split``).
+    """
+    report = VerifyReport()
+    seals = read_seals(ledger, chained_mapper(ledger), report, page_size)
+    seals = [s for s in seals if s.info.through_notification_id <= through]
+    run = _VerifyPass(
+        ledger, report, seals, strict=strict, heads_limit=heads_limit, seen_bits=seen_bits
+    )
+    run.read(page_size=page_size, on_page=None, through=through)
+    while run.pending:
+        run.check_seal(run.pending.popleft())
+    return run
 
 
 class _VerifyPass:
@@ -180,6 +272,7 @@ class _VerifyPass:
         *,
         strict: bool,
         heads_limit: int,
+        seen_bits: int | None = None,
     ) -> None:
         self.ledger = ledger
         self.report = report
@@ -190,7 +283,7 @@ class _VerifyPass:
         self.pending = deque(seals)
         self.heads: dict[str, Any] = {}
         """Chain heads by aggregate id: a ``Head``, or the fast path's tuple."""
-        self.seen = SeenFilter(filter_bits(last_notification_id(ledger)))
+        self.seen = SeenFilter(seen_bits or filter_bits(last_notification_id(ledger)))
         self.rolling = _GENESIS_BYTES
         self.rolling_v1 = GENESIS
         self.count = 0
@@ -208,11 +301,23 @@ class _VerifyPass:
         """SQLite rows whose originator id is not spelt as the store writes it, by the id
         they name (``""``: no UUID), as the pass meets them."""
         self.spelling_checked = isinstance(ledger.recorder, SQLiteApplicationRecorder)
+        self.seen_bytes = len(self.seen.bits)
+        self.rebuild_unseen = False
+        """Rebuild every aggregate without a head (the part after a split's seal)."""
+        self.new_ids: bytearray | None = None
+        """The part after a split's seal: each aggregate it saw start, as 16 bytes."""
 
     def read(
-        self, *, page_size: int, on_page: PageCallback | None, after: int | None = None
+        self,
+        *,
+        page_size: int,
+        on_page: PageCallback | None,
+        after: int | None = None,
+        through: int | None = None,
     ) -> None:
+        """Check the events after ``after`` (all by default), up to ``through`` (all)."""
         report, heads, pending, seen = self.report, self.heads, self.pending, self.seen
+        new_ids = self.new_ids
         mapper = self.mapper
         plain = mapper.cipher is None and mapper.compressor is None
         ordinary = OrdinaryEvents(LEDGER_EVENT_CLASSES).previous_hash
@@ -227,7 +332,8 @@ class _VerifyPass:
         rolling = self.rolling
         count = self.count
         chained = aggregates = unsealed = 0
-        next_seal = pending[0].info.through_notification_id if pending else _LARGEST
+        stop = _LARGEST if through is None else through
+        next_seal = min(pending[0].info.through_notification_id if pending else _LARGEST, stop)
         pages = iter_states(
             self.ledger, page_size=page_size, on_page=on_page, after=after, checked=False
         )
@@ -241,7 +347,11 @@ class _VerifyPass:
                     chained = aggregates = unsealed = 0
                     while pending and pending[0].info.through_notification_id < nid:
                         self.check_seal(pending.popleft())
-                    next_seal = pending[0].info.through_notification_id if pending else _LARGEST
+                    if nid > stop:
+                        return
+                    next_seal = min(
+                        pending[0].info.through_notification_id if pending else _LARGEST, stop
+                    )
                 count += 1
                 if nid > sealed_through:
                     unsealed += 1
@@ -272,10 +382,12 @@ class _VerifyPass:
                 # A head the fast path keeps: (version, digest, notification id, v2 linked).
                 head = heads.get(oid)
                 if head is None:
-                    if version == 1 and previous == GENESIS and not seen.add(int(oid, 16)):
+                    if version == 1 and previous == GENESIS and not seen.add(key := int(oid, 16)):
                         heads[oid] = (1, digest.hex(), nid, False)
                         chained += 1
                         aggregates += 1
+                        if new_ids is not None:
+                            new_ids += key.to_bytes(16, "big")
                         if len(heads) > limit:
                             self.evict()
                         continue
@@ -352,7 +464,7 @@ class _VerifyPass:
                 del heads[key]
                 head = None
         maybe_seen = self.seen.add(event.originator_id.int)
-        if head is None and maybe_seen:
+        if head is None and (maybe_seen or self.rebuild_unseen):
             self.rebuild(key, n.id)
         new = key not in heads
         head = check_link(n, event, read.digest, heads, self.report, self.strict)
@@ -490,6 +602,61 @@ class _VerifyPass:
         )
         return saved.position
 
+    def continue_after(self, seal: Seal) -> None:
+        """Check only the events after ``seal``, from the count and digest it recorded.
+
+        The events up to it are another process's part (``verify_split``).
+        """
+        info = seal.info
+        self.rolling, self.count = bytes.fromhex(info.log_digest), info.event_count
+        self.previous_through = info.through_notification_id
+        self.report.last_notification_id = info.through_notification_id
+        self.pending = deque(
+            s for s in self.seals if s.info.through_notification_id > info.through_notification_id
+        )
+        self.rebuild_unseen = True
+        self.new_ids = bytearray()
+
+    def let_go(self) -> None:
+        """Drop the chain heads and the filter of seen aggregates: the pass is over.
+
+        (Its snapshot holds a copy of the filter.) So that this process holds
+        the other's filter, when it comes, in their stead.
+        """
+        self.seen_bytes = len(self.seen.bits)
+        self.heads.clear()
+        self.seen = SeenFilter(1 << 16)
+
+    def join(self, first: verify_split.FirstPartResult, seal: Seal) -> bool:
+        """Add the part up to ``seal`` (another process's) to this one's; False if it
+        cannot stand for the one pass (see ``verify_split``)."""
+        through = seal.info.through_notification_id
+        new_ids = self.new_ids if self.new_ids is not None else bytearray()
+        if (
+            not first.clean
+            or first.store != store_identity(self.ledger)
+            or len(first.seen) != self.seen_bytes
+            or verify_split.first_seen_before(self.ledger, first, new_ids, through)
+        ):
+            return False
+        self.new_ids = None  # checked
+        del new_ids
+        report = self.report
+        self.aggregates += first.aggregates
+        report.chained_events += first.chained_events
+        report.legacy_events += first.legacy_events
+        report.v1_links += first.v1_links
+        report.processes = 2
+        if self.snapshot is not None:  # the one pass's filter: both parts' aggregates
+            _add_bits(first.seen, self.snapshot.blobs["seen"])
+            self.snapshot.blobs["seen"] = first.seen
+            body = self.snapshot.body
+            body["aggregates"] += first.aggregates
+            body["chained_events"] += first.chained_events
+            body["legacy_events"] += first.legacy_events
+            body["v1_links"] += first.v1_links
+        return True
+
     def finish(self) -> None:
         report = self.report
         while self.pending:
@@ -511,6 +678,17 @@ class _VerifyPass:
         report.aggregates = self.aggregates
         report.log_digest = self.rolling.hex()
         report.latest_seal = self.seals[-1].info if self.seals else None
+
+
+def _add_bits(target: bytearray, other: bytes | bytearray) -> None:
+    """Set in ``target`` the bits set in ``other`` (filters of the same size), a
+    megabyte at a time: no copy of either is made."""
+    step = 1 << 20
+    for i in range(0, len(target), step):
+        a, b = target[i : i + step], other[i : i + step]
+        target[i : i + step] = (int.from_bytes(a, "big") | int.from_bytes(b, "big")).to_bytes(
+            len(a), "big"
+        )
 
 
 def _respelt_key(oid: Any) -> str:

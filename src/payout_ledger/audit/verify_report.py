@@ -83,6 +83,8 @@ class VerifyReport:
     """What the run did with its checkpoint ("" if it was given none)."""
     incremental: bool = False
     """Whether the run continued from its checkpoint (read only the events after it)."""
+    processes: int = 1
+    """How many processes read the log (2: split at a seal, see ``verify_split``)."""
 
     @property
     def ok(self) -> bool:
@@ -105,6 +107,7 @@ class VerifyReport:
             "problems": [asdict(p) for p in self.problems],
             "checkpoint": self.checkpoint,
             "incremental": self.incremental,
+            "processes": self.processes,
         }
 
 

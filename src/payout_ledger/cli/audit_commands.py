@@ -132,6 +132,15 @@ def verify_command(
     progress: ProgressOption = True,
     checkpoint: CheckpointOption = None,
     full: FullOption = False,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=2,
+            help="2: a full run reads the log in two processes, split at a seal (about "
+            "twice as fast with two free cores; the same report).",
+        ),
+    ] = 1,
     store_url: StoreOption = None,
 ) -> None:
     """Recompute every hash chain and seal; exit 1 if the log was tampered with."""
@@ -152,6 +161,7 @@ def verify_command(
                 on_page=on_page,
                 checkpoint=checkpoint,
                 full=full,
+                processes=processes,
             )
         except OSError as exc:
             fail(f"cannot write --checkpoint {checkpoint}: {first_line(exc)}")

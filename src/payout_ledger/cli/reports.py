@@ -145,6 +145,8 @@ def print_verify(report: Any) -> None:
         "latest seal."
     )
     console.print(f"Log digest now: {report.log_digest}")
+    if report.processes == 2:
+        console.print("Read in two processes, split at a seal.")
     if report.checkpoint:
         console.print(f"Checkpoint: {report.checkpoint}.")
     if report.latest_seal is not None:
