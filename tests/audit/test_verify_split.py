@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eventsourcing.cryptography import AESCipher
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from payout_ledger import InvalidRequestError, PayoutAggregate, PayoutLedger
+from payout_ledger import InvalidRequestError, LedgerSettings, PayoutAggregate, PayoutLedger
 from payout_ledger.audit import ProblemKind, verify_ledger
 from payout_ledger.audit import verify_split as split_module
 from payout_ledger.audit.stored import SeenFilter
@@ -256,3 +258,17 @@ def test_the_command_verifies_in_two_processes_when_asked_and_refuses_three(
     for wrong in (0, 3, True, 2.0):
         with pytest.raises(InvalidRequestError, match="processes must be 1 or 2"):
             verify_ledger(ledger, processes=wrong)  # type: ignore[arg-type]
+
+
+def test_an_encrypted_log_is_verified_in_two_processes_through_the_cipher(
+    durable_store_url: str, gateway: InMemoryTransferGateway, providers: Any
+) -> None:
+    """The second process opens the store with the ledger's settings, its cipher key
+    included (on a pipe), and reads what this one reads."""
+    key = SecretStr(AESCipher.create_key(32))
+    settings = LedgerSettings(store_url=durable_store_url, cipher_key=key)
+    with PayoutLedger(settings=settings, providers=providers, gateway=gateway) as ledger:
+        two_sealed_halves(ledger, gateway)
+        one = verify_ledger(ledger)
+        two = verify_ledger(ledger, processes=2)
+    assert one.ok and two.processes == 2 and same(two) == same(one)
