@@ -45,11 +45,6 @@ def store_url(durable_store_url: str) -> str:
     return durable_store_url
 
 
-@pytest.fixture
-def raw(durable_store_url: str) -> RawStore:
-    return RawStore(durable_store_url)
-
-
 def without_checkpoint(report: Any) -> dict[str, Any]:
     found = dict(report.as_dict())
     found.pop("checkpoint")

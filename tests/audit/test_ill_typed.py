@@ -55,11 +55,6 @@ def sealed(ledger: PayoutLedger, gateway: InMemoryTransferGateway) -> SealInfo:
     return seal
 
 
-@pytest.fixture
-def raw(durable_store_url: str) -> RawStore:
-    return RawStore(durable_store_url)
-
-
 Change = Callable[[dict[str, Any]], None]
 
 

@@ -430,11 +430,6 @@ def rebuilt_as_one_by_one(ledger: PayoutLedger, fast_folds: list[int | None]) ->
     return rebuilt, rows
 
 
-@pytest.fixture
-def raw(store_url: str) -> RawStore:
-    return RawStore(store_url)
-
-
 def test_the_fast_rebuild_makes_the_table_folding_event_by_event_makes(
     history: PayoutLedger,
     gateway: InMemoryTransferGateway,

@@ -47,11 +47,6 @@ def history(ledger: PayoutLedger, gateway: InMemoryTransferGateway) -> PayoutLed
     return ledger
 
 
-@pytest.fixture
-def raw(durable_store_url: str) -> RawStore:
-    return RawStore(durable_store_url)
-
-
 def payout_events(ledger: PayoutLedger) -> int:
     return len(ledger.recorder.select_notifications(None, 100_000, topics=PAYOUT_TOPICS))
 

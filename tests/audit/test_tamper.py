@@ -53,11 +53,6 @@ def sealed(ledger: PayoutLedger, gateway: InMemoryTransferGateway) -> SealInfo:
     return seal
 
 
-@pytest.fixture
-def raw(durable_store_url: str) -> RawStore:
-    return RawStore(durable_store_url)
-
-
 def kinds(report: VerifyReport) -> set[ProblemKind]:
     return {p.kind for p in report.problems}
 

@@ -34,11 +34,6 @@ def store_url(durable_store_url: str) -> str:
     return durable_store_url
 
 
-@pytest.fixture
-def raw(durable_store_url: str) -> RawStore:
-    return RawStore(durable_store_url)
-
-
 @pytest.fixture(autouse=True)
 def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Split logs of a few dozen events (a real log splits from 200,000 on each side)."""

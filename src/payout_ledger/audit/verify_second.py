@@ -18,6 +18,7 @@ from payout_ledger.audit.checkpoint import store_identity
 from payout_ledger.audit.verify import first_part_pass
 from payout_ledger.audit.verify_split import FirstPartResult
 from payout_ledger.service.ledger import PayoutLedger
+from payout_ledger.service.ports import NoProviders, NoTransfers
 from payout_ledger.settings import LedgerSettings
 
 
@@ -26,8 +27,8 @@ def _first_part(request: dict[str, Any]) -> FirstPartResult:
     settings: LedgerSettings = request["settings"]
     with PayoutLedger(
         settings=settings,
-        providers=_NoProviders(),
-        gateway=_NoTransfers(request["livemode"]) if settings.stripe_enabled else None,
+        providers=NoProviders(),
+        gateway=NoTransfers(request["livemode"]) if settings.stripe_enabled else None,
         must_exist=True,
     ) as ledger:
         run = first_part_pass(
@@ -48,24 +49,6 @@ def _first_part(request: dict[str, Any]) -> FirstPartResult:
             v1_links=report.v1_links,
             seen=run.seen.bits,
         )
-
-
-class _NoProviders:
-    def get_provider(self, provider_id: str) -> None:
-        return None
-
-
-class _NoTransfers:
-    """The second process's gateway: it reads, and never moves money."""
-
-    def __init__(self, livemode: bool | None) -> None:
-        self.livemode = livemode
-
-    def create_transfer(self, request: Any) -> Any:
-        raise RuntimeError("verify makes no transfer")
-
-    def list_transfers(self, **kwargs: Any) -> Any:
-        raise RuntimeError("verify calls no Stripe API")
 
 
 def main() -> None:

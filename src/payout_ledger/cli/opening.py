@@ -13,15 +13,13 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from payout_ledger.cli.root import EXIT_UNAVAILABLE, EXIT_USAGE, fail, first_line
-from payout_ledger.errors import ConfigurationError, PayoutLedgerError, StoreNotFoundError
+from payout_ledger.errors import PayoutLedgerError, StoreNotFoundError
 from payout_ledger.service.ledger import PayoutLedger
 from payout_ledger.service.ports import (
+    NoProviders,
+    NoTransfers,
     ProviderDirectory,
-    ServiceProvider,
-    StripeTransfer,
     TransferGateway,
-    TransferRequest,
-    TransferResult,
 )
 from payout_ledger.settings import LedgerSettings
 from payout_ledger.stripe.gateway import StripeTransferGateway
@@ -80,11 +78,11 @@ def operator_ledger(
         gateway: TransferGateway | None = None
         if settings.stripe_enabled:
             gateway = (
-                StripeTransferGateway.from_settings(settings) if calls_stripe else _NoTransfers()
+                StripeTransferGateway.from_settings(settings) if calls_stripe else NoTransfers()
             )
         return PayoutLedger(
             settings=settings,
-            providers=providers or _NoProviders(),
+            providers=providers or NoProviders(),
             gateway=gateway,
             must_exist=True,
         )
@@ -100,26 +98,3 @@ def operator_ledger(
 def reading_ledger(store_url: str | None) -> PayoutLedger:
     """A ledger for commands that only read (and seal): it never calls Stripe."""
     return operator_ledger(store_url, calls_stripe=False)
-
-
-class _NoProviders:
-    """Operator commands settle recorded payouts; they never look providers up."""
-
-    def get_provider(self, provider_id: str) -> ServiceProvider | None:
-        return None
-
-
-class _NoTransfers:
-    """The gateway of audit commands: they never move money."""
-
-    def create_transfer(self, request: TransferRequest) -> TransferResult:
-        raise ConfigurationError("audit commands do not make transfers")
-
-    def list_transfers(
-        self,
-        *,
-        transfer_group: str | None = None,
-        created_gte: int | None = None,
-        created_lt: int | None = None,
-    ) -> list[StripeTransfer]:
-        raise ConfigurationError("audit commands do not call Stripe")

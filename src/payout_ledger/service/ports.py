@@ -27,7 +27,12 @@ from pydantic import (
 )
 
 from payout_ledger.domain.money import Money, _currency, _library_error, _minor_units
-from payout_ledger.errors import InvalidMoneyError, InvalidRequestError, SendWindowClosed
+from payout_ledger.errors import (
+    ConfigurationError,
+    InvalidMoneyError,
+    InvalidRequestError,
+    SendWindowClosed,
+)
 
 __all__ = [
     "MAX_METADATA_KEYS",
@@ -38,6 +43,8 @@ __all__ = [
     "ChargeId",
     "Clock",
     "Identifier",
+    "NoProviders",
+    "NoTransfers",
     "PaymentIntentId",
     "ProviderDirectory",
     "ReversalCreated",
@@ -560,3 +567,36 @@ class AccountLookup(Protocol):
         such account). Raises [`GatewayError`][payout_ledger.GatewayError] when
         Stripe cannot be asked."""
         ...
+
+
+class NoProviders:
+    """The provider directory of a ledger that only reads or settles recorded
+    payouts: it never looks a provider up, and knows none."""
+
+    def get_provider(self, provider_id: str) -> ServiceProvider | None:
+        return None
+
+
+class NoTransfers:
+    """The gateway of a ledger that only reads (the audit commands): it never moves
+    money and never calls Stripe.
+
+    ``livemode``: the mode of the ledger it stands in for (``None``: not told), so
+    that the ledger's [`livemode`][payout_ledger.PayoutLedger.livemode] is that
+    ledger's when no key says it.
+    """
+
+    def __init__(self, livemode: bool | None = None) -> None:
+        self.livemode = livemode
+
+    def create_transfer(self, request: TransferRequest) -> TransferResult:
+        raise ConfigurationError("audit commands do not make transfers")
+
+    def list_transfers(
+        self,
+        *,
+        transfer_group: str | None = None,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+    ) -> list[StripeTransfer]:
+        raise ConfigurationError("audit commands do not call Stripe")
